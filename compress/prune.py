@@ -1,0 +1,90 @@
+"""Prune whole channels of a student to a target with torch-pruning's dependency graph.
+
+torch-pruning has no "stop at N parameters" option, so the pruner is given a generous
+maximum ratio spread over many small steps, and we recount after each step until the
+target is met. Residual adds, concats and BatchNorms are kept consistent by the graph.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+import students
+from facekd.labels import NUM_CLASSES
+
+
+def classifier_layers(model: nn.Module) -> list[nn.Module]:
+    """Convs that emit the class logits: pruning them would drop classes."""
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == NUM_CLASSES]
+
+
+def make_importance(name: str):
+    if name == "magnitude":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    raise ValueError(f"unknown importance {name!r}; choose 'magnitude' or 'taylor'")
+
+
+def prune_to_target(model: nn.Module, *, target_params: int | None = None, target_macs: int | None = None,
+                    ratio: float | None = None, importance: str = "magnitude", steps: int = 64,
+                    round_to: int = 8, example_size: int = 512,
+                    gradient_fn: Callable[[nn.Module], None] | None = None) -> dict:
+    """Prune `model` in place. Exactly one of target_params, target_macs, ratio.
+
+    gradient_fn(model) must populate .grad before each step when importance is "taylor".
+    Returns what was reached: params and MACs (at example_size, the challenge resolution) before and after.
+    """
+    if sum(x is not None for x in (target_params, target_macs, ratio)) != 1:
+        raise ValueError("give exactly one of --target-params, --target-macs, --ratio")
+    if ratio is not None and not 0 < ratio < 1:
+        raise ValueError(f"--ratio must be in (0, 1), got {ratio}")
+    if importance == "taylor" and gradient_fn is None:
+        raise ValueError("taylor importance needs a gradient_fn")
+    model = model.cpu().to(memory_format=torch.contiguous_format)
+    example = torch.randn(1, 3, example_size, example_size)
+    macs0, params0 = tp.utils.count_ops_and_params(model, example)
+    params0 = students.count_params(model)
+    pruner = tp.pruner.BasePruner(
+        model, example, importance=make_importance(importance),
+        pruning_ratio=ratio if ratio is not None else 0.9, iterative_steps=steps,
+        ignored_layers=classifier_layers(model), round_to=round_to)
+
+    def reached() -> bool:
+        if ratio is not None:
+            return False  # a ratio runs the whole schedule
+        if target_params is not None:
+            return students.count_params(model) <= target_params
+        return tp.utils.count_ops_and_params(model, example)[0] <= target_macs
+
+    taken = 0
+    for _ in range(steps):
+        if reached():
+            break
+        if gradient_fn is not None:
+            model.zero_grad(set_to_none=True)
+            gradient_fn(model)
+        pruner.step()
+        taken += 1
+    model.zero_grad(set_to_none=True)
+    macs1, _ = tp.utils.count_ops_and_params(model, example)
+    report = {"params_before": params0, "params_after": students.count_params(model),
+              "macs_before": int(macs0), "macs_after": int(macs1), "macs_at": example_size, "steps": taken,
+              "importance": importance}
+    if not (ratio is not None or reached()):
+        raise ValueError(f"pruning stopped at {report['params_after']:,} params / {report['macs_after']:,} MACs "
+                         f"after {steps} steps without reaching the target")
+    return report
+
+
+def rebuild(model: nn.Module) -> tuple[nn.Module, dict]:
+    """A fresh student built from the pruned model's plain config, with its weights:
+    proof that the checkpoint needs no pickled module."""
+    cfg = students.model_config(model)
+    fresh = students.build_student(cfg, allow_over_budget=True)
+    fresh.load_state_dict(model.state_dict())
+    return fresh, cfg

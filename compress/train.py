@@ -1,0 +1,83 @@
+"""`facekd prune`: prune a trained student to a target, then fine-tune it through the
+distillation stage (same engine, same losses, teacher optional)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.tensorboard import SummaryWriter
+
+import students
+from compress.prune import prune_to_target, rebuild
+from distill.train import distill
+from facekd.checkpoint import load_checkpoint, save_checkpoint
+from facekd.config import RunConfig
+from facekd.data import load_split
+from facekd.engine import evaluate
+from facekd.inference import normalize
+from facekd.models import is_teacher
+from facekd.predict import load_model
+from facekd.profile import model_cost
+
+
+def taylor_gradients(data_root, size: int = 256, n: int = 16):
+    """Gradients of the CE loss on a few training images, for Taylor importance."""
+    split = load_split(data_root, "train", size, limit=n, progress=False)
+
+    def gradient_fn(model):
+        model.train()
+        logits = model(normalize(split.images))
+        logits = F.interpolate(logits, size=split.masks.shape[-2:], mode="bilinear", align_corners=False)
+        F.cross_entropy(logits, split.masks.long()).backward()
+    return gradient_fn
+
+
+def measure(model, val, input_size: int, flip_tta: bool) -> dict:
+    return {**model_cost(model), "val_fscore": evaluate(model, val, input_size, flip_tta)["fscore"]}
+
+
+def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, *, target_params=None,
+                       target_macs=None, ratio=None, importance: str = "magnitude", resume: bool = False,
+                       progress: bool = True) -> dict:
+    out = Path(out)
+    report_path = out / "prune_report.json"
+    if resume and (out / "last.pt").exists() and report_path.exists():
+        # the architecture was already cut: rebuild it from the saved plain config
+        model_cfg = load_checkpoint(out / "last.pt")["model_cfg"]
+        model = students.build_student(model_cfg, allow_over_budget=True)
+        report = json.loads(report_path.read_text())
+    else:
+        if (out / "last.pt").exists():
+            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        model, ckpt = load_model(student_path, torch.device("cpu"))
+        if is_teacher(ckpt["model_cfg"]):
+            raise ValueError(f"{student_path}: is a teacher checkpoint; prune a student")
+        input_size = ckpt["model_cfg"]["input_size"]
+        val = load_split(data_root, "val", None, progress=progress)
+        before = measure(model, val, input_size, cfg.flip_tta)
+        gradient_fn = taylor_gradients(data_root) if importance == "taylor" else None
+        pruning = prune_to_target(model, target_params=target_params, target_macs=target_macs, ratio=ratio,
+                                  importance=importance, gradient_fn=gradient_fn)
+        model, model_cfg = rebuild(model)
+        after = measure(model, val, input_size, cfg.flip_tta)
+        report = {"source": str(student_path), "target": {"params": target_params, "macs": target_macs,
+                  "ratio": ratio}, "pruning": pruning, "before": before, "after_pruning": after}
+        out.mkdir(parents=True, exist_ok=True)
+        save_checkpoint({"model": model.state_dict(), "model_cfg": model_cfg, "stage": "pruned",
+                         "val_fscore": after["val_fscore"], "params": after["params"]}, out / "pruned.pt")
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
+        with SummaryWriter(str(out)) as writer:
+            for step, key in enumerate(("before", "after_pruning")):
+                for metric in ("params", "macs", "latency_ms", "val_fscore"):
+                    writer.add_scalar(f"prune/{metric}", report[key][metric], step)
+    result = distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
+                     model_cfg=model_cfg, stage="prune")
+    best = load_checkpoint(out / "best.pt")
+    tuned = students.build_student(best["model_cfg"], allow_over_budget=True)
+    tuned.load_state_dict(best["model"])
+    report["after_finetune"] = {**model_cost(tuned), "val_fscore": best["val_fscore"]}
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    return {**result, "report": report}

@@ -1,0 +1,1 @@
+"""Stage 2: distil a student from a teacher's soft logits."""

@@ -1,0 +1,5 @@
+import sys
+
+from facekd.cli import main
+
+sys.exit(main())

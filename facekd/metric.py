@@ -1,0 +1,93 @@
+"""The challenge's F-score, vectorised with one bincount confusion matrix per image.
+
+Per image: for each class present in the ground truth, F1 with the reference's epsilon
+placement, precision = tp/(tp+fp+eps), recall = tp/(tp+fn+eps),
+f = 2*p*r/(p+r+eps); the image score is their mean. The dataset score is the mean over
+images, not a pooled confusion matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facekd.labels import CLASS_NAMES, NUM_CLASSES
+
+EPS = 1e-7
+
+
+def confusion_matrices(pred: torch.Tensor, gt: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    """BxCxC int64 counts, rows = ground truth, cols = prediction. Pixels with gt >= C are skipped."""
+    b = gt.shape[0]
+    gt, pred = gt.reshape(b, -1).long(), pred.reshape(b, -1).long()
+    valid = gt < num_classes
+    index = (torch.arange(b, device=gt.device).view(-1, 1) * num_classes + gt) * num_classes + pred
+    counts = torch.bincount(index[valid], minlength=b * num_classes * num_classes)
+    return counts.view(b, num_classes, num_classes)
+
+
+def per_class_f1(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(BxC F1, BxC bool 'present in ground truth') from BxCxC confusion matrices."""
+    cm = cm.double()
+    tp = cm.diagonal(dim1=1, dim2=2)
+    gt_count, pred_count = cm.sum(2), cm.sum(1)
+    precision = tp / (pred_count + EPS)
+    recall = tp / (gt_count + EPS)
+    f1 = 2 * precision * recall / (precision + recall + EPS)
+    return f1, gt_count > 0
+
+
+def image_fscores(cm: torch.Tensor) -> torch.Tensor:
+    f1, present = per_class_f1(cm)
+    return (f1 * present).sum(1) / present.sum(1).clamp(min=1)
+
+
+class FScoreMeter:
+    """Accumulates per-image scores batch by batch."""
+
+    def __init__(self):
+        self.f1, self.present = [], []
+
+    def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
+        f1, present = per_class_f1(confusion_matrices(pred, gt))
+        self.f1.append(f1.cpu())
+        self.present.append(present.cpu())
+
+    def summary(self) -> dict:
+        f1, present = torch.cat(self.f1), torch.cat(self.present)
+        scores = (f1 * present).sum(1) / present.sum(1).clamp(min=1)
+        per_class = {}
+        for c, name in enumerate(CLASS_NAMES):
+            if present[:, c].any():
+                per_class[name] = float(f1[present[:, c], c].mean())
+        return {"fscore": float(scores.mean()), "per_class": per_class, "images": int(len(scores))}
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Read a mask exactly as the challenge's scorer does."""
+    from PIL import Image
+    return np.array(Image.open(path).convert("P"))
+
+
+def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, progress: bool = True) -> dict:
+    """Score every ground-truth mask in gt_dir against the same stem in pred_dir."""
+    from tqdm import tqdm
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    for d in (pred_dir, gt_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: no such folder")
+    gts = sorted(gt_dir.glob("*.png"))
+    if not gts:
+        raise FileNotFoundError(f"{gt_dir}: no ground-truth PNG masks")
+    missing = [p.name for p in gts if not (pred_dir / p.name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{pred_dir}: {len(missing)} predictions missing, e.g. {missing[:3]}")
+    meter = FScoreMeter()
+    for p in tqdm(gts, desc="evaluate", disable=not progress, leave=False):
+        gt, pred = read_mask(p), read_mask(pred_dir / p.name)
+        if gt.shape != pred.shape:
+            raise ValueError(f"{pred_dir / p.name}: prediction is {pred.shape} but ground truth is {gt.shape}")
+        meter.update(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None])
+    return meter.summary()

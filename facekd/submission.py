@@ -1,0 +1,205 @@
+"""Build the challenge zip from a solution folder, and check a zip the way the graders will.
+
+The zip holds masks/ and solution/ at its root. Masks are predicted by the solution's own
+run.py in a fresh interpreter, so what gets zipped is exactly what the shipped code
+produces, not what the (possibly newer) installed facekd would produce.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+import students
+from facekd.inference import list_images
+from facekd.labels import NUM_CLASSES
+
+MASK_SIZE = (512, 512)  # (width, height) of every challenge image, hence of every mask
+SOLUTION_FILES = ("run.py", "ckpt.pth", "requirements.txt")
+ROOT_FOLDERS = ("masks", "solution")
+
+
+@dataclass
+class CheckReport:
+    faults: list[str] = field(default_factory=list)
+    masks: int = 0
+    params: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults
+
+
+def _unsafe_name(name: str) -> bool:
+    """Absolute or parent-relative members can escape the folder they are unzipped into."""
+    p = PurePosixPath(name.replace("\\", "/"))
+    return p.is_absolute() or ".." in p.parts or (len(name) > 1 and name[1] == ":")
+
+
+def _root_prefix(names: list[str], report: CheckReport) -> str:
+    """Where masks/ and solution/ actually sit. A single wrapping folder (the usual result of
+    zipping the folder rather than its contents) is a fault, but checking carries on inside
+    it so that every other fault is named in the same run."""
+    tops = {n.split("/", 1)[0] for n in names if "/" in n}
+    if all(f in tops for f in ROOT_FOLDERS):
+        return ""
+    for top in sorted(tops):
+        if all(any(n.startswith(f"{top}/{f}/") for n in names) for f in ROOT_FOLDERS):
+            report.faults.append(f"masks/ and solution/ are inside a wrapping folder {top}/; they must be at the "
+                                 "archive root (zip the folder's contents, not the folder)")
+            return f"{top}/"
+    for f in ROOT_FOLDERS:
+        if f not in tops:
+            elsewhere = sorted({n[:n.index(f"/{f}/") + 1] for n in names if f"/{f}/" in n})
+            hint = f" (found under {', '.join(elsewhere)})" if elsewhere else ""
+            report.faults.append(f"{f}/ is missing at the archive root{hint}")
+    return ""
+
+
+def _check_mask(name: str, data: bytes, report: CheckReport) -> None:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            mode, size, ids = im.mode, im.size, np.asarray(im)
+    except Exception as e:  # PIL raises many types for broken files
+        report.faults.append(f"{name}: unreadable PNG ({type(e).__name__}: {e})")
+        return
+    if mode != "P":
+        # the scorer's convert("P") quantises an "L" or "RGB" mask's values into other ids
+        report.faults.append(f"{name}: mode {mode!r}; masks must be palette (mode 'P') PNGs holding class ids")
+    if size != MASK_SIZE:
+        report.faults.append(f"{name}: {size[0]}x{size[1]}; masks must be {MASK_SIZE[0]}x{MASK_SIZE[1]}")
+    if mode == "P" and ids.size and int(ids.max()) >= NUM_CLASSES:
+        report.faults.append(f"{name}: holds id {int(ids.max())}; class ids must be 0..{NUM_CLASSES - 1}")
+
+
+def count_shipped_params(data: bytes) -> int:
+    """Rebuild the shipped model from its ckpt.pth and count it as the challenge does.
+
+    allow_over_budget=True so an over-limit model is counted and reported rather than
+    refused at build time; the weights are loaded strictly because run.py would fail on
+    weights that do not match the config."""
+    ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    model = students.build_student(ckpt["model_cfg"], allow_over_budget=True)
+    model.load_state_dict(ckpt["model"])
+    return students.count_params(model)
+
+
+def check_submission(zip_path: str | Path, images: str | Path | None = None) -> CheckReport:
+    """Every fault in the zip; with `images`, also that there is exactly one mask per image."""
+    report = CheckReport()
+    zip_path = Path(zip_path)
+    if not zip_path.is_file():
+        raise FileNotFoundError(f"{zip_path}: no such file")
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile as e:
+        report.faults.append(f"{zip_path}: not a zip archive ({e})")
+        return report
+    with zf:
+        names = [n for n in zf.namelist() if not n.endswith("/")]
+        report.faults += [f"{n}: unsafe member name (absolute path or '..')" for n in names if _unsafe_name(n)]
+        root = _root_prefix(names, report)
+
+        solution = f"{root}solution/"
+        if any(n.startswith(solution) for n in names):
+            report.faults += [f"solution/{f} is missing" for f in SOLUTION_FILES if solution + f not in names]
+        if solution + "ckpt.pth" in names:
+            try:
+                report.params = count_shipped_params(zf.read(solution + "ckpt.pth"))
+            except Exception as e:  # corrupt file, unknown arch, mismatched weights...
+                report.faults.append(f"solution/ckpt.pth: cannot rebuild the model ({type(e).__name__}: {e})")
+            else:
+                if report.params >= students.PARAM_LIMIT:
+                    report.faults.append(f"solution/ckpt.pth: {report.params:,} trainable parameters; the limit is "
+                                         f"fewer than {students.PARAM_LIMIT:,}")
+
+        masks = {}
+        mask_members = [n for n in names if n.startswith(f"{root}masks/")]
+        for n in mask_members:
+            rel = n[len(f"{root}masks/"):]
+            if "/" in rel or not rel.lower().endswith(".png"):
+                report.faults.append(f"masks/{rel}: masks/ must hold only <image stem>.png files, no subfolders")
+                continue
+            masks[PurePosixPath(rel).stem] = n
+            _check_mask(f"masks/{rel}", zf.read(n), report)
+        report.masks = len(masks)
+        if mask_members and not masks:
+            report.faults.append("masks/ holds no .png masks")
+
+    if images is not None:
+        stems = {p.stem for p in list_images(images)}
+        missing, extra = sorted(stems - masks.keys()), sorted(masks.keys() - stems)
+        if missing:
+            report.faults.append(f"{len(missing)} image(s) have no mask: {', '.join(s + '.png' for s in missing)}")
+        if extra:
+            report.faults.append(f"{len(extra)} mask(s) match no image: {', '.join(s + '.png' for s in extra)}")
+    return report
+
+
+def predict_with_solution(solution: Path, images: Path, masks_dir: Path, flip_tta: bool = True) -> int:
+    """Run the solution's run.py over a folder; returns its exit status.
+
+    A fresh interpreter in isolated mode (-I: no PYTHONPATH, no cwd on sys.path) imports
+    the solution's shipped modules, never the already-imported facekd of this process.
+    run.py lists each mask it writes, which drives the progress bar."""
+    cmd = [sys.executable, "-I", str(solution / "run.py"), "--input", str(images), "--output", str(masks_dir),
+           "--weights", str(solution / "ckpt.pth"), "--list-written"]
+    if not flip_tta:
+        cmd.append("--no-tta")
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc, \
+            tqdm(total=len(list_images(images)), desc="package", unit="img") as bar:
+        for _ in proc.stdout:
+            bar.update(1)
+    return proc.returncode
+
+
+def _zip_members(masks_dir: Path, solution: Path) -> list[tuple[Path, str]]:
+    members = [(p, f"masks/{p.name}") for p in sorted(masks_dir.glob("*.png"))]
+    for p in sorted(solution.rglob("*")):
+        rel = p.relative_to(solution)
+        if p.is_file() and "__pycache__" not in rel.parts and p.suffix != ".pyc":
+            members.append((p, f"solution/{rel.as_posix()}"))
+    return members
+
+
+def package(images: str | Path, solution: str | Path, out: str | Path, flip_tta: bool = True) -> CheckReport:
+    """Predict, zip masks/ and solution/ at the archive root, then check the zip as the
+    graders would. The zip is written atomically, so a failed run keeps any previous one."""
+    images, solution, out = Path(images), Path(solution), Path(out)
+    for f in ("run.py", "ckpt.pth"):
+        if not (solution / f).is_file():
+            raise FileNotFoundError(f"{solution / f}: not found; create the solution folder with `facekd export`")
+    if not images.is_dir() or not list_images(images):
+        raise FileNotFoundError(f"{images}: not a folder of images")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        masks_dir = Path(tmp) / "masks"
+        masks_dir.mkdir()
+        status = predict_with_solution(solution, images, masks_dir, flip_tta)
+        # listed before the zip is created, so a zip written inside solution/ cannot include itself
+        members = _zip_members(masks_dir, solution)
+        fd, tmp_zip = tempfile.mkstemp(suffix=".zip.tmp", dir=out.parent)
+        try:
+            with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
+                for path, arcname in members:
+                    zf.write(path, arcname)
+            os.replace(tmp_zip, out)
+        except BaseException:
+            os.unlink(tmp_zip)
+            raise
+    report = check_submission(out, images)
+    if status != 0:
+        report.faults.insert(0, f"solution/run.py exited with status {status} (its errors are printed above)")
+    return report

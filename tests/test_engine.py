@@ -1,0 +1,107 @@
+import json
+
+import pytest
+import torch
+
+import numpy as np
+
+import facekd.engine as engine
+from facekd.checkpoint import load_checkpoint
+from facekd.cli import main
+from facekd.config import RunConfig, apply_overrides, load_toml, resolve_config
+from facekd.metric import read_mask
+from teachers.train import train_teacher
+from tests.reference import reference_fscore
+
+TINY = dict(model="teacher_tiny", resolutions=[[64, 2]], batch_size=8, eval_every=1, warmup_epochs=0.5)
+
+
+def tiny_config(**overrides) -> RunConfig:
+    return apply_overrides(RunConfig(), {**TINY, **overrides})
+
+
+def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
+    with pytest.raises(ValueError, match="unknown config key 'lerning_rate'"):
+        apply_overrides(RunConfig(), {"lerning_rate": 0.1})
+    with pytest.raises(ValueError, match="'batch_size' must be int"):
+        apply_overrides(RunConfig(), {"batch_size": "8"})
+    (tmp_path / "bad.toml").write_text("lr = ")
+    with pytest.raises(ValueError, match="bad.toml: invalid TOML"):
+        load_toml(tmp_path / "bad.toml")
+    (tmp_path / "ok.toml").write_text("lr = 1\nresolutions = [[96, 3]]\n")
+    cfg = resolve_config("teacher", "smoke", str(tmp_path / "ok.toml"), seed=7)
+    assert (cfg.lr, cfg.resolutions, cfg.seed, cfg.epochs) == (1.0, [[96, 3]], 7, 3)
+
+
+def test_run_directory_holds_everything(tmp_path, sample_root):
+    result = train_teacher(tiny_config(), sample_root, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ("best.pt", "last.pt", "config.json", "metrics.jsonl"):
+        assert (run / name).is_file(), name
+    assert list(run.glob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert {"loss/ce", "loss/loss", "images_per_s", "val_fscore"} <= set(records[-1])
+    best = load_checkpoint(run / "best.pt")  # weights_only=True inside
+    assert best["val_fscore"] == pytest.approx(max(r["val_fscore"] for r in records))
+    assert result["val_fscore"] == best["val_fscore"]
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_teacher(tiny_config(), sample_root, run, progress=False)
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, sample_root, monkeypatch):
+    torch.set_num_threads(1)  # bit-exact comparison needs a fixed reduction order
+    cfg = tiny_config(resolutions=[[64, 3]], eval_every=3)
+    train_teacher(cfg, sample_root, tmp_path / "straight", progress=False)
+
+    real_save = engine.save_checkpoint
+
+    def save_then_die(state, path):
+        real_save(state, path)
+        if path.name == "last.pt" and state["epoch"] == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(cfg, sample_root, tmp_path / "killed", progress=False)
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    train_teacher(cfg, sample_root, tmp_path / "killed", resume=True, progress=False)
+
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert a["step"] == b["step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_cli_train_predict_evaluate_matches_reference(tmp_path, sample_root, capsys):
+    run = tmp_path / "teacher"
+    assert main(["train-teacher", "--out", str(run)]) == 0
+    preds = tmp_path / "pred"
+    assert main(["predict", "--weights", str(run / "best.pt"), "--input", str(sample_root / "val" / "images"),
+                 "--output", str(preds)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(preds), "--gt", str(sample_root / "val" / "masks"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    gts = sorted((sample_root / "val" / "masks").glob("*.png"))
+    expected = np.mean([reference_fscore(read_mask(g), read_mask(preds / g.name)) for g in gts])
+    assert summary["fscore"] == pytest.approx(expected, abs=1e-9)
+    assert summary["images"] == len(gts) and "per_class" in summary
+
+
+def test_cli_reports_bad_arguments_clearly(tmp_path, capsys):
+    assert main(["predict", "--weights", str(tmp_path / "nope.pt"), "--input", str(tmp_path),
+                 "--output", str(tmp_path / "o")]) == 2
+    assert "nope.pt: checkpoint not found" in capsys.readouterr().err
+    assert main(["train-teacher", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_gpu_preset_runs_one_step_on_cpu(tmp_path, sample_root):
+    """The gpu recipe is exercised on CPU with everything but its size."""
+    cfg = resolve_config("distill", "gpu")
+    cfg = apply_overrides(cfg, {"model": "tiny", "resolutions": [[64, 1]], "train_limit": 2, "batch_size": 2})
+    from distill.train import distill
+    result = distill(cfg, sample_root, tmp_path / "gpu", "none", progress=False)
+    assert result["epochs"] == 1
+    assert "model_ema" in torch.load(tmp_path / "gpu" / "last.pt", weights_only=True)

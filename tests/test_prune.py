@@ -1,0 +1,81 @@
+import json
+
+import pytest
+import torch
+
+import students
+from compress.prune import prune_to_target, rebuild
+from facekd.checkpoint import load_checkpoint, save_checkpoint
+from facekd.cli import main
+
+
+def small_student(name="unet"):
+    cfg = students.student_config(name, input_size=64)
+    if name == "unet":
+        cfg.update(stem=16, widths=[16, 32, 48, 64], decoder=[48, 32, 24])
+    return students.build_student(cfg, allow_over_budget=True)
+
+
+@pytest.mark.parametrize("name", ["unet", "resfpn"])
+def test_prune_meets_param_target_and_rebuilds_identically(name, tmp_path):
+    model = small_student(name)
+    before = students.count_params(model)
+    target = int(before * 0.6)
+    report = prune_to_target(model, target_params=target, example_size=64)
+    assert report["params_after"] <= target < report["params_before"] == before
+    model.eval()
+    fresh, cfg = rebuild(model)
+    # through a weights_only checkpoint, exactly as the export and resume paths load it
+    save_checkpoint({"model": fresh.state_dict(), "model_cfg": cfg}, tmp_path / "pruned.pt")
+    ckpt = load_checkpoint(tmp_path / "pruned.pt")
+    loaded = students.build_student(ckpt["model_cfg"], allow_over_budget=True)
+    loaded.load_state_dict(ckpt["model"])
+    loaded.eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(model(x), loaded(x))
+    loaded.train()
+    loaded(x).mean().backward()  # the rebuilt model still trains
+
+
+def test_wide_student_prunes_below_the_challenge_limit():
+    wide = students.build_student(students.STUDENTS["resfpn_wide"], allow_over_budget=True)
+    report = prune_to_target(wide, target_params=students.PARAM_LIMIT - 1, example_size=64)
+    assert report["params_after"] < students.PARAM_LIMIT
+    fresh, cfg = rebuild(wide)
+    students.build_student(cfg)  # no longer needs allow_over_budget
+
+
+def test_mac_target_and_ratio_and_bad_arguments():
+    model = small_student("resfpn")
+    report = prune_to_target(model, target_macs=10_000_000, example_size=64)
+    assert report["macs_after"] <= 10_000_000 < report["macs_before"]
+    model = small_student("resfpn")
+    report = prune_to_target(model, ratio=0.5, example_size=64)
+    assert report["params_after"] < report["params_before"]
+    with pytest.raises(ValueError, match="exactly one"):
+        prune_to_target(small_student(), ratio=0.5, target_params=10)
+    with pytest.raises(ValueError, match="without reaching"):
+        prune_to_target(small_student(), target_params=10, steps=3, example_size=64)
+
+
+def test_classifier_keeps_all_classes():
+    model = small_student("resfpn")
+    prune_to_target(model, ratio=0.7, example_size=64)
+    assert model(torch.randn(1, 3, 64, 64)).shape[1] == 19
+
+
+def test_prune_command_end_to_end(tmp_path, sample_root, capsys):
+    student = small_student("resfpn")
+    save_checkpoint({"model": student.state_dict(), "model_cfg": students.model_config(student),
+                     "stage": "distill", "val_fscore": 0.0}, tmp_path / "student.pt")
+    out = tmp_path / "pruned"
+    args = ["prune", "--student", str(tmp_path / "student.pt"), "--out", str(out), "--target-params",
+            str(students.count_params(student) // 2)]
+    assert main(args) == 0
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["after_pruning"]["params"] <= students.count_params(student) // 2
+    for stage in ("before", "after_pruning", "after_finetune"):
+        assert {"params", "macs", "latency_ms", "val_fscore"} <= set(report[stage])
+    best = load_checkpoint(out / "best.pt")
+    assert best["model_cfg"]["widths"] != students.model_config(student)["widths"]
+    assert main(args + ["--resume"]) == 0  # a finished run resumes to a no-op

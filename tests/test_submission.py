@@ -1,0 +1,169 @@
+"""`facekd package` and `facekd check-submission`: a good zip passes, each classic mistake is named."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facekd.cli import main
+from facekd.export import export
+from facekd.submission import check_submission
+from students import STUDENTS
+from tests.test_export import VAL_IMAGES, make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def solution_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("solution")
+    export(make_checkpoint(tmp / "best.pt", {**STUDENTS["tiny"], "input_size": 64}), tmp / "solution")
+    return tmp / "solution"
+
+
+@pytest.fixture(scope="module")
+def good_zip(tmp_path_factory, solution_dir) -> Path:
+    out = tmp_path_factory.mktemp("zip") / "submission.zip"
+    assert main(["package", "--images", str(VAL_IMAGES), "--solution", str(solution_dir), "--out", str(out)]) == 0
+    return out
+
+
+def rewrite_zip(src: Path, dst: Path, edit) -> Path:
+    """Copy a zip, passing each (name, bytes) through `edit`, which returns a new pair or
+    None to drop the member; the classic mistakes are small edits of a good zip."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            member = edit(name, zin.read(name))
+            if member is not None:
+                zout.writestr(*member)
+    return dst
+
+
+def _mask_as(name: str, data: bytes, mode: str = "P", size=None, fill=None) -> bytes:
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert(mode) if mode != "P" else im.copy()
+    if size:
+        im = im.resize(size, Image.NEAREST)
+    if fill is not None:
+        im.paste(fill, (0, 0, 8, 8))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_package_writes_a_clean_zip(good_zip):
+    with zipfile.ZipFile(good_zip) as zf:
+        names = zf.namelist()
+    assert {n.split("/")[0] for n in names} == {"masks", "solution"}
+    assert sorted(n for n in names if n.startswith("masks/")) == sorted(
+        f"masks/{p.stem}.png" for p in VAL_IMAGES.iterdir())
+    assert {"solution/run.py", "solution/ckpt.pth", "solution/requirements.txt"} <= set(names)
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+
+
+def test_good_zip_passes(good_zip, capsys):
+    report = check_submission(good_zip, VAL_IMAGES)
+    assert report.ok and report.masks == 4 and report.params > 0
+    assert main(["check-submission", str(good_zip), "--images", str(VAL_IMAGES)]) == 0
+    assert capsys.readouterr().out.startswith("OK")
+
+
+def test_package_uses_the_solution_folders_own_code(tmp_path, solution_dir):
+    """A doctored copy of the shipped inference module must be what runs, not facekd's."""
+    doctored = tmp_path / "solution"
+    export(make_checkpoint(tmp_path / "best.pt", {**STUDENTS["tiny"], "input_size": 64}), doctored)
+    inference = doctored / "facekd" / "inference.py"
+    inference.write_text(inference.read_text() + "\n\ndef predict_mask(model, rgb, input_size, flip_tta=True):\n"
+                         "    return np.full(rgb.shape[:2], 7, dtype=np.uint8)\n")
+    out = tmp_path / "doctored.zip"
+    assert main(["package", "--images", str(VAL_IMAGES), "--solution", str(doctored), "--out", str(out)]) == 0
+    with zipfile.ZipFile(out) as zf:
+        for name in (n for n in zf.namelist() if n.startswith("masks/")):
+            assert np.all(np.asarray(Image.open(io.BytesIO(zf.read(name)))) == 7)
+
+
+def test_wrapping_folder(tmp_path, good_zip):
+    bad = rewrite_zip(good_zip, tmp_path / "bad.zip", lambda n, d: (f"submission/{n}", d))
+    faults = check_submission(bad, VAL_IMAGES).faults
+    assert len(faults) == 1 and "wrapping folder submission/" in faults[0]  # and nothing else is wrong
+
+
+def test_mode_l_masks(tmp_path, good_zip):
+    bad = rewrite_zip(good_zip, tmp_path / "bad.zip",
+                      lambda n, d: (n, _mask_as(n, d, "L")) if n.startswith("masks/") else (n, d))
+    faults = check_submission(bad, VAL_IMAGES).faults
+    assert len(faults) == 4 and all("mode 'L'" in f for f in faults)
+
+
+def test_missing_ckpt(tmp_path, good_zip):
+    bad = rewrite_zip(good_zip, tmp_path / "bad.zip", lambda n, d: None if n == "solution/ckpt.pth" else (n, d))
+    assert check_submission(bad).faults == ["solution/ckpt.pth is missing"]
+
+
+def test_missing_and_extra_masks(tmp_path, good_zip):
+    first = sorted(VAL_IMAGES.iterdir())[0].stem
+
+    def edit(n, d):
+        return ("masks/stranger.png", d) if n == f"masks/{first}.png" else (n, d)
+
+    faults = check_submission(rewrite_zip(good_zip, tmp_path / "bad.zip", edit), VAL_IMAGES).faults
+    assert faults == [f"1 image(s) have no mask: {first}.png", "1 mask(s) match no image: stranger.png"]
+
+
+def test_wrong_size_and_bad_ids(tmp_path, good_zip):
+    with zipfile.ZipFile(good_zip) as zf:
+        names = sorted(n for n in zf.namelist() if n.startswith("masks/"))
+
+    def edit(n, d):
+        if n == names[0]:
+            return n, _mask_as(n, d, size=(256, 256))
+        if n == names[1]:
+            return n, _mask_as(n, d, fill=19)
+        return n, d
+
+    faults = check_submission(rewrite_zip(good_zip, tmp_path / "bad.zip", edit)).faults
+    assert len(faults) == 2
+    assert "256x256" in faults[0] and names[0] in faults[0]
+    assert "id 19" in faults[1] and names[1] in faults[1]
+
+
+def test_unsafe_member_names(tmp_path, good_zip):
+    bad = rewrite_zip(good_zip, tmp_path / "bad.zip", lambda n, d: (n, d))
+    with zipfile.ZipFile(bad, "a") as zf:
+        zf.writestr("../evil.txt", b"x")
+        zf.writestr("/etc/evil.txt", b"x")
+    faults = check_submission(bad).faults
+    assert sorted(faults) == ["../evil.txt: unsafe member name (absolute path or '..')",
+                              "/etc/evil.txt: unsafe member name (absolute path or '..')"]
+
+
+def test_over_limit_model(tmp_path, good_zip):
+    wide = make_checkpoint(tmp_path / "wide.pt", {**STUDENTS["resfpn_wide"], "input_size": 64})
+    wide_bytes = wide.read_bytes()
+    bad = rewrite_zip(good_zip, tmp_path / "bad.zip",
+                      lambda n, d: (n, wide_bytes) if n == "solution/ckpt.pth" else (n, d))
+    faults = check_submission(bad).faults
+    assert len(faults) == 1 and "trainable parameters" in faults[0]
+
+
+def test_every_fault_is_named_and_exit_is_nonzero(tmp_path, good_zip, capsys):
+    def edit(n, d):
+        if n == "solution/ckpt.pth":
+            return None
+        return f"submission/{n}", _mask_as(n, d, "L") if n.startswith("masks/") else d
+
+    bad = rewrite_zip(good_zip, tmp_path / "bad.zip", edit)
+    assert main(["check-submission", str(bad), "--images", str(VAL_IMAGES)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("FAULT: " in line for line in lines) == 6  # wrapper, ckpt.pth, four mode-L masks
+    assert any("wrapping folder" in line for line in lines) and any("ckpt.pth is missing" in line for line in lines)
+    assert lines[-1] == f"{bad}: 6 fault(s)"
+
+
+def test_not_a_zip(tmp_path):
+    (tmp_path / "x.zip").write_bytes(b"not a zip")
+    assert "not a zip archive" in check_submission(tmp_path / "x.zip").faults[0]
+
