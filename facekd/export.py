@@ -7,6 +7,7 @@ pre/post-processing can never drift from the one `facekd predict` and validation
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -81,9 +82,16 @@ def copy_runtime(out: Path) -> None:
     if clashes:
         raise ValueError(f"{out}: export would overwrite its own source files (e.g. {clashes[0]}); "
                          "choose another --out")
+    # Inside the repository the solution folder links the sources instead of copying them,
+    # so the committed solution can never run stale code; anywhere else it gets real copies.
+    link = out.resolve() == RUN_PY.parent.resolve()
     for src, dst in files:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst)
+        if link:
+            dst.unlink(missing_ok=True)
+            dst.symlink_to(os.path.relpath(src, dst.parent))
+        else:
+            shutil.copy2(src, dst)
     (out / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
 
 

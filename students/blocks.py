@@ -35,3 +35,12 @@ def make_stage(in_ch: int, out_ch: int, depth: int, stride: int, mid_chs: list[i
     blocks = [BasicBlock(in_ch if i == 0 else out_ch, out_ch, stride if i == 0 else 1, mid_chs[i], project=i == 0)
               for i in range(depth)]
     return nn.Sequential(*blocks)
+
+
+def run_stages(stages: nn.ModuleList, x):
+    """Apply the stages in turn, keeping each stage's output for the decoder."""
+    feats = []
+    for stage in stages:
+        x = stage(x)
+        feats.append(x)
+    return feats

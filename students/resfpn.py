@@ -6,7 +6,7 @@ so a width vector produced by a pruner rebuilds the same architecture.
 
 import torch.nn as nn
 
-from students.blocks import conv_bn_act, make_stage
+from students.blocks import conv_bn_act, make_stage, run_stages
 from students.fpn import FPNDecoder
 
 
@@ -25,12 +25,7 @@ class ResFPN(nn.Module):
         self.feature_info = [dict(num_chs=w, reduction=4 * 2 ** k) for k, w in enumerate(widths)]
 
     def forward(self, x):
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        return self.decoder(feats)
+        return self.decoder(run_stages(self.stages, self.stem(x)))
 
     def config_from_weights(self) -> dict:
         """The constructor arguments that match the current (possibly pruned) weights."""

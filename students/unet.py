@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from students.blocks import conv_bn_act, make_stage
+from students.blocks import conv_bn_act, make_stage, run_stages
 
 
 class DecoderBlock(nn.Module):
@@ -40,11 +40,8 @@ class UNetLite(nn.Module):
         self.feature_info = [dict(num_chs=w, reduction=4 * 2 ** k) for k, w in enumerate(widths)]
 
     def forward(self, x):
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
+        feats = run_stages(self.stages, self.stem(x))
+        x = feats[-1]
         for block, skip in zip(self.decoder, reversed(feats[:-1])):
             x = block(x, skip)
         return self.classifier(x)

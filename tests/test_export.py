@@ -81,8 +81,9 @@ def run_solution(run_py: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, capture_output=True, text=True, timeout=120)
     assert "ORIGINS " in proc.stdout, proc.stderr  # run.py crashed instead of exiting with a status
     origins = json.loads(proc.stdout.rsplit("ORIGINS ", 1)[1])
-    for module in origins.values():  # shipped copies, never the repo's
-        assert module is None or Path(module).resolve().is_relative_to(run_py.parent.resolve()), origins
+    for module in origins.values():  # the solution folder's own modules, never the installed package's
+        # absolute(), not resolve(): inside the repo the solution's modules are symlinks to the sources
+        assert module is None or Path(module).absolute().is_relative_to(run_py.parent.absolute()), origins
     return proc
 
 
