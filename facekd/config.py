@@ -125,7 +125,7 @@ PRESETS = {
     },
     "prune": {
         "smoke": dict(resolutions=[[128, 1]], batch_size=4, eval_every=1, warmup_epochs=0.2, kd=1.0),
-        "cpu": dict(resolutions=[[512, 3]], batch_size=8, lr=1e-3, dice=0.5, kd=1.0, eval_every=1,
+        "cpu": dict(resolutions=[[384, 3]], batch_size=8, lr=1e-3, dice=0.5, kd=1.0, eval_every=1,
                     warmup_epochs=0.2),
         "gpu": dict(resolutions=[[512, 40]], batch_size=16, lr=5e-4, dice=0.5, kd=1.0, ema_decay=0.999,
                     eval_every=5),

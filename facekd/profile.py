@@ -1,4 +1,5 @@
-"""Model cost: parameters (as the challenge counts them), MACs and CPU latency at 512x512."""
+"""Model cost: parameters (as the challenge counts them), MACs and CPU latency, measured at
+the resolution the model predicts at (its input_size; 512 when it has none)."""
 
 from __future__ import annotations
 
@@ -32,11 +33,12 @@ def cpu_latency_ms(model: nn.Module, size: int = 512, repeats: int = 5) -> float
     return 1000 * statistics.median(times)
 
 
-def model_cost(model: nn.Module, size: int = 512, latency: bool = True) -> dict:
-    """{"params", "macs", "latency_ms"} for a model, measured on a CPU copy."""
+def model_cost(model: nn.Module, size: int | None = None, latency: bool = True) -> dict:
+    """{"params", "macs", "latency_ms", "size"} for a model, measured on a CPU copy."""
     import copy
     cpu = copy.deepcopy(model).cpu().eval()
-    cost = {"params": count_params(cpu), "macs": count_macs(cpu, size)}
+    size = size or getattr(model, "input_size", 512)
+    cost = {"params": count_params(cpu), "macs": count_macs(cpu, size), "size": size}
     if latency:
         cost["latency_ms"] = cpu_latency_ms(cpu.to(memory_format=torch.channels_last), size)
     return cost

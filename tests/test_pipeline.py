@@ -1,0 +1,29 @@
+import json
+import zipfile
+
+from facekd.cli import main
+from facekd.submission import check_submission
+
+
+def test_pipeline_smoke_end_to_end_and_resume(tmp_path, sample_root, capsys):
+    out = tmp_path / "pipe"
+    assert main(["pipeline", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["stages"]) == ["teacher", "student", "pruned", "solution", "package"]
+    for name in ("teacher", "student", "pruned"):
+        record = summary["stages"][name]
+        assert {"val_fscore", "params", "macs", "latency_ms", "wall_s"} <= set(record), name
+        assert (out / name / "best.pt").is_file()
+    assert summary["stages"]["pruned"]["params"] <= summary["stages"]["pruned"]["target_params"]
+    assert summary["stages"]["solution"]["params"] < 1_821_085
+    report = check_submission(out / "submission.zip", sample_root / "val" / "images")
+    assert report.ok, report.faults
+    with zipfile.ZipFile(out / "submission.zip") as zf:
+        assert {n.split("/")[0] for n in zf.namelist()} == {"masks", "solution"}
+
+    # a second run on the same folder is refused without --resume and a no-op with it
+    assert main(["pipeline", "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert main(["pipeline", "--out", str(out), "--resume"]) == 0
+    assert "done earlier, skipped" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["stages"]["teacher"] == summary["stages"]["teacher"]
