@@ -77,14 +77,14 @@ def runtime_files(out: Path) -> list[tuple[Path, Path]]:
 
 def copy_runtime(out: Path) -> None:
     files = runtime_files(out)
-    # e.g. --out at the repo root: refuse before copying anything, not halfway through
-    clashes = [str(dst) for src, dst in files if dst.exists() and dst.resolve() == src.resolve()]
-    if clashes:
-        raise ValueError(f"{out}: export would overwrite its own source files (e.g. {clashes[0]}); "
-                         "choose another --out")
     # Inside the repository the solution folder links the sources instead of copying them,
     # so the committed solution can never run stale code; anywhere else it gets real copies.
     link = out.resolve() == RUN_PY.parent.resolve()
+    # e.g. --out at the repo root: refuse before copying anything, not halfway through
+    clashes = [str(dst) for src, dst in files if not link and dst.exists() and dst.resolve() == src.resolve()]
+    if clashes:
+        raise ValueError(f"{out}: export would overwrite its own source files (e.g. {clashes[0]}); "
+                         "choose another --out")
     for src, dst in files:
         dst.parent.mkdir(parents=True, exist_ok=True)
         if link:

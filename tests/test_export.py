@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,12 @@ from PIL import Image
 
 from facekd.checkpoint import save_checkpoint
 from facekd.data import SAMPLE_DATA
-from facekd.inference import list_images
 from facekd.export import REPO_ROOT, REQUIREMENTS, export
-from facekd.inference import load_rgb, predict_mask
+from facekd.inference import list_images, load_rgb, predict_mask
 from facekd.labels import NUM_CLASSES
 from facekd.models import build_model, named_config
 from facekd.predict import predict_paths
+import students
 from students import PARAM_LIMIT, STUDENTS, build_student, count_params
 
 VAL_IMAGES = SAMPLE_DATA / "val" / "images"
@@ -210,3 +211,20 @@ def test_repo_solution_runs_from_a_fresh_clone(tmp_path):
     proc = run_solution(run_py, "--input", src, "--output", tmp_path / "mask.png", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "mask.png").is_file()
+
+
+def test_in_repo_solution_links_sources_and_re_exports(tmp_path, tiny_ckpt, monkeypatch):
+    """The repo's own solution/ links the runtime sources (never stale), and exporting
+    into it again replaces the weights rather than refusing."""
+    import facekd.export as export_module
+    repo_solution = tmp_path / "repo_solution"
+    repo_solution.mkdir()
+    shutil.copy2(export_module.RUN_PY, repo_solution / "run.py")
+    monkeypatch.setattr(export_module, "RUN_PY", repo_solution / "run.py")
+    for _ in range(2):
+        export_module.export(tiny_ckpt, repo_solution)
+    linked = repo_solution / "students" / "resfpn.py"
+    assert linked.is_symlink() and linked.resolve() == Path(students.__file__).parent.resolve() / "resfpn.py"
+    src = next(iter(list_images(VAL_IMAGES)))
+    proc = run_solution(repo_solution / "run.py", "--input", src, "--output", tmp_path / "m.png", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
