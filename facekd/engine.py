@@ -111,7 +111,7 @@ def fit(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    run = TrainingRun(Path(run_dir), cfg, resume, extra_config)
+    run = TrainingRun(Path(run_dir), cfg, resume, {"data_root": str(data_root), **(extra_config or {})})
     input_size = cfg.resolutions[-1][0]
     model_cfg = {**model_cfg, "input_size": input_size}
     model.input_size = input_size
