@@ -37,7 +37,7 @@ def main():
     latency = cpu_latency_ms(model, size, repeats=10)
     achieved = 2 * macs / (latency / 1000) / 1e9
     peak = matmul_gflops()
-    print(f"weights={args.weights} threads={torch.get_num_threads()} model input {ckpt['model_cfg']['input_size']}")
+    print(f"weights={args.weights} threads={torch.get_num_threads()} model input {size}")
     print(f"forward at {size}x{size}: {latency:.1f} ms, {macs / 1e9:.2f} GMACs -> {achieved:.1f} GFLOP/s")
     print(f"fp32 matmul 2048^3: {peak:.1f} GFLOP/s; the forward pass reaches {100 * achieved / peak:.0f}% of it")
     with tempfile.TemporaryDirectory() as out:

@@ -3,6 +3,7 @@ the resolution the model predicts at (its input_size; 512 when it has none)."""
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
@@ -35,7 +36,6 @@ def cpu_latency_ms(model: nn.Module, size: int = 512, repeats: int = 5) -> float
 
 def model_cost(model: nn.Module, size: int | None = None, latency: bool = True) -> dict:
     """{"params", "macs", "latency_ms", "size"} for a model, measured on a CPU copy."""
-    import copy
     cpu = copy.deepcopy(model).cpu().eval()
     size = size or getattr(model, "input_size", 512)
     cost = {"params": count_params(cpu), "macs": count_macs(cpu, size), "size": size}
