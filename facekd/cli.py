@@ -54,8 +54,29 @@ def cmd_prune(args) -> int:
 
 def cmd_pipeline(args) -> int:
     from facekd.pipeline import run_pipeline
-    summary = run_pipeline(_data_root(args), args.out, args.preset, args.images, args.config, args.resume)
+    summary = run_pipeline(_data_root(args), args.out, args.preset, args.images, args.config, args.resume,
+                           audit=not args.no_audit)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from facekd.audit import audit_split, format_table, save_panel, write_fixed
+    report = audit_split(_data_root(args), args.split, progress=not args.json)
+    if args.fix:
+        write_fixed(report, args.fix, copy=args.copy)
+    panel = args.panel or (Path(args.fix) / "flagged.png" if args.fix else None)
+    if panel:
+        panel = save_panel(report, panel)
+    if args.json:
+        from dataclasses import asdict
+        print(json.dumps({**report, "flagged": [asdict(a) for a in report["flagged"]]}, indent=2))
+        return 0
+    print(format_table(report))
+    if args.fix:
+        print(f"wrote the fixed copy to {args.fix} (what changed: {Path(args.fix) / 'audit.json'})")
+    if panel:
+        print(f"panel of flagged masks (image, mask, fixed mask): {panel}")
     return 0
 
 
@@ -136,7 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="teacher -> student -> prune -> export -> package, resumable")
     _add_run_args(p, "runs/pipeline")
     p.add_argument("--images", default=None, help="images to package (default: the data's test/images)")
+    p.add_argument("--no-audit", action="store_true",
+                   help="train on the labels as they are instead of fixing mirrored left/right masks first")
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("audit", help="find masks whose left/right labels are mirrored; optionally write a fixed copy")
+    p.add_argument("--data", default=None, help="dataset root (default: the embedded sample)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--fix", default=None, metavar="OUT_DIR",
+                   help="write a corrected copy of the dataset root here (the input is never changed)")
+    p.add_argument("--copy", action="store_true", help="with --fix, copy unchanged files instead of linking them")
+    p.add_argument("--panel", default=None, help="PNG of flagged masks beside their images (default with --fix: "
+                                                 "OUT_DIR/flagged.png)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("predict", help="write one mask PNG per input image")
     p.add_argument("--weights", required=True)

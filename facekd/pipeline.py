@@ -1,5 +1,8 @@
-"""`facekd pipeline`: teacher -> distilled student -> pruned and fine-tuned student ->
-exported solution -> submission zip, each stage in its own sub-run of RUN.
+"""`facekd pipeline`: label audit -> teacher -> distilled student -> pruned and fine-tuned
+student -> exported solution -> submission zip, each stage in its own sub-run of RUN.
+
+The audit stage writes a copy of the data whose mirrored training masks are fixed
+(facekd/audit.py) and every later stage trains on that copy; val and test are linked as they are.
 
 A stage that finished (its result file exists) is skipped, and one that was killed resumes
 from its last.pt, so re-running with --resume continues where a pipeline stopped.
@@ -8,6 +11,7 @@ from its last.pt, so re-running with --resume continues where a pipeline stopped
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -15,6 +19,7 @@ from tqdm import tqdm
 
 from compress.train import prune_and_finetune
 from distill.train import distill
+from facekd.audit import audit_split, save_panel, write_fixed
 from facekd.checkpoint import load_checkpoint
 from facekd.config import resolve_config
 from facekd.export import export
@@ -35,7 +40,7 @@ def _cost(checkpoint: Path) -> dict:
 
 
 def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file: str | None = None,
-                 resume: bool = False, progress: bool = True) -> dict:
+                 resume: bool = False, progress: bool = True, audit: bool = True) -> dict:
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"{out} already holds a pipeline; pass --resume to continue it or choose another --out")
@@ -59,6 +64,20 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
 
     teacher_ckpt, student_ckpt = out / "teacher" / "best.pt", out / "student" / "best.pt"
+
+    def audit_stage():
+        report = audit_split(data_root, "train", progress=progress)
+        fixed = out / "audit" / "data"
+        if fixed.exists():  # a killed earlier attempt; the copy is cheap to redo
+            shutil.rmtree(fixed)
+        write_fixed(report, fixed)
+        panel = save_panel(report, out / "audit" / "flagged.png")
+        return {"data": str(fixed), "mirrored": report["mirrored"], "inconsistent": report["inconsistent"],
+                "panel": str(panel) if panel else None}
+
+    if audit:
+        stage("audit", audit_stage, checkpoint=None)
+        data_root = out / "audit" / "data"
 
     def teacher_stage():
         train_teacher(resolve_config("teacher", preset, config_file), data_root, out / "teacher",

@@ -9,7 +9,10 @@ def test_pipeline_smoke_end_to_end_and_resume(tmp_path, sample_root, capsys):
     out = tmp_path / "pipe"
     assert main(["pipeline", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["stages"]) == ["teacher", "student", "pruned", "solution", "package"]
+    assert list(summary["stages"]) == ["audit", "teacher", "student", "pruned", "solution", "package"]
+    # the sample's one mirrored mask was fixed, and training read the fixed copy
+    assert summary["stages"]["audit"]["mirrored"] == 1
+    assert json.loads((out / "teacher" / "config.json").read_text())["data_root"] == str(out / "audit" / "data")
     for name in ("teacher", "student", "pruned"):
         record = summary["stages"][name]
         assert {"val_fscore", "params", "macs", "latency_ms", "wall_s"} <= set(record), name
