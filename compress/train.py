@@ -13,6 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 import students
 from compress.prune import prune_to_target, rebuild
 from distill.train import distill
+from facekd import distributed
 from facekd.checkpoint import load_checkpoint, save_checkpoint
 from facekd.config import RunConfig
 from facekd.data import load_split
@@ -44,6 +45,7 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
                        progress: bool = True) -> dict:
     out = Path(out)
     report_path = out / "prune_report.json"
+    distributed.setup()  # under torchrun, for the barriers below
     if resume and (out / "last.pt").exists() and report_path.exists():
         # the architecture was already cut: rebuild it from the saved plain config
         model_cfg = load_checkpoint(out / "last.pt")["model_cfg"]
@@ -52,32 +54,55 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
     else:
         if (out / "last.pt").exists():
             raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        model, ckpt = load_model(student_path, torch.device("cpu"))
-        if is_teacher(ckpt["model_cfg"]):
-            raise ValueError(f"{student_path}: is a teacher checkpoint; prune a student")
-        input_size = ckpt["model_cfg"]["input_size"]
-        val = load_split(data_root, "val", None, progress=progress)
-        before = measure(model, val, input_size, cfg.flip_tta)
-        gradient_fn = taylor_gradients(data_root) if importance == "taylor" else None
-        pruning = prune_to_target(model, target_params=target_params, target_macs=target_macs, ratio=ratio,
-                                  importance=importance, gradient_fn=gradient_fn)
-        model, model_cfg = rebuild(model)
-        after = measure(model, val, input_size, cfg.flip_tta)
-        report = {"source": str(student_path), "target": {"params": target_params, "macs": target_macs,
-                  "ratio": ratio}, "pruning": pruning, "before": before, "after_pruning": after}
-        out.mkdir(parents=True, exist_ok=True)
-        save_checkpoint({"model": model.state_dict(), "model_cfg": model_cfg, "stage": "pruned",
-                         "val_fscore": after["val_fscore"], "params": after["params"]}, out / "pruned.pt")
-        report_path.write_text(json.dumps(report, indent=2) + "\n")
-        with SummaryWriter(str(out)) as writer:
-            for step, key in enumerate(("before", "after_pruning")):
-                for metric in ("params", "macs", "latency_ms", "val_fscore"):
-                    writer.add_scalar(f"prune/{metric}", report[key][metric], step)
+        # Under torchrun rank 0 alone prunes and the others rebuild its result from pruned.pt:
+        # Taylor importance comes from gradients, which need not agree bit for bit across
+        # GPUs, and one differing channel choice would give the ranks different models.
+        if distributed.is_main():
+            model, model_cfg, report = _prune(cfg, data_root, out, student_path, target_params, target_macs, ratio,
+                                              importance, progress)
+        distributed.barrier()
+        if not distributed.is_main():
+            pruned = load_checkpoint(out / "pruned.pt")
+            model_cfg = pruned["model_cfg"]
+            model = students.build_student(model_cfg, allow_over_budget=True)
+            model.load_state_dict(pruned["model"])
+            report = json.loads(report_path.read_text())
     result = distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
                      model_cfg=model_cfg, stage="prune")
-    best = load_checkpoint(out / "best.pt")
-    tuned = students.build_student(best["model_cfg"], allow_over_budget=True)
-    tuned.load_state_dict(best["model"])
-    report["after_finetune"] = {**model_cost(tuned), "val_fscore": best["val_fscore"]}
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    if distributed.is_main():
+        best = load_checkpoint(out / "best.pt")
+        tuned = students.build_student(best["model_cfg"], allow_over_budget=True)
+        tuned.load_state_dict(best["model"])
+        report["after_finetune"] = {**model_cost(tuned), "val_fscore": best["val_fscore"]}
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
+    distributed.barrier()
+    if not distributed.is_main():
+        report = json.loads(report_path.read_text())
     return {**result, "report": report}
+
+
+def _prune(cfg: RunConfig, data_root, out: Path, student_path, target_params, target_macs, ratio, importance,
+           progress) -> tuple:
+    """Prune the student, save pruned.pt and prune_report.json; returns (model, model_cfg, report)."""
+    model, ckpt = load_model(student_path, torch.device("cpu"))
+    if is_teacher(ckpt["model_cfg"]):
+        raise ValueError(f"{student_path}: is a teacher checkpoint; prune a student")
+    input_size = ckpt["model_cfg"]["input_size"]
+    val = load_split(data_root, "val", None, progress=progress)
+    before = measure(model, val, input_size, cfg.flip_tta)
+    gradient_fn = taylor_gradients(data_root) if importance == "taylor" else None
+    pruning = prune_to_target(model, target_params=target_params, target_macs=target_macs, ratio=ratio,
+                              importance=importance, gradient_fn=gradient_fn)
+    model, model_cfg = rebuild(model)
+    after = measure(model, val, input_size, cfg.flip_tta)
+    report = {"source": str(student_path), "target": {"params": target_params, "macs": target_macs,
+              "ratio": ratio}, "pruning": pruning, "before": before, "after_pruning": after}
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"model": model.state_dict(), "model_cfg": model_cfg, "stage": "pruned",
+                     "val_fscore": after["val_fscore"], "params": after["params"]}, out / "pruned.pt")
+    (out / "prune_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with SummaryWriter(str(out)) as writer:
+        for step, key in enumerate(("before", "after_pruning")):
+            for metric in ("params", "macs", "latency_ms", "val_fscore"):
+                writer.add_scalar(f"prune/{metric}", report[key][metric], step)
+    return model, model_cfg, report

@@ -55,6 +55,7 @@ def distill(cfg: RunConfig, data_root, out, teacher_path, resume: bool = False, 
     teacher, teacher_ckpt = load_teacher(teacher_path)
     if model is None:
         model_cfg = named_config(cfg.model, cfg.resolutions[-1][0])
+        torch.manual_seed(cfg.seed)  # the initial weights follow --seed too
         model = build_model(model_cfg, allow_over_budget=cfg.model.endswith("_wide"))
     reference = {"teacher/val_fscore": teacher_ckpt["val_fscore"]} if "val_fscore" in teacher_ckpt else {}
     return fit(model, model_cfg, distillation_loss(cfg, teacher), cfg, out, data_root=data_root, stage=stage,

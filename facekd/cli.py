@@ -67,7 +67,7 @@ def cmd_audit(args) -> int:
         write_fixed(report, args.fix, copy=args.copy)
     panel = args.panel or (Path(args.fix) / "flagged.png" if args.fix else None)
     if panel:
-        panel = save_panel(report, panel)
+        panel = save_panel(report, panel, limit=args.panel_rows)
     if args.json:
         from dataclasses import asdict
         print(json.dumps({**report, "flagged": [asdict(a) for a in report["flagged"]]}, indent=2))
@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copy", action="store_true", help="with --fix, copy unchanged files instead of linking them")
     p.add_argument("--panel", default=None, help="PNG of flagged masks beside their images (default with --fix: "
                                                  "OUT_DIR/flagged.png)")
+    p.add_argument("--panel-rows", type=int, default=6, help="flagged masks shown in the panel (default: 6)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_audit)
 

@@ -51,6 +51,7 @@ class RunConfig:
     threads: int = 0                    # 0 = torch's default
     channels_last: bool = True
     compile: bool = False
+    sync_bn: bool = False               # under torchrun on GPUs: BatchNorm statistics over all ranks' batches
 
     @property
     def epochs(self) -> int:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from compress.train import prune_and_finetune
 from distill.train import distill
+from facekd import distributed
 from facekd.audit import audit_split, save_panel, write_fixed
 from facekd.checkpoint import load_checkpoint
 from facekd.config import resolve_config
@@ -41,6 +42,10 @@ def _cost(checkpoint: Path) -> dict:
 
 def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file: str | None = None,
                  resume: bool = False, progress: bool = True, audit: bool = True) -> dict:
+    if distributed.is_distributed():
+        # audit, export and packaging would run once per rank; the stages themselves are torchrun-ready
+        raise ValueError("facekd pipeline runs as one process; under torchrun, run its stages "
+                         "(train-teacher, distill, prune) one by one")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"{out} already holds a pipeline; pass --resume to continue it or choose another --out")
