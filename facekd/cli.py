@@ -98,6 +98,7 @@ def cmd_evaluate(args) -> int:
     print(f"F-score {summary['fscore']:.4f} over {summary['images']} images")
     for name, f1 in summary["per_class"].items():
         print(f"  {name:<10} {f1:.4f}")
+    print(f"left/right swaps: {100 * summary['left_right_swap_rate']:.2f}% of l_/r_ pixels predicted as the other side")
     return 0
 
 

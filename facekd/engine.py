@@ -273,6 +273,7 @@ def fit(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_
                                           return_preds=True)
                 record["val_fscore"] = summary["fscore"]
                 writer.add_scalar("val/fscore", summary["fscore"], epoch)
+                writer.add_scalar("val/left_right_swap_rate", summary["left_right_swap_rate"], epoch)
                 for name, f1 in summary["per_class"].items():
                     writer.add_scalar(f"val_f1/{name}", f1, epoch)
                 if evals_done % cfg.panel_every == 0 or is_last:

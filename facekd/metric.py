@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facekd.labels import CLASS_NAMES, NUM_CLASSES
+from facekd.labels import CLASS_NAMES, FLIP_PERMUTATION, NUM_CLASSES
 
 EPS = 1e-7
 
@@ -49,11 +49,21 @@ class FScoreMeter:
 
     def __init__(self):
         self.f1, self.present = [], []
+        self.confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
 
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
-        f1, present = per_class_f1(confusion_matrices(pred, gt))
+        cm = confusion_matrices(pred, gt)
+        f1, present = per_class_f1(cm)
         self.f1.append(f1.cpu())
         self.present.append(present.cpu())
+        self.confusion += cm.sum(0).cpu()
+
+    def left_right_swap_rate(self) -> float:
+        """Share of l_/r_ ground-truth pixels predicted as their mirror class: how often the
+        model confuses the subject's sides, which per-class F1 alone does not separate out."""
+        sided = [c for c in range(NUM_CLASSES) if FLIP_PERMUTATION[c] != c]
+        swapped = sum(int(self.confusion[c, FLIP_PERMUTATION[c]]) for c in sided)
+        return swapped / max(1, sum(int(self.confusion[c].sum()) for c in sided))
 
     def summary(self) -> dict:
         f1, present = torch.cat(self.f1), torch.cat(self.present)
@@ -62,7 +72,8 @@ class FScoreMeter:
         for c, name in enumerate(CLASS_NAMES):
             if present[:, c].any():
                 per_class[name] = float(f1[present[:, c], c].mean())
-        return {"fscore": float(scores.mean()), "per_class": per_class, "images": int(len(scores))}
+        return {"fscore": float(scores.mean()), "per_class": per_class, "images": int(len(scores)),
+                "left_right_swap_rate": self.left_right_swap_rate()}
 
 
 def read_mask(path: Path) -> np.ndarray:

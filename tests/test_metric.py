@@ -41,6 +41,18 @@ def test_score_is_mean_over_images_not_pooled():
     assert summary["fscore"] == pytest.approx(0.5, abs=1e-6)
 
 
+def test_left_right_swap_rate_counts_only_mirrored_predictions():
+    gt = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    gt[0, 0] = 4   # 4 l_eye pixels
+    gt[0, 1] = 9   # 4 r_ear pixels
+    pred = gt.clone()
+    pred[0, 0, :2] = 5  # two l_eye pixels called r_eye: swaps
+    pred[0, 1, :1] = 1  # one r_ear pixel called skin: wrong, but not a swap
+    meter = FScoreMeter()
+    meter.update(pred, gt)
+    assert meter.summary()["left_right_swap_rate"] == pytest.approx(2 / 8)
+
+
 def test_palette_mask_survives_scorer_conversion(tmp_path):
     mask = (np.arange(512 * 512).reshape(512, 512) % 19).astype(np.uint8)
     save_mask(mask, tmp_path / "m.png")
