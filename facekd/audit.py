@@ -97,8 +97,8 @@ def audit_split(root: str | Path, split: str = "train", progress: bool = True) -
             a.votes = pair_votes(mask)
         audits.append(a)
 
-    conventions = [a.convention for a in audits if a.convention]
-    majority = int(np.sign(sum(conventions)))
+    majority = int(np.sign(sum(a.convention for a in audits)))
+    mirrored = inconsistent = 0
     for a in audits:
         if not majority or not a.votes:
             continue
@@ -108,19 +108,24 @@ def audit_split(root: str | Path, split: str = "train", progress: bool = True) -
         if a.convention == -majority:
             a.problems.append("mirrored: " + ", ".join(against) + " follow the other left/right convention")
             a.swap_pairs = list(LR_PAIRS)
+            mirrored += 1
         else:
             a.problems.append("inconsistent: " + ", ".join(against) + " disagree with "
                               + ", ".join(n for n in a.votes if n not in against))
             a.swap_pairs = against
-    flagged = [a for a in audits if a.problems]
+            inconsistent += 1
     return {
         "root": str(root), "split": split, "masks": len(audits),
-        "judged": len(conventions) + sum(1 for a in audits if len(set(a.votes.values())) > 1),
+        "judged": sum(1 for a in audits if a.votes),
         "convention": {1: "l_ on image-right", -1: "l_ on image-left", 0: "undecided"}[majority],
-        "mirrored": sum(1 for a in flagged if a.problems[-1].startswith("mirrored")),
-        "inconsistent": sum(1 for a in flagged if a.problems[-1].startswith("inconsistent")),
-        "flagged": flagged,
+        "mirrored": mirrored, "inconsistent": inconsistent,
+        "flagged": [a for a in audits if a.problems],
     }
+
+
+def report_json(report: dict) -> dict:
+    """The report with its MaskAudit records as plain dicts, for JSON."""
+    return {**report, "flagged": [asdict(a) for a in report["flagged"]]}
 
 
 def swap_lut(pair_names) -> np.ndarray:

@@ -61,7 +61,7 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from facekd.audit import audit_split, format_table, save_panel, write_fixed
+    from facekd.audit import audit_split, format_table, report_json, save_panel, write_fixed
     report = audit_split(_data_root(args), args.split, progress=not args.json)
     if args.fix:
         write_fixed(report, args.fix, copy=args.copy)
@@ -69,8 +69,7 @@ def cmd_audit(args) -> int:
     if panel:
         panel = save_panel(report, panel, limit=args.panel_rows)
     if args.json:
-        from dataclasses import asdict
-        print(json.dumps({**report, "flagged": [asdict(a) for a in report["flagged"]]}, indent=2))
+        print(json.dumps(report_json(report), indent=2))
         return 0
     print(format_table(report))
     if args.fix:

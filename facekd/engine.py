@@ -41,10 +41,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict]
 
 
 def pick_device() -> torch.device:
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    # under torchrun each process drives the GPU of its local rank
-    return torch.device("cuda", distributed.local_rank()) if distributed.is_distributed() else torch.device("cuda")
+    # under torchrun each process drives the GPU of its local rank (0 for a single process)
+    return torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
