@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from facekd.predict import load_model
+from facekd.app.models import load_model
 from facekd.profile import model_cost
 
 

@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from facekd.predict import load_model, predict_paths
+from facekd.app.models import load_model
+from facekd.app.predict import predict_paths
 from facekd.profile import count_macs, cpu_latency_ms
 
 

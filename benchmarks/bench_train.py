@@ -21,7 +21,7 @@ from facekd.data import find_pairs, load_split
 from facekd.engine import supervised_loss
 from facekd.inference import normalize
 from facekd.labels import FLIP_PERMUTATION
-from facekd.models import build_model, named_config
+from facekd.app.models import build_model, named_config
 from facekd.transforms import AugmentConfig, train_batch
 
 

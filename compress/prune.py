@@ -14,6 +14,8 @@ import torch.nn as nn
 import torch_pruning as tp
 
 import students
+from facekd import challenge
+from facekd.app.models import load_model
 from facekd.labels import NUM_CLASSES
 
 
@@ -47,8 +49,8 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
         raise ValueError("taylor importance needs a gradient_fn")
     model = model.cpu().to(memory_format=torch.contiguous_format)
     example = torch.randn(1, 3, example_size, example_size)
-    macs0, params0 = tp.utils.count_ops_and_params(model, example)
-    params0 = students.count_params(model)
+    macs0 = tp.utils.count_ops_and_params(model, example)[0]
+    params0 = challenge.count_params(model)  # trainable ones, as the challenge counts
     pruner = tp.pruner.BasePruner(
         model, example, importance=make_importance(importance),
         pruning_ratio=ratio if ratio is not None else 0.9, iterative_steps=steps,
@@ -58,7 +60,7 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
         if ratio is not None:
             return False  # a ratio runs the whole schedule
         if target_params is not None:
-            return students.count_params(model) <= target_params
+            return challenge.count_params(model) <= target_params
         return tp.utils.count_ops_and_params(model, example)[0] <= target_macs
 
     taken = 0
@@ -72,7 +74,7 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
         taken += 1
     model.zero_grad(set_to_none=True)
     macs1, _ = tp.utils.count_ops_and_params(model, example)
-    report = {"params_before": params0, "params_after": students.count_params(model),
+    report = {"params_before": params0, "params_after": challenge.count_params(model),
               "macs_before": int(macs0), "macs_after": int(macs1), "macs_at": example_size, "steps": taken,
               "importance": importance}
     if not (ratio is not None or reached()):
@@ -85,6 +87,5 @@ def rebuild(model: nn.Module) -> tuple[nn.Module, dict]:
     """A fresh student built from the pruned model's plain config, with its weights:
     proof that the checkpoint needs no pickled module."""
     cfg = students.model_config(model)
-    fresh = students.build_student(cfg, allow_over_budget=True)
-    fresh.load_state_dict(model.state_dict())
+    fresh, _ = load_model({"model": model.state_dict(), "model_cfg": cfg}, source="pruned model")
     return fresh, cfg

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
-import students
 from compress.prune import prune_to_target, rebuild
 from distill.train import distill
 from facekd import distributed
@@ -19,8 +18,7 @@ from facekd.config import RunConfig
 from facekd.data import load_split
 from facekd.engine import evaluate
 from facekd.inference import normalize
-from facekd.models import is_teacher
-from facekd.predict import load_model
+from facekd.app.models import build_model, is_teacher, load_model
 from facekd.profile import model_cost
 
 
@@ -49,7 +47,7 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
     if resume and (out / "last.pt").exists() and report_path.exists():
         # the architecture was already cut: rebuild it from the saved plain config
         model_cfg = load_checkpoint(out / "last.pt")["model_cfg"]
-        model = students.build_student(model_cfg, allow_over_budget=True)
+        model = build_model(model_cfg, allow_over_budget=True)  # last.pt's weights come back in fit
         report = json.loads(report_path.read_text())
     else:
         if (out / "last.pt").exists():
@@ -62,17 +60,13 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
                                               importance, progress)
         distributed.barrier()
         if not distributed.is_main():
-            pruned = load_checkpoint(out / "pruned.pt")
+            model, pruned = load_model(out / "pruned.pt")
             model_cfg = pruned["model_cfg"]
-            model = students.build_student(model_cfg, allow_over_budget=True)
-            model.load_state_dict(pruned["model"])
             report = json.loads(report_path.read_text())
     result = distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
                      model_cfg=model_cfg, stage="prune")
     if distributed.is_main():
-        best = load_checkpoint(out / "best.pt")
-        tuned = students.build_student(best["model_cfg"], allow_over_budget=True)
-        tuned.load_state_dict(best["model"])
+        tuned, best = load_model(out / "best.pt")
         report["after_finetune"] = {**model_cost(tuned), "val_fscore": best["val_fscore"]}
         report_path.write_text(json.dumps(report, indent=2) + "\n")
     distributed.barrier()
@@ -84,7 +78,7 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
 def _prune(cfg: RunConfig, data_root, out: Path, student_path, target_params, target_macs, ratio, importance,
            progress) -> tuple:
     """Prune the student, save pruned.pt and prune_report.json; returns (model, model_cfg, report)."""
-    model, ckpt = load_model(student_path, torch.device("cpu"))
+    model, ckpt = load_model(student_path)
     if is_teacher(ckpt["model_cfg"]):
         raise ValueError(f"{student_path}: is a teacher checkpoint; prune a student")
     input_size = ckpt["model_cfg"]["input_size"]

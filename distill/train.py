@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from distill.losses import channel_wise_kd_loss, pixel_kd_loss
 from facekd.config import RunConfig
 from facekd.engine import LossFn, fit, supervised_loss
-from facekd.models import build_model, named_config
-from facekd.predict import load_model
+from facekd.app.models import build_model, load_model, named_config
 from facekd.transforms import IGNORE_INDEX
 
 
@@ -56,7 +55,7 @@ def distill(cfg: RunConfig, data_root, out, teacher_path, resume: bool = False, 
     if model is None:
         model_cfg = named_config(cfg.model, cfg.resolutions[-1][0])
         torch.manual_seed(cfg.seed)  # the initial weights follow --seed too
-        model = build_model(model_cfg, allow_over_budget=cfg.model.endswith("_wide"))
+        model = build_model(model_cfg)
     reference = {"teacher/val_fscore": teacher_ckpt["val_fscore"]} if "val_fscore" in teacher_ckpt else {}
     return fit(model, model_cfg, distillation_loss(cfg, teacher), cfg, out, data_root=data_root, stage=stage,
                resume=resume, progress=progress, reference_scores=reference,

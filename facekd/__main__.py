@@ -1,5 +1,5 @@
 import sys
 
-from facekd.cli import main
+from facekd.app.cli import main
 
 sys.exit(main())

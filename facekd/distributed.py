@@ -37,6 +37,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def pick_device() -> torch.device:
+    """The GPU of this process's local rank (0 for a single process), else the CPU."""
+    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def setup() -> None:
     """Join the process group once per process; safe to call from every stage."""
     if not is_distributed() or dist.is_initialized():

@@ -28,6 +28,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from facekd import distributed
+from facekd.challenge import count_params
 from facekd.checkpoint import load_checkpoint, save_checkpoint
 from facekd.config import RunConfig, save_config
 from facekd.data import CachedSplit, load_split
@@ -35,14 +36,8 @@ from facekd.inference import predict_logits
 from facekd.labels import CLASS_NAMES, PALETTE
 from facekd.metric import FScoreMeter
 from facekd.transforms import IGNORE_INDEX, AugmentConfig, train_batch
-from students import count_params
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict]
-
-
-def pick_device() -> torch.device:
-    # under torchrun each process drives the GPU of its local rank (0 for a single process)
-    return torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -122,7 +117,7 @@ def fit(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_
     distributed.setup()
     world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
     progress = progress and main
-    device = pick_device()
+    device = distributed.pick_device()
     if cfg.sync_bn and world > 1 and device.type != "cuda":
         raise ValueError("sync_bn needs CUDA: torch's SyncBatchNorm has no CPU kernel")
     last_path = Path(run_dir) / "last.pt"

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from students import count_params
+from facekd.challenge import count_params
 
 
 def count_macs(model: nn.Module, size: int = 512) -> int:

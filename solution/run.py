@@ -29,7 +29,7 @@ class WeightsError(RuntimeError):
     """Weights that are missing or not a facekd export; the message names the file."""
 
 
-def load_model(weights: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, int]:
+def load_solution(weights: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, int]:
     """The student and the square size it expects, from an exported ckpt.pth."""
     weights = Path(weights)
     if not weights.is_file():
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run.py: error: {src}: no such file", file=sys.stderr)
         return 1
     try:
-        model, input_size = load_model(args.weights)
+        model, input_size = load_solution(args.weights)
     except WeightsError as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         return 1

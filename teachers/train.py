@@ -6,7 +6,7 @@ import torch
 
 from facekd.config import RunConfig
 from facekd.engine import fit, supervised_loss
-from facekd.models import build_model, named_config
+from facekd.app.models import build_model, named_config
 
 
 def train_teacher(cfg: RunConfig, data_root, out, resume: bool = False, progress: bool = True) -> dict:

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from facekd.audit import audit_split, save_panel, swap_lut, write_fixed
-from facekd.cli import main
+from facekd.app.cli import main
 from facekd.labels import PALETTE
 
 SIZE = 64

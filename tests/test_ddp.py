@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from facekd.checkpoint import load_checkpoint
-from facekd.cli import main
+from facekd.app.cli import main
 
 # `facekd` that dies right after rank 0 saves epoch 0's last.pt, as test_engine's resume test does
 KILLED_CLI = """
 import sys
 import facekd.engine as engine
-from facekd.cli import main
+from facekd.app.cli import main
 
 real_save = engine.save_checkpoint
 

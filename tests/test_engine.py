@@ -7,7 +7,7 @@ import numpy as np
 
 import facekd.engine as engine
 from facekd.checkpoint import load_checkpoint
-from facekd.cli import main
+from facekd.app.cli import main
 from facekd.config import RunConfig, apply_overrides, load_toml, resolve_config
 from facekd.metric import read_mask
 from teachers.train import train_teacher

@@ -15,13 +15,14 @@ from PIL import Image
 
 from facekd.checkpoint import save_checkpoint
 from facekd.data import SAMPLE_DATA
-from facekd.export import REPO_ROOT, REQUIREMENTS, export
+from facekd.app.export import REPO_ROOT, REQUIREMENTS, export
 from facekd.inference import list_images, load_rgb, predict_mask
 from facekd.labels import NUM_CLASSES
-from facekd.models import build_model, named_config
-from facekd.predict import predict_paths
+from facekd.app.models import build_model, named_config
+from facekd.app.predict import predict_paths
 import students
-from students import PARAM_LIMIT, STUDENTS, build_student, count_params
+from facekd.challenge import PARAM_LIMIT, count_params
+from students import STUDENTS, build_student
 
 VAL_IMAGES = SAMPLE_DATA / "val" / "images"
 
@@ -90,9 +91,9 @@ def run_solution(run_py: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_export_writes_standalone_folder(tiny_ckpt, solution_dir):
     files = {p.relative_to(solution_dir).as_posix() for p in solution_dir.rglob("*") if p.is_file()}
-    assert {"run.py", "ckpt.pth", "requirements.txt", "facekd/__init__.py", "facekd/labels.py",
+    assert {"run.py", "ckpt.pth", "requirements.txt", "facekd/__init__.py", "facekd/challenge.py", "facekd/labels.py",
             "facekd/inference.py", "students/__init__.py", "students/resfpn.py"} <= files
-    assert not any(f.startswith("facekd/") and f not in {"facekd/__init__.py", "facekd/labels.py",
+    assert not any(f.startswith("facekd/") and f not in {"facekd/__init__.py", "facekd/challenge.py", "facekd/labels.py",
                                                            "facekd/inference.py"} for f in files)
     assert (solution_dir / "run.py").read_text() == (REPO_ROOT / "solution" / "run.py").read_text()
     assert (solution_dir / "requirements.txt").read_text().split() == list(REQUIREMENTS)
@@ -129,7 +130,7 @@ def test_export_refuses_unknown_arch(tmp_path, tiny_ckpt):
 
 
 def test_cli_export_error_exits_2(tmp_path, capsys):
-    from facekd.cli import main
+    from facekd.app.cli import main
     assert main(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "out")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 
@@ -216,7 +217,7 @@ def test_repo_solution_runs_from_a_fresh_clone(tmp_path):
 def test_in_repo_solution_links_sources_and_re_exports(tmp_path, tiny_ckpt, monkeypatch):
     """The repo's own solution/ links the runtime sources (never stale), and exporting
     into it again replaces the weights rather than refusing."""
-    import facekd.export as export_module
+    import facekd.app.export as export_module
     repo_solution = tmp_path / "repo_solution"
     repo_solution.mkdir()
     shutil.copy2(export_module.RUN_PY, repo_solution / "run.py")

@@ -1,8 +1,8 @@
 import json
 import zipfile
 
-from facekd.cli import main
-from facekd.submission import check_submission
+from facekd.app.cli import main
+from facekd.app.submission import check_submission
 
 
 def test_pipeline_smoke_end_to_end_and_resume(tmp_path, sample_root, capsys):

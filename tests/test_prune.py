@@ -4,9 +4,10 @@ import pytest
 import torch
 
 import students
+from facekd import challenge
 from compress.prune import prune_to_target, rebuild
 from facekd.checkpoint import load_checkpoint, save_checkpoint
-from facekd.cli import main
+from facekd.app.cli import main
 
 
 def small_student(name="unet"):
@@ -19,7 +20,7 @@ def small_student(name="unet"):
 @pytest.mark.parametrize("name", ["unet", "resfpn"])
 def test_prune_meets_param_target_and_rebuilds_identically(name, tmp_path):
     model = small_student(name)
-    before = students.count_params(model)
+    before = challenge.count_params(model)
     target = int(before * 0.6)
     report = prune_to_target(model, target_params=target, example_size=64)
     assert report["params_after"] <= target < report["params_before"] == before
@@ -39,8 +40,8 @@ def test_prune_meets_param_target_and_rebuilds_identically(name, tmp_path):
 
 def test_wide_student_prunes_below_the_challenge_limit():
     wide = students.build_student(students.STUDENTS["resfpn_wide"], allow_over_budget=True)
-    report = prune_to_target(wide, target_params=students.PARAM_LIMIT - 1, example_size=64)
-    assert report["params_after"] < students.PARAM_LIMIT
+    report = prune_to_target(wide, target_params=challenge.PARAM_LIMIT - 1, example_size=64)
+    assert report["params_after"] < challenge.PARAM_LIMIT
     fresh, cfg = rebuild(wide)
     students.build_student(cfg)  # no longer needs allow_over_budget
 
@@ -70,10 +71,10 @@ def test_prune_command_end_to_end(tmp_path, sample_root, capsys):
                      "stage": "distill", "val_fscore": 0.0}, tmp_path / "student.pt")
     out = tmp_path / "pruned"
     args = ["prune", "--student", str(tmp_path / "student.pt"), "--out", str(out), "--target-params",
-            str(students.count_params(student) // 2)]
+            str(challenge.count_params(student) // 2)]
     assert main(args) == 0
     report = json.loads((out / "prune_report.json").read_text())
-    assert report["after_pruning"]["params"] <= students.count_params(student) // 2
+    assert report["after_pruning"]["params"] <= challenge.count_params(student) // 2
     for stage in ("before", "after_pruning", "after_finetune"):
         assert {"params", "macs", "latency_ms", "val_fscore"} <= set(report[stage])
     best = load_checkpoint(out / "best.pt")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facekd.cli import main
-from facekd.export import export
-from facekd.submission import check_submission
+from facekd.app.cli import main
+from facekd.app.export import export
+from facekd.app.submission import check_submission
 from students import STUDENTS
 from tests.test_export import VAL_IMAGES, make_checkpoint
 

@@ -53,7 +53,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_pipeline(args) -> int:
-    from facekd.pipeline import run_pipeline
+    from facekd.app.pipeline import run_pipeline
     summary = run_pipeline(_data_root(args), args.out, args.preset, args.images, args.config, args.resume,
                            audit=not args.no_audit)
     print(json.dumps(summary, indent=2))
@@ -80,7 +80,7 @@ def cmd_audit(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from facekd.predict import predict_paths
+    from facekd.app.predict import predict_paths
     result = predict_paths(args.weights, args.input, args.output, flip_tta=not args.no_tta)
     for reason in result["failed"]:
         print(f"skipped: {reason}", file=sys.stderr)
@@ -102,7 +102,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from facekd.export import export
+    from facekd.app.export import export
     meta = export(args.checkpoint, args.out)
     score = "n/a" if meta["val_fscore"] is None else f"{meta['val_fscore']:.4f}"
     print(f"exported {meta['model_cfg']['arch']} ({meta['params']:,} params, val F-score {score}) to {args.out}")
@@ -120,12 +120,12 @@ def _print_report(report, zip_path) -> int:
 
 
 def cmd_package(args) -> int:
-    from facekd.submission import package
+    from facekd.app.submission import package
     return _print_report(package(args.images, args.solution, args.out, flip_tta=not args.no_tta), args.out)
 
 
 def cmd_check_submission(args) -> int:
-    from facekd.submission import check_submission
+    from facekd.app.submission import check_submission
     return _print_report(check_submission(args.zip, args.images), args.zip)
 
 

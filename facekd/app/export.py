@@ -16,12 +16,13 @@ import torch.nn as nn
 
 import facekd
 import students
+from facekd import challenge
 from facekd.checkpoint import load_checkpoint, save_checkpoint
-from facekd.models import is_teacher
+from facekd.app.models import is_teacher, load_model
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_PY = REPO_ROOT / "solution" / "run.py"  # canonical source of every exported run.py
-FACEKD_RUNTIME = ("__init__.py", "labels.py", "inference.py")  # what run.py transitively imports from facekd
+FACEKD_RUNTIME = ("__init__.py", "challenge.py", "labels.py", "inference.py")  # what run.py transitively imports from facekd
 # Only what run.py's imports need, with lower bounds that exist on PyPI.
 REQUIREMENTS = ("torch>=2.1", "numpy>=1.24", "pillow>=10")
 
@@ -29,9 +30,8 @@ REQUIREMENTS = ("torch>=2.1", "numpy>=1.24", "pillow>=10")
 def shippable_student(ckpt: dict, source: str | Path) -> tuple[nn.Module, int]:
     """Rebuild the checkpoint's model and refuse anything the challenge would reject.
 
-    The model is rebuilt with allow_over_budget=True so an over-limit student is reported
-    with its exact count instead of a generic build error, and its weights are loaded
-    strictly so a config that does not match the weights fails here rather than in run.py.
+    An over-limit student is rebuilt so that it is reported with its exact count, and its
+    weights are loaded strictly so a config that does not match them fails here, not in run.py.
     """
     cfg = ckpt["model_cfg"]
     arch = cfg.get("arch")
@@ -41,15 +41,11 @@ def shippable_student(ckpt: dict, source: str | Path) -> tuple[nn.Module, int]:
         raise ValueError(f"{source}: arch {arch!r} is not a student arch ({sorted(students.ARCHS)})")
     if "input_size" not in cfg:
         raise ValueError(f"{source}: model_cfg has no input_size, which run.py needs")
-    model = students.build_student(cfg, allow_over_budget=True)
-    n = students.count_params(model)
-    if n >= students.PARAM_LIMIT:
+    model, _ = load_model(ckpt, source=source)
+    n = challenge.count_params(model)
+    if n >= challenge.PARAM_LIMIT:
         raise ValueError(f"{source}: {arch} has {n:,} trainable parameters; the challenge needs fewer than "
-                         f"{students.PARAM_LIMIT:,} (prune it first)")
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise ValueError(f"{source}: weights do not match model_cfg ({e})") from e
+                         f"{challenge.PARAM_LIMIT:,} (prune it first)")
     return model, n
 
 

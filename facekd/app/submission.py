@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-import students
+from facekd.app.models import load_model
+from facekd import challenge
 from facekd.inference import list_images
 from facekd.labels import NUM_CLASSES
 
@@ -91,9 +92,8 @@ def count_shipped_params(data: bytes) -> int:
     refused at build time; the weights are loaded strictly because run.py would fail on
     weights that do not match the config."""
     ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    model = students.build_student(ckpt["model_cfg"], allow_over_budget=True)
-    model.load_state_dict(ckpt["model"])
-    return students.count_params(model)
+    model, _ = load_model(ckpt, source="solution/ckpt.pth")
+    return challenge.count_params(model)
 
 
 def check_submission(zip_path: str | Path, images: str | Path | None = None) -> CheckReport:
@@ -121,9 +121,9 @@ def check_submission(zip_path: str | Path, images: str | Path | None = None) -> 
             except Exception as e:  # corrupt file, unknown arch, mismatched weights...
                 report.faults.append(f"solution/ckpt.pth: cannot rebuild the model ({type(e).__name__}: {e})")
             else:
-                if report.params >= students.PARAM_LIMIT:
+                if report.params >= challenge.PARAM_LIMIT:
                     report.faults.append(f"solution/ckpt.pth: {report.params:,} trainable parameters; the limit is "
-                                         f"fewer than {students.PARAM_LIMIT:,}")
+                                         f"fewer than {challenge.PARAM_LIMIT:,}")
 
         masks = {}
         mask_members = [n for n in names if n.startswith(f"{root}masks/")]

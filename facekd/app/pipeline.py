@@ -21,12 +21,11 @@ from compress.train import prune_and_finetune
 from distill.train import distill
 from facekd import distributed
 from facekd.audit import audit_split, save_panel, write_fixed
-from facekd.checkpoint import load_checkpoint
 from facekd.config import resolve_config
-from facekd.export import export
-from facekd.models import build_model
+from facekd.app.export import export
+from facekd.app.models import load_model
 from facekd.profile import model_cost
-from facekd.submission import package
+from facekd.app.submission import package
 from teachers.train import train_teacher
 
 # What the prune stage aims for, per preset: a fraction of the distilled student's params.
@@ -34,9 +33,7 @@ PRUNE_KEEP = {"smoke": 0.7, "cpu": 0.8, "gpu": 0.8}
 
 
 def _cost(checkpoint: Path) -> dict:
-    ckpt = load_checkpoint(checkpoint)
-    model = build_model(ckpt["model_cfg"], allow_over_budget=True)
-    model.load_state_dict(ckpt["model"])
+    model, ckpt = load_model(checkpoint)
     return {"val_fscore": ckpt.get("val_fscore"), **model_cost(model)}
 
 

@@ -1,0 +1,54 @@
+"""The model registry: build any facekd model, teacher or student, from its plain config,
+or rebuild one from a checkpoint. The stages that need a model by name or by file
+(distill, compress) and every application command come through here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import students
+import teachers
+from facekd.checkpoint import load_checkpoint
+
+
+def named_config(name: str, input_size: int) -> dict:
+    if name in students.STUDENTS:
+        return {**students.STUDENTS[name], "input_size": input_size}
+    if name in teachers.TEACHERS:
+        return {**teachers.TEACHERS[name], "input_size": input_size}
+    raise ValueError(f"unknown model {name!r}; teachers: {sorted(teachers.TEACHERS)}, "
+                     f"students: {sorted(students.STUDENTS)}")
+
+
+def is_teacher(model_cfg: dict) -> bool:
+    return model_cfg.get("arch") in teachers.ARCHS
+
+
+def build_model(model_cfg: dict, allow_over_budget: bool = False) -> nn.Module:
+    if is_teacher(model_cfg):
+        cfg = dict(model_cfg)
+        return teachers.ARCHS[cfg.pop("arch")](**cfg)
+    return students.build_student(model_cfg, allow_over_budget=allow_over_budget)
+
+
+def load_model(checkpoint: str | Path | dict, device: torch.device | str | None = None,
+               source: str | Path | None = None) -> tuple[nn.Module, dict]:
+    """(model in eval mode with its weights, the checkpoint dict) from a checkpoint file or
+    an already-loaded checkpoint dict. A checkpoint is rebuilt as it was trained, so an
+    over-limit student loads too; export is where the limit is enforced. Weights that do
+    not fit their model_cfg are an error that names the file."""
+    if isinstance(checkpoint, dict):
+        ckpt, source = checkpoint, source or "checkpoint"
+    else:
+        ckpt, source = load_checkpoint(checkpoint), source or checkpoint
+    try:
+        model = build_model(ckpt["model_cfg"], allow_over_budget=True)
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"{source}: weights do not match their model_cfg ({type(e).__name__}: {e})") from e
+    if device is not None:
+        model.to(device)
+    return model.eval(), ckpt

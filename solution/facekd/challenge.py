@@ -1,0 +1,1 @@
+../../facekd/challenge.py
