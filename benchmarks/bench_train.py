@@ -59,7 +59,7 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
     random.seed(0)
-    cfg = RunConfig(dice=0.5)
+    cfg = RunConfig(dice_weight=0.5)
     loss_fn = supervised_loss(cfg)
     n_images = args.batch_size * (args.batches + 1)
 
@@ -83,7 +83,7 @@ def main():
 
     def fast_step(i):
         idx = torch.arange(i * args.batch_size, (i + 1) * args.batch_size)
-        fast_update(*train_batch(split.images[idx], split.masks[idx], augment))
+        fast_update(*train_batch(split.images[idx], split.masks[idx], augment)[:2])
         return args.batch_size
 
     pairs = find_pairs(args.data, "train")[:n_images]

@@ -18,6 +18,9 @@ from facekd import challenge
 from facekd.app.models import load_model
 from facekd.labels import NUM_CLASSES
 
+# How deep a target search may cut every layer; a target below what this ratio leaves is unreachable.
+MAX_RATIO = 0.9
+
 
 def classifier_layers(model: nn.Module) -> list[nn.Module]:
     """Convs that emit the class logits: pruning them would drop classes."""
@@ -48,12 +51,13 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
     if importance == "taylor" and gradient_fn is None:
         raise ValueError("taylor importance needs a gradient_fn")
     model = model.cpu().to(memory_format=torch.contiguous_format)
+    was_training = model.training  # torch-pruning's graph tracing leaves the model in eval()
     example = torch.randn(1, 3, example_size, example_size)
     macs0 = tp.utils.count_ops_and_params(model, example)[0]
     params0 = challenge.count_params(model)  # trainable ones, as the challenge counts
     pruner = tp.pruner.BasePruner(
         model, example, importance=make_importance(importance),
-        pruning_ratio=ratio if ratio is not None else 0.9, iterative_steps=steps,
+        pruning_ratio=ratio if ratio is not None else MAX_RATIO, iterative_steps=steps,
         ignored_layers=classifier_layers(model), round_to=round_to)
 
     def reached() -> bool:
@@ -73,6 +77,7 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
         pruner.step()
         taken += 1
     model.zero_grad(set_to_none=True)
+    model.train(was_training)
     macs1, _ = tp.utils.count_ops_and_params(model, example)
     report = {"params_before": params0, "params_after": challenge.count_params(model),
               "macs_before": int(macs0), "macs_after": int(macs1), "macs_at": example_size, "steps": taken,

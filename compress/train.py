@@ -14,6 +14,7 @@ from compress.prune import prune_to_target, rebuild
 from distill.train import distill
 from facekd import distributed
 from facekd.checkpoint import load_checkpoint, save_checkpoint
+from facekd.budget import Budget
 from facekd.config import RunConfig
 from facekd.data import load_split
 from facekd.engine import evaluate
@@ -27,10 +28,19 @@ def taylor_gradients(data_root, size: int = 256, n: int = 16):
     split = load_split(data_root, "train", size, limit=n, progress=False)
 
     def gradient_fn(model):
-        model.train()
-        logits = model(normalize(split.images))
-        logits = F.interpolate(logits, size=split.masks.shape[-2:], mode="bilinear", align_corners=False)
-        F.cross_entropy(logits, split.masks.long()).backward()
+        # Eval mode, not train mode with the buffers saved and restored: Taylor importance
+        # estimates how the loss of the deployed network (BatchNorm on its running statistics)
+        # changes when a channel goes. Batch statistics would differentiate another function,
+        # in which BatchNorm cancels any rescaling of the conv before it, and a train-mode
+        # forward would also move the running statistics the "after pruning" score is measured on.
+        was_training = model.training
+        model.eval()
+        try:
+            logits = model(normalize(split.images))
+            logits = F.interpolate(logits, size=split.masks.shape[-2:], mode="bilinear", align_corners=False)
+            F.cross_entropy(logits, split.masks.long()).backward()
+        finally:
+            model.train(was_training)
     return gradient_fn
 
 
@@ -41,6 +51,7 @@ def measure(model, val, input_size: int, flip_tta: bool) -> dict:
 def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, *, target_params=None,
                        target_macs=None, ratio=None, importance: str = "magnitude", resume: bool = False,
                        progress: bool = True) -> dict:
+    budget = Budget.from_minutes(cfg.budget_minutes)  # pruning and its measurements count too
     out = Path(out)
     report_path = out / "prune_report.json"
     distributed.setup()  # under torchrun, for the barriers below
@@ -64,7 +75,7 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
             model_cfg = pruned["model_cfg"]
             report = json.loads(report_path.read_text())
     result = distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
-                     model_cfg=model_cfg, stage="prune")
+                     model_cfg=model_cfg, stage="prune", budget=budget)
     if distributed.is_main():
         tuned, best = load_model(out / "best.pt")
         report["after_finetune"] = {**model_cost(tuned), "val_fscore": best["val_fscore"]}

@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from facekd.data import find_pairs
+from facekd.inference import check_output_folder
 from facekd.labels import NUM_CLASSES, PALETTE
 
 LR_PAIRS = {"eyes": (4, 5), "brows": (6, 7), "ears": (8, 9)}
@@ -143,13 +144,22 @@ def _link(src: Path, dst: Path, copy: bool) -> None:
         os.symlink(src.resolve(), dst)
 
 
+def check_fix_target(out: str | Path) -> None:
+    """The fixed copy goes to a new or empty folder; callers check this before auditing."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: is a file; choose a new folder for the fixed copy")
+    if out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: is not empty; choose a new folder for the fixed copy")
+    check_output_folder(out)
+
+
 def write_fixed(report: dict, out: str | Path, copy: bool = False) -> Path:
     """A corrected copy of the audited dataset root at out: the audited split with flagged
     masks' left/right ids swapped, everything else linked (or copied), and audit.json. The
     input is never modified."""
     root, split, out = Path(report["root"]), report["split"], Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty; choose a new folder for the fixed copy")
+    check_fix_target(out)
     fixes = {a.stem: a for a in report["flagged"] if a.swap_pairs}
     # The other splits (val, test) come along whole, so out works as a --data root.
     for other in sorted(p for p in root.iterdir() if p.is_dir() and p.name != split):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from facekd.inference import load_weights
+
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
     path = Path(path)
@@ -16,14 +18,46 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     os.replace(tmp, path)  # a run killed mid-write keeps the previous checkpoint intact
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's dict on the CPU (load_state_dict copies onto any device). Errors are
+    one line naming the file, and an unsafe file's refusal never suggests weights_only=False."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or unsafe files
-        raise ValueError(f"{path}: not a loadable facekd checkpoint ({type(e).__name__}: {e})") from e
+    ckpt = load_weights(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_cfg" not in ckpt:
         raise ValueError(f"{path}: not a facekd checkpoint (expected a dict with 'model' and 'model_cfg')")
     return ckpt
+
+
+# The full training state that --resume continues from. Its layout lives here, beside the
+# loader, so that the engine only says what to save, not how it is laid out.
+
+def training_state(*, model, model_cfg: dict, stage: str, optimizer, scheduler, ema, progress: dict,
+                   config: dict, params: int, rng_gens: list, world_size: int) -> dict:
+    """A plain dict for last.pt. `progress` holds the counters (epoch, step, best_metric,
+    train_seconds, images_seen, and the budget's spent seconds under a budget)."""
+    state = {"model": model.state_dict(), "model_cfg": model_cfg, "stage": stage,
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **progress,
+             "config": config, "params": params, "world_size": world_size,
+             "rng_cpu": torch.get_rng_state(), "rng_gen": rng_gens[0]}
+    if world_size > 1:
+        # a list, not a stack: Generator.set_state crashes on a row view of a stacked tensor
+        state["rng_gen_ranks"] = rng_gens
+    if ema is not None:
+        state["model_ema"] = ema.module.state_dict()
+    return state
+
+
+def restore_training_state(state: dict, *, model, optimizer, scheduler, ema, generator, rank: int) -> dict:
+    """Load last.pt's weights, optimiser, schedule, EMA and RNG states in place; returns its counters."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if ema is not None and "model_ema" in state:
+        ema.module.load_state_dict(state["model_ema"])
+    torch.set_rng_state(state["rng_cpu"].cpu())  # RNG states must be CPU tensors, even for CUDA
+    generator.set_state((state["rng_gen_ranks"][rank] if "rng_gen_ranks" in state else state["rng_gen"]).cpu())
+    return {k: state.get(k, default) for k, default in
+            (("epoch", -1), ("step", 0), ("best_metric", -1.0), ("train_seconds", 0.0), ("images_seen", 0),
+             ("budget_spent", 0.0), ("budget_train_start", None))}

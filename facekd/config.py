@@ -22,6 +22,9 @@ class RunConfig:
     model: str = "resfpn"
     # schedule: [[size, epochs], ...] trained in order; the model predicts at the last size
     resolutions: list = field(default_factory=lambda: [[256, 1]])
+    # > 0: train for this many minutes of wall time instead of a fixed number of epochs; the
+    # epochs above then only weigh the resolution phases and the warm-up (facekd/budget.py)
+    budget_minutes: float = 0.0
     batch_size: int = 8
     lr: float = 2e-3
     min_lr_ratio: float = 0.02
@@ -37,12 +40,18 @@ class RunConfig:
     rotate_deg: float = 15.0
     shift: float = 0.08
     jitter: float = 0.25
-    # loss weights; kd and cwd are used only when a teacher is given
-    ce: float = 1.0
-    dice: float = 0.0
-    kd: float = 0.0
-    cwd: float = 0.0
+    # loss weights; kd_weight and cwd_weight are used only when a teacher is given
+    ce_weight: float = 1.0
+    dice_weight: float = 0.0
+    kd_weight: float = 0.0
+    cwd_weight: float = 0.0
     temperature: float = 4.0
+    # "online" runs the teacher on every step; "offline" runs it once per training image before
+    # training (flip TTA, averaged over soft_target_scales x its input size) and warps the stored
+    # logits with each batch (distill/soft_targets.py)
+    distill_mode: str = "online"
+    soft_target_scales: list = field(default_factory=lambda: [1.0])
+    soft_target_cache: str = ""         # a folder that keeps offline targets across runs; "" = memory only
     # evaluation and logging
     eval_every: int = 1
     flip_tta: bool = True
@@ -53,9 +62,48 @@ class RunConfig:
     compile: bool = False
     sync_bn: bool = False               # under torchrun on GPUs: BatchNorm statistics over all ranks' batches
 
+    def __post_init__(self):
+        problems = [f"{name} {why}" for name, bad, why in (
+            ("batch_size", self.batch_size < 2, "must be at least 2 (BatchNorm cannot train on one image)"),
+            ("lr", not self.lr > 0, "must be positive"),
+            ("min_lr_ratio", not 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]"),
+            ("weight_decay", self.weight_decay < 0, "must not be negative"),
+            ("warmup_epochs", self.warmup_epochs < 0, "must not be negative"),
+            ("grad_clip", self.grad_clip < 0, "must not be negative (0 turns clipping off)"),
+            ("ema_decay", not 0 <= self.ema_decay < 1, "must be in [0, 1)"),
+            ("budget_minutes", self.budget_minutes < 0, "must not be negative (0 means fixed epochs)"),
+            ("train_limit", self.train_limit < 0, "must not be negative (0 means all pairs)"),
+            ("flip", not 0 <= self.flip <= 1, "must be a probability in [0, 1]"),
+            ("scale_min", not 0 < self.scale_min <= self.scale_max, "must be positive and at most scale_max"),
+            ("temperature", not self.temperature > 0, "must be positive"),
+            ("distill_mode", self.distill_mode not in ("online", "offline"), "must be 'online' or 'offline'"),
+            ("soft_target_scales", not (isinstance(self.soft_target_scales, list) and self.soft_target_scales and all(
+                isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in self.soft_target_scales)),
+             "must be a non-empty list of positive numbers"),
+            ("eval_every", self.eval_every < 1, "must be at least 1"),
+            ("panel_every", self.panel_every < 1, "must be at least 1"),
+            ("threads", self.threads < 0, "must not be negative (0 means torch's default)"),
+            *((f"{w}", getattr(self, w) < 0, "must not be negative")
+              for w in ("ce_weight", "dice_weight", "kd_weight", "cwd_weight")),
+        ) if bad]
+        phases_ok = isinstance(self.resolutions, list) and self.resolutions and all(
+            isinstance(x, list) and len(x) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
+            for x in self.resolutions)
+        if not phases_ok:
+            problems.append("resolutions must be a non-empty list of [size, epochs] integer pairs")
+        elif any(size < 32 or size % 32 or epochs < 1 for size, epochs in self.resolutions):
+            problems.append("resolutions: every size must be a multiple of 32 (the students' deepest stride) "
+                            f"and every phase at least 1 epoch, got {self.resolutions}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
     @property
     def epochs(self) -> int:
         return sum(e for _, e in self.resolutions)
+
+    def size_at_progress(self, progress: float) -> int:
+        """The resolution phase at a share of a budget, each phase's epochs read as its share."""
+        return self.size_at(min(int(progress * self.epochs), self.epochs - 1))
 
     def size_at(self, epoch: int) -> int:
         for size, n in self.resolutions:
@@ -81,18 +129,51 @@ def _check_type(key: str, value, default):
     return value
 
 
+# Keys renamed since configs were first written; old TOML files keep working.
+RENAMED = {"ce": "ce_weight", "dice": "dice_weight", "kd": "kd_weight", "cwd": "cwd_weight"}
+
+
 def apply_overrides(cfg: RunConfig, overrides: dict, source: str = "overrides") -> RunConfig:
     names = {f.name for f in dataclasses.fields(RunConfig)}
     checked = {}
     for key, value in overrides.items():
+        key = RENAMED.get(key, key)
         if key not in names:
             raise ValueError(f"{source}: unknown config key {key!r}")
-        checked[key] = _check_type(key, value, getattr(cfg, key))
-    if "resolutions" in checked:
-        r = checked["resolutions"]
-        if not r or not all(isinstance(x, list) and len(x) == 2 and all(isinstance(v, int) for v in x) for x in r):
-            raise ValueError(f"{source}: resolutions must be [[size, epochs], ...] of integers")
-    return dataclasses.replace(cfg, **checked)
+        try:
+            checked[key] = _check_type(key, value, getattr(cfg, key))
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+    try:
+        return dataclasses.replace(cfg, **checked)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def parse_assignments(items: list[str] | None) -> dict:
+    """`--set key=value` pairs, each value read as a TOML value (`lr=1e-3`,
+    `resolutions=[[256,4]]`, `flip_tta=false`); a bare word is a string (`model=unet`)."""
+    overrides = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected key=value")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        overrides[key.strip()] = value
+    return overrides
+
+
+# Settings a resumed run may change: they do not alter what has been trained so far.
+RESUMABLE_CHANGES = {"threads", "eval_every", "panel_every", "budget_minutes", "data", "soft_target_cache"}
+
+
+def resume_conflicts(saved: dict, new: dict) -> list[str]:
+    """'key: saved != new' for each setting that a resumed run may not change."""
+    return [f"{k}: {saved[k]!r} != {new.get(k)!r}" for k in sorted(saved)
+            if k not in RESUMABLE_CHANGES and k in new and saved[k] != new[k]]
 
 
 def load_toml(path: str | Path) -> dict:
@@ -106,42 +187,45 @@ def load_toml(path: str | Path) -> dict:
         raise ValueError(f"{path}: invalid TOML ({e})") from None
 
 
-# Presets per stage. smoke: the embedded sample in well under two minutes. cpu: sized for
-# this 2-core machine (see docs/RESULTS.md for what each reached). gpu: the 512 recipe.
+# Presets per stage. smoke: the embedded sample in well under two minutes. cpu: sized for a
+# 2-core CPU (docs/RESULTS.md says what each reached, and on which machine). gpu: the 512 recipe.
 PRESETS = {
     "teacher": {
         "smoke": dict(model="teacher_tiny", resolutions=[[128, 6]], batch_size=4, eval_every=2, warmup_epochs=0.5),
         "cpu": dict(model="teacher_cpu", resolutions=[[256, 12], [384, 2]], batch_size=8, lr=2e-3,
-                    dice=0.5, eval_every=4),
-        "gpu": dict(model="teacher_gpu", resolutions=[[512, 120]], batch_size=16, lr=1e-3, dice=0.5,
+                    dice_weight=0.5, eval_every=4),
+        "gpu": dict(model="teacher_gpu", resolutions=[[512, 120]], batch_size=16, lr=1e-3, dice_weight=0.5,
                     ema_decay=0.999, eval_every=5),
     },
     "distill": {
         "smoke": dict(model="tiny", resolutions=[[128, 6]], batch_size=4, eval_every=2, warmup_epochs=0.5,
-                      kd=1.0, cwd=1.0),
+                      kd_weight=1.0, cwd_weight=1.0),
         # CWD beat pixel KD and no KD on val (docs/RESULTS.md, student runs b and c)
-        "cpu": dict(model="resfpn", resolutions=[[256, 12], [384, 3]], batch_size=8, lr=3e-3, dice=0.5,
-                    kd=0.0, cwd=1.0, eval_every=3),
-        "gpu": dict(model="resfpn", resolutions=[[512, 200]], batch_size=16, lr=2e-3, dice=0.5, kd=1.0,
-                    cwd=1.0, ema_decay=0.999, eval_every=5),
+        "cpu": dict(model="resfpn", resolutions=[[256, 12], [384, 3]], batch_size=8, lr=3e-3, dice_weight=0.5,
+                    kd_weight=0.0, cwd_weight=1.0, eval_every=3),
+        "gpu": dict(model="resfpn", resolutions=[[512, 200]], batch_size=16, lr=2e-3, dice_weight=0.5, kd_weight=1.0,
+                    cwd_weight=1.0, ema_decay=0.999, eval_every=5),
     },
     "prune": {
-        "smoke": dict(resolutions=[[128, 1]], batch_size=4, eval_every=1, warmup_epochs=0.2, kd=1.0),
-        "cpu": dict(resolutions=[[384, 3]], batch_size=8, lr=1e-3, dice=0.5, kd=1.0, eval_every=1,
+        "smoke": dict(resolutions=[[128, 1]], batch_size=4, eval_every=1, warmup_epochs=0.2, kd_weight=1.0),
+        "cpu": dict(resolutions=[[384, 3]], batch_size=8, lr=1e-3, dice_weight=0.5, kd_weight=1.0, eval_every=1,
                     warmup_epochs=0.2),
-        "gpu": dict(resolutions=[[512, 40]], batch_size=16, lr=5e-4, dice=0.5, kd=1.0, ema_decay=0.999,
+        "gpu": dict(resolutions=[[512, 40]], batch_size=16, lr=5e-4, dice_weight=0.5, kd_weight=1.0, ema_decay=0.999,
                     eval_every=5),
     },
 }
 
 
-def resolve_config(stage: str, preset: str, config_file: str | None = None, **cli_overrides) -> RunConfig:
-    """Defaults, then the stage's preset, then a TOML file, then explicit CLI values."""
+def resolve_config(stage: str, preset: str, config_file: str | None = None, assignments: list[str] | None = None,
+                   **cli_overrides) -> RunConfig:
+    """Defaults, then the stage's preset, then a TOML file, then `--set key=value`s, then
+    explicit CLI flags (--seed, --budget, ...)."""
     if preset not in PRESETS[stage]:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS[stage])}")
     cfg = apply_overrides(RunConfig(), PRESETS[stage][preset], f"preset {preset}")
     if config_file:
         cfg = apply_overrides(cfg, load_toml(config_file), str(config_file))
+    cfg = apply_overrides(cfg, parse_assignments(assignments), "--set")
     return apply_overrides(cfg, {k: v for k, v in cli_overrides.items() if v is not None}, "command line")
 
 

@@ -1,8 +1,14 @@
 """The one training loop. Every stage (teacher, distillation, fine-tuning after pruning)
 calls `fit` with its own model and loss function; none of them owns a loop.
 
-A loss function maps (logits, images, labels) to a dict of named terms plus "loss", the
-total that is back-propagated; each term is logged separately.
+A loss function maps (logits, images, labels, soft_targets) to a dict of named terms plus
+"loss", the total that is back-propagated; each term is logged separately. soft_targets is
+None unless the stage hands `fit` stored class scores for the training images (a
+teacher's, computed once), which then follow every flip and warp of the batch.
+
+A run is sized in epochs (reproducible) or, with cfg.budget_minutes, in wall-clock time
+(facekd/budget.py): then the learning rate and the resolution phases follow the share of
+the budget used, and training ends, mid-epoch if need be, when it is spent.
 
 Under torchrun (facekd/distributed.py) the same loop runs in every process: the model is
 wrapped in DistributedDataParallel, each rank trains on its shard of every epoch, and
@@ -11,9 +17,11 @@ rank 0 alone validates and writes the run directory.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -29,15 +37,17 @@ from tqdm import tqdm
 
 from facekd import distributed
 from facekd.challenge import count_params
-from facekd.checkpoint import load_checkpoint, save_checkpoint
-from facekd.config import RunConfig, save_config
+from facekd.budget import Budget, BudgetError, format_seconds
+from facekd.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
+from facekd.config import RunConfig, resume_conflicts, save_config
 from facekd.data import CachedSplit, load_split
 from facekd.inference import predict_logits
-from facekd.labels import CLASS_NAMES, PALETTE
+from facekd.labels import PALETTE
 from facekd.metric import FScoreMeter
 from facekd.transforms import IGNORE_INDEX, AugmentConfig, train_batch
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict]
+LossFn = Callable[..., dict]  # (logits, images, labels, soft_targets) -> {"loss": total, **terms}
+SCHEDULE_STEPS = 100_000  # under a budget the lr schedule runs on progress x this many ticks
 
 
 def dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -54,12 +64,12 @@ def dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def supervised_loss(cfg: RunConfig) -> LossFn:
     """Cross-entropy plus optional Dice, on logits upsampled to the label resolution."""
-    def loss_fn(logits, images, labels):
+    def loss_fn(logits, images, labels, soft_targets=None):
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         terms = {"ce": F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)}
-        if cfg.dice > 0:
+        if cfg.dice_weight > 0:
             terms["dice"] = dice_loss(logits, labels)
-        terms["loss"] = cfg.ce * terms["ce"] + cfg.dice * terms.get("dice", 0.0)
+        terms["loss"] = cfg.ce_weight * terms["ce"] + cfg.dice_weight * terms.get("dice", 0.0)
         return terms
     return loss_fn
 
@@ -90,19 +100,23 @@ def colourise(masks: torch.Tensor) -> torch.Tensor:
 
 class TrainingRun:
     """Owns a run directory: config snapshot, TensorBoard, metrics.jsonl and checkpoints.
+
+    Nothing is written until `open`, which the loop calls after its first step, so a run that
+    fails before it trained at all (bad data, a budget too small) leaves no folder behind.
     With writes=False (torchrun ranks other than 0) it only checks the directory, so that
     every rank refuses an existing run alike instead of rank 0 failing alone."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, resume: bool, extra_config: dict | None = None,
-                 writes: bool = True):
+    def __init__(self, run_dir: Path, resume: bool, writes: bool = True):
         self.dir = Path(run_dir)
         if (self.dir / "last.pt").exists() and not resume:
             raise FileExistsError(f"{self.dir} already holds a run; pass --resume to continue it "
                                   f"or choose another --out")
-        self.writer = None
-        if writes:
+        self.writes, self.writer = writes, None
+
+    def open(self, cfg: RunConfig, config_record: dict) -> None:
+        if self.writes and self.writer is None:
             self.dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.dir, extra_config)
+            save_config(cfg, self.dir, config_record)
             self.writer = SummaryWriter(str(self.dir))
 
     def log(self, record: dict) -> None:
@@ -110,38 +124,354 @@ class TrainingRun:
             f.write(json.dumps(record) + "\n")
 
 
+@dataclass
+class Loop:
+    """What the training loop carries from step to step: the model and its optimiser, and
+    the counters that last.pt saves."""
+    cfg: RunConfig
+    stage: str
+    model: nn.Module                     # the plain model: checkpoints, EMA and BN syncs use it
+    net: nn.Module                       # what the step calls: the model, maybe DDP-wrapped or compiled
+    model_cfg: dict
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    ema: ModelEmaV3 | None
+    augment: AugmentConfig
+    generator: torch.Generator
+    device: torch.device
+    run: TrainingRun
+    val: CachedSplit | None              # rank 0 alone validates
+    budget: Budget | None
+    soft_targets: torch.Tensor | None
+    reference_scores: dict
+    n_params: int
+    world: int
+    rank: int
+    progress_bars: bool
+    step: int = 0
+    epoch: int = -1
+    best: float = -1.0
+    train_seconds: float = 0.0
+    images_seen: int = 0
+    evals_done: int = 0
+    step_seconds: float = 0.0            # a running estimate, for the budget's checks
+    config_record: dict = field(default_factory=dict)
+    logged_start: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def progress(self) -> float:
+        """The budget's progress as rank 0 reads it: every rank must agree on the schedule and
+        on when to stop, or their weights (and collectives) would part ways."""
+        if self.world == 1:
+            return self.budget.progress()
+        return float(distributed.broadcast(torch.tensor(self.budget.progress(), dtype=torch.float64)))
+
+    def schedule_tick(self) -> int:
+        return int(self.progress() * SCHEDULE_STEPS) if self.budget else self.step
+
+    def size_now(self, epoch: int) -> int:
+        return self.cfg.size_at_progress(self.progress()) if self.budget else self.cfg.size_at(epoch)
+
+
+def train_step(loop: Loop, images: torch.Tensor, masks: torch.Tensor, soft: torch.Tensor | None) -> dict:
+    """One optimiser step on a uint8 batch; returns the detached loss terms."""
+    images, labels, soft = train_batch(images, masks, loop.augment, loop.generator, soft)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=loop.device.type == "cuda"):
+        logits = loop.net(images)
+        terms = loop.loss_fn(logits.float(), images, labels, soft)
+    loop.optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    if loop.cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(loop.model.parameters(), loop.cfg.grad_clip)
+    loop.optimizer.step()
+    loop.step += 1
+    loop.scheduler.step_update(loop.schedule_tick())
+    if loop.ema is not None:
+        loop.ema.update(loop.model, step=loop.step)
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+def train_one_epoch(loop: Loop, data: CachedSplit, order: torch.Tensor, size: int) -> tuple[dict, int, bool]:
+    """Steps over one shuffled epoch. Returns (summed loss terms, images seen, budget spent).
+    Under a budget the epoch also ends early when the resolution phase changes."""
+    cfg, sums, seen, spent = loop.cfg, {}, 0, False
+    bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {loop.epoch} @{size}", leave=False,
+               disable=not loop.progress_bars)
+    for i in bar:
+        idx = order[i:i + cfg.batch_size]
+        if len(idx) < 2:  # BatchNorm cannot train on a batch of one (equal on all ranks)
+            continue
+        soft = None if loop.soft_targets is None else loop.soft_targets[idx].to(loop.device)
+        t0 = time.perf_counter()
+        terms = train_step(loop, data.images[idx].to(loop.device), data.masks[idx].to(loop.device), soft)
+        loop.step_seconds = time.perf_counter() - t0 if loop.step_seconds == 0 else \
+            0.9 * loop.step_seconds + 0.1 * (time.perf_counter() - t0)
+        if not loop.run.writer and loop.main:
+            check_budget_fits(loop)
+            loop.run.open(cfg, loop.config_record)
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v * len(idx)
+        seen += len(idx)
+        postfix = {"loss": f"{terms['loss']:.3f}"}
+        if loop.budget:
+            postfix["left"] = format_seconds(loop.budget.left())
+            progress = loop.progress()
+            spent = progress >= 1.0
+            if spent or cfg.size_at_progress(progress) != size:
+                break
+        bar.set_postfix(postfix)
+    return sums, seen, spent
+
+
+def check_budget_fits(loop: Loop) -> None:
+    """After the first step of a budgeted run: refuse, before anything is written, a budget
+    that cannot hold even one step and one validation, and size the validation reserve."""
+    if loop.budget is None:
+        return
+    val = loop.val
+    batch = CachedSplit(val.stems[:loop.cfg.batch_size], val.images[:loop.cfg.batch_size],
+                        val.masks[:loop.cfg.batch_size])
+    t0 = time.perf_counter()
+    evaluate(loop.model, batch, loop.cfg.resolutions[-1][0], loop.cfg.flip_tta, loop.cfg.batch_size, loop.device)
+    eval_s = (time.perf_counter() - t0) * math.ceil(len(val) / len(batch))
+    loop.budget.reserve = 1.2 * eval_s + 1.0
+    if loop.budget.spent() + loop.budget.reserve > loop.budget.seconds:
+        raise BudgetError(
+            f"a budget of {loop.budget.seconds / 60:g} min is too small for this run: after "
+            f"{loop.budget.spent():.1f} s of set-up and one step ({loop.step_seconds:.2f} s), one validation of "
+            f"{len(val)} images would take about {eval_s:.1f} s more; give at least "
+            f"{(loop.budget.spent() + loop.budget.reserve) / 60 * 1.5:.1f} min")
+
+
+def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: bool, record: dict) -> None:
+    """Score the (EMA) model on val, log it, and write best.pt when it improved."""
+    cfg, writer = loop.cfg, loop.run.writer
+    eval_model = loop.ema.module if loop.ema is not None else loop.model
+    summary, preds = evaluate(eval_model, val, size, cfg.flip_tta, cfg.batch_size, loop.device, return_preds=True)
+    record["val_fscore"] = summary["fscore"]
+    writer.add_scalar("val/fscore", summary["fscore"], loop.epoch)
+    writer.add_scalar("val/left_right_swap_rate", summary["left_right_swap_rate"], loop.epoch)
+    for name, f1 in summary["per_class"].items():
+        writer.add_scalar(f"val_f1/{name}", f1, loop.epoch)
+    if loop.evals_done % cfg.panel_every == 0 or is_last:
+        k = min(4, len(val))
+        panel = torch.cat([val.images[:k], colourise(val.masks[:k]), colourise(preds[:k])], 3)
+        writer.add_images("val/input_gt_pred", panel, loop.epoch)
+    loop.evals_done += 1
+    if summary["fscore"] > loop.best:
+        loop.best = summary["fscore"]
+        save_checkpoint({"model": eval_model.state_dict(), "model_cfg": {**loop.model_cfg, "input_size": size},
+                         "stage": loop.stage, "epoch": loop.epoch, "val_fscore": loop.best, "params": loop.n_params,
+                         "config": cfg.to_dict()}, loop.run.dir / "best.pt")
+    tqdm.write(f"[{loop.stage}] epoch {loop.epoch} @{size}: loss {record.get('loss/loss', 0):.4f} "
+               f"val F {summary['fscore']:.4f} (best {loop.best:.4f}) {record['images_per_s']:.1f} img/s"
+               + (f", {loop.budget.describe()}" if loop.budget else ""))
+
+
+def save_training_state(loop: Loop, rng_gens: list) -> None:
+    progress = {"epoch": loop.epoch, "step": loop.step, "best_metric": loop.best,
+                "train_seconds": loop.train_seconds, "images_seen": loop.images_seen}
+    if loop.budget:
+        progress.update(budget_spent=loop.budget.spent(), budget_train_start=loop.budget.train_start)
+    save_checkpoint(training_state(model=loop.model, model_cfg=loop.model_cfg, stage=loop.stage,
+                                   optimizer=loop.optimizer, scheduler=loop.scheduler, ema=loop.ema,
+                                   progress=progress, config=loop.cfg.to_dict(), params=loop.n_params,
+                                   rng_gens=rng_gens, world_size=loop.world), loop.run.dir / "last.pt")
+
+
+def end_of_epoch(loop: Loop, size: int, sums: dict, seen: int, elapsed: float, is_last: bool) -> None:
+    """Reduce the epoch's statistics over ranks; rank 0 logs, validates and saves last.pt."""
+    if loop.world > 1:
+        # log losses and throughput over every rank's images, not rank 0's share
+        keys = sorted(sums)
+        totals = distributed.all_reduce(torch.tensor([seen] + [sums[k] for k in keys], dtype=torch.float64))
+        seen, sums = int(totals[0]), dict(zip(keys, totals[1:].tolist()))
+        # the last forward updated each rank's BatchNorm statistics with its own batch;
+        # give every rank rank 0's, which are the ones rank 0 saves
+        distributed.broadcast_buffers(loop.model)
+    loop.images_seen += seen
+    rng_gens = distributed.all_gather(loop.generator.get_state())  # each rank's augmentation RNG, for exact resume
+    # Rank 0 validates the whole split alone while the others wait at the barrier below:
+    # the F-score is a mean of per-image scores and the panel needs the first images,
+    # so sharding validation would mean gathering per-image results, for little gain.
+    if loop.main:
+        t0 = time.perf_counter()
+        loop.run.open(loop.cfg, loop.config_record)
+        if not loop.logged_start:
+            loop.logged_start = True
+            loop.run.writer.add_scalar("model/params", loop.n_params, 0)
+            for name, value in loop.reference_scores.items():
+                loop.run.writer.add_scalar(name, value, 0)
+        record = {"epoch": loop.epoch, "size": size, "lr": loop.optimizer.param_groups[0]["lr"],
+                  "images_per_s": seen / max(elapsed, 1e-9), "train_seconds": loop.train_seconds,
+                  **{f"loss/{k}": v / max(seen, 1) for k, v in sums.items()}}
+        if loop.budget:
+            record["budget_used"] = loop.budget.used_fraction()
+        for k, v in record.items():
+            if k != "epoch":
+                loop.run.writer.add_scalar(k if "/" in k else f"train/{k}", v, loop.epoch)
+        if loop.budget:
+            loop.run.writer.add_scalar("budget/used_fraction", record["budget_used"], loop.epoch)
+        if (loop.epoch + 1) % loop.cfg.eval_every == 0 or is_last:
+            validate_and_keep_best(loop, loop.val, size, is_last, record)
+        loop.run.log(record)
+        save_training_state(loop, rng_gens)
+        if loop.budget:  # what a validation and a checkpoint really cost here, held back for the last ones
+            loop.budget.reserve = max(loop.budget.reserve, 1.2 * (time.perf_counter() - t0) + 1.0)
+    if loop.world > 1:
+        distributed.barrier()
+        loop.best = float(distributed.broadcast(torch.tensor(loop.best, dtype=torch.float64)))
+
+
+def log_hparams(loop: Loop) -> None:
+    """The run's main settings and final score on TensorBoard's HParams tab, written into the
+    run's own events file so each run stays one file."""
+    from torch.utils.tensorboard.summary import hparams
+    cfg = loop.cfg
+    params = {"stage": loop.stage, "model": cfg.model, "resolutions": json.dumps(cfg.resolutions),
+              "epochs": cfg.epochs, "budget_minutes": cfg.budget_minutes, "batch_size": cfg.batch_size,
+              "lr": cfg.lr, "weight_decay": cfg.weight_decay, "ema_decay": cfg.ema_decay, "seed": cfg.seed,
+              "ce_weight": cfg.ce_weight, "dice_weight": cfg.dice_weight, "kd_weight": cfg.kd_weight,
+              "cwd_weight": cfg.cwd_weight, "temperature": cfg.temperature, "params": loop.n_params}
+    metrics = {"hparam/val_fscore": loop.best, "hparam/train_seconds": loop.train_seconds}
+    for summary in hparams(params, metrics):
+        loop.run.writer.file_writer.add_summary(summary)
+    for name, value in metrics.items():
+        loop.run.writer.add_scalar(name, value)
+
+
+def _resume_state(run_dir: Path, resume: bool, device, world: int, cfg: RunConfig, model_cfg: dict) -> dict | None:
+    """last.pt when resuming, after checking that it can continue with this model and config."""
+    last_path = Path(run_dir) / "last.pt"
+    if not resume:
+        return None
+    if not last_path.exists():
+        tqdm.write(f"--resume: {run_dir} holds no last.pt, so this run starts from scratch")
+        return None
+    # every rank reads the same file; checkpoints hold the unwrapped model, as without DDP
+    state = load_checkpoint(last_path)
+    if state.get("world_size", 1) != world:  # before anything is written
+        raise ValueError(f"{last_path} was trained by {state.get('world_size', 1)} process(es); resume it "
+                         f"with the same number (torchrun --nproc_per_node), not {world}")
+    conflicts = resume_conflicts(state.get("config", {}), cfg.to_dict())
+    if state["model_cfg"] != model_cfg:
+        conflicts.insert(0, f"model_cfg: {state['model_cfg']} != {model_cfg}")
+    if conflicts:
+        raise ValueError(f"{last_path} cannot be resumed with these settings; they differ from the run's own: "
+                         + "; ".join(conflicts))
+    return state
+
+
+def _make_schedule(optimizer, cfg: RunConfig, lr: float, steps_per_epoch: int, budgeted: bool):
+    """Warm-up then cosine to the floor: over steps for fixed epochs, over progress ticks under a budget."""
+    if budgeted:
+        total, warmup = SCHEDULE_STEPS, int(SCHEDULE_STEPS * cfg.warmup_epochs / cfg.epochs)
+    else:
+        total, warmup = steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch)
+    return CosineLRScheduler(optimizer, t_initial=total, lr_min=lr * cfg.min_lr_ratio, warmup_t=warmup,
+                             warmup_lr_init=lr * 0.01, t_in_epochs=False)
+
+
 def fit(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_dir: str | Path, *,
         data_root: str | Path, stage: str, resume: bool = False, extra_config: dict | None = None,
-        reference_scores: dict | None = None, progress: bool = True) -> dict:
-    """Train, validate every cfg.eval_every epochs, keep best.pt and last.pt. Returns a summary."""
+        reference_scores: dict | None = None, progress: bool = True, budget: Budget | None = None,
+        soft_targets: torch.Tensor | None = None) -> dict:
+    """Train, validate every cfg.eval_every epochs, keep best.pt and last.pt. Returns a summary.
+
+    `budget` is the stage's running budget when the stage did work of its own first (loading a
+    teacher, pruning); otherwise cfg.budget_minutes starts one here. `soft_targets` are stored
+    class scores (N x C x h x w) in the order of the training split."""
+    loop, train_split, sampler = _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume,
+                                          extra_config, progress, budget, soft_targets)
+    loop.reference_scores = reference_scores or {}
+    epochs = itertools.count(loop.epoch + 1) if loop.budget else range(loop.epoch + 1, cfg.epochs)
+    total = None if loop.budget else cfg.epochs
+    for epoch in tqdm(epochs, desc=f"{stage} epochs", disable=not loop.progress_bars, initial=loop.epoch + 1,
+                      total=total):
+        loop.epoch = epoch
+        size = loop.size_now(epoch)
+        data = train_split(size)
+        sampler.set_epoch(epoch)
+        loop.net.train()
+        t0 = time.time()
+        sums, seen, spent = train_one_epoch(loop, data, torch.tensor(list(sampler)), size)
+        elapsed = time.time() - t0
+        loop.train_seconds += elapsed
+        is_last = spent if loop.budget else epoch == cfg.epochs - 1
+        end_of_epoch(loop, size, sums, seen, elapsed, is_last)
+        if is_last:
+            break
+    return _finish(loop)
+
+
+def _finish(loop: Loop) -> dict:
+    distributed.dump_final_state(loop.model)
+    result = {"stage": loop.stage, "val_fscore": loop.best, "params": loop.n_params,
+              "train_seconds": loop.train_seconds, "epochs": loop.epoch + 1, "images_seen": loop.images_seen,
+              "run_dir": str(loop.run.dir)}
+    if loop.budget:
+        result.update(budget_s=loop.budget.seconds, budget_spent_s=loop.budget.spent())
+    if loop.main and loop.run.writer:
+        log_hparams(loop)
+        loop.run.writer.flush()
+        loop.run.writer.close()
+        (loop.run.dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _training_data(cfg: RunConfig, data_root, world: int, rank: int, progress: bool, soft_targets):
+    """(train split at a size, cached one size at a time; val on rank 0; the epoch sampler)."""
+    train_cache: dict[int, CachedSplit] = {}
+
+    def train_split(size: int) -> CachedSplit:
+        if size not in train_cache:
+            train_cache.clear()  # keep one resolution in memory at a time
+            train_cache[size] = load_split(data_root, "train", size, cfg.train_limit, progress=progress and rank == 0)
+        return train_cache[size]
+
+    val = load_split(data_root, "val", None, progress=progress) if rank == 0 else None
+    first = train_split(cfg.size_at(0))
+    if len(first) < 2:
+        raise ValueError(f"{data_root}: {len(first)} training pair(s); a step needs at least 2 (BatchNorm)")
+    if soft_targets is not None and len(soft_targets) != len(first):
+        raise ValueError(f"{len(soft_targets)} soft targets for {len(first)} training images")
+    # The DataLoader's sharding without a DataLoader (batches come from cached tensors): every
+    # rank shuffles with the same seed + epoch and takes every world-th index, padded so all
+    # ranks take the same number of steps. With one process this is randperm(seed*1000+epoch).
+    sampler = DistributedSampler(range(len(first)), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed * 1000)
+    return train_split, val, sampler
+
+
+def _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, extra_config, progress, budget,
+             soft_targets):
+    """Everything before the first step: process set-up, resume checks, data, optimiser, state."""
     distributed.setup()
-    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
-    progress = progress and main
+    world, rank = distributed.world_size(), distributed.rank()
     device = distributed.pick_device()
     if cfg.sync_bn and world > 1 and device.type != "cuda":
         raise ValueError("sync_bn needs CUDA: torch's SyncBatchNorm has no CPU kernel")
-    last_path = Path(run_dir) / "last.pt"
-    # every rank reads the same file; checkpoints hold the unwrapped model, as without DDP
-    resumed = load_checkpoint(last_path, map_location=device) if resume and last_path.exists() else None
-    if resumed is not None and resumed.get("world_size", 1) != world:  # before anything is written
-        raise ValueError(f"{last_path} was trained by {resumed.get('world_size', 1)} process(es); resume it "
-                         f"with the same number (torchrun --nproc_per_node), not {world}")
+    budget = budget or Budget.from_minutes(cfg.budget_minutes)
+    input_size = cfg.resolutions[-1][0]
+    model_cfg = {**model_cfg, "input_size": input_size}
+    resumed = _resume_state(run_dir, resume, device, world, cfg, model_cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     # each rank draws its own augmentations; rank 0 (and a single process) keeps the plain seed
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed + rank)
     # batch_size is per process, so one step sees batch_size x world images; the learning
     # rate is scaled linearly with it (Goyal et al., 2017), warm-up included
     lr = cfg.lr * world
-    scale = {"world_size": world, "effective_batch_size": cfg.batch_size * world, "effective_lr": lr}
-    run = TrainingRun(Path(run_dir), cfg, resume, {"data_root": str(data_root), **(extra_config or {}), **scale},
-                      writes=main)
-    if main and world > 1:
+    record = {"data_root": str(data_root), **(extra_config or {}), "world_size": world,
+              "effective_batch_size": cfg.batch_size * world, "effective_lr": lr}
+    run = TrainingRun(Path(run_dir), resume, writes=rank == 0)
+    if rank == 0 and world > 1:
         tqdm.write(f"[{stage}] {world} processes x batch {cfg.batch_size} = effective batch "
-                   f"{scale['effective_batch_size']}, lr {cfg.lr:g} x {world} = {lr:g}")
-    input_size = cfg.resolutions[-1][0]
-    model_cfg = {**model_cfg, "input_size": input_size}
+                   f"{record['effective_batch_size']}, lr {cfg.lr:g} x {world} = {lr:g}")
     model.input_size = input_size
     model.to(device)
     if cfg.channels_last:
@@ -149,158 +479,37 @@ def fit(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_
     if cfg.sync_bn and world > 1:
         # same parameter and buffer names, so checkpoints still load into plain BatchNorm
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    n_params = count_params(model)
-
-    train_cache: dict[int, CachedSplit] = {}
-
-    def train_split(size: int) -> CachedSplit:
-        if size not in train_cache:
-            train_cache.clear()  # keep one resolution in memory at a time
-            train_cache[size] = load_split(data_root, "train", size, cfg.train_limit, progress=progress)
-        return train_cache[size]
-
-    val = load_split(data_root, "val", None, progress=progress) if main else None  # rank 0 alone validates
-    # The DataLoader's sharding without a DataLoader (batches come from cached tensors): every
-    # rank shuffles with the same seed + epoch and takes every world-th index, padded so all
-    # ranks take the same number of steps. With one process this is randperm(seed*1000+epoch).
-    sampler = DistributedSampler(range(len(train_split(cfg.size_at(0)))), num_replicas=world, rank=rank,
-                                 shuffle=True, seed=cfg.seed * 1000)
-    steps_per_epoch = [math.ceil(len(sampler) / cfg.batch_size)] * cfg.epochs
-    total_steps = sum(steps_per_epoch)
+    train_split, val, sampler = _training_data(cfg, data_root, world, rank, progress, soft_targets)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=lr * cfg.min_lr_ratio,
-                                  warmup_t=int(cfg.warmup_epochs * steps_per_epoch[0]),
-                                  warmup_lr_init=lr * 0.01, t_in_epochs=False)
+    scheduler = _make_schedule(optimizer, cfg, lr, math.ceil(len(sampler) / cfg.batch_size), budget is not None)
     # only rank 0 evaluates and saves, so only it keeps an EMA
-    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 and main else None
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 and rank == 0 else None
     augment = AugmentConfig(flip=cfg.flip, scale=(cfg.scale_min, cfg.scale_max), rotate_deg=cfg.rotate_deg,
                             shift=cfg.shift, brightness=cfg.jitter, contrast=cfg.jitter, saturation=cfg.jitter)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-    start_epoch, step, best, history_s = 0, 0, -1.0, 0.0
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        if ema is not None and "model_ema" in resumed:
-            ema.module.load_state_dict(resumed["model_ema"])
-        start_epoch, step, best = resumed["epoch"] + 1, resumed["step"], resumed["best_metric"]
-        history_s = resumed.get("train_seconds", 0.0)
-        torch.set_rng_state(resumed["rng_cpu"].cpu())  # RNG states must be CPU tensors, even for CUDA
-        gen.set_state((resumed["rng_gen_ranks"][rank] if world > 1 else resumed["rng_gen"]).cpu())
-        if main:
-            tqdm.write(f"resumed {run.dir} at epoch {start_epoch}/{cfg.epochs}")
-    del resumed  # its optimizer state would otherwise stay in memory for the whole run
-
     # DDP averages gradients across ranks and, before each forward, copies rank 0's buffers
     # to the others; the teacher of a distillation lives in loss_fn and is never wrapped.
-    net = model
-    if world > 1:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    compiled = torch.compile(net) if cfg.compile else net
+    net = model if world == 1 else DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+    loop = Loop(cfg=cfg, stage=stage, model=model, net=torch.compile(net) if cfg.compile else net,
+                model_cfg=model_cfg, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                augment=augment, generator=generator, device=device, run=run, val=val, budget=budget,
+                soft_targets=soft_targets, reference_scores={}, n_params=count_params(model), world=world, rank=rank,
+                progress_bars=progress and rank == 0, config_record=record)
+    if resumed is not None:
+        _restore(loop, resumed)
+    if budget is not None:
+        budget.start_training()
+    return loop, train_split, sampler
 
-    writer = run.writer
-    if main:
-        writer.add_scalar("model/params", n_params, 0)
-        for name, value in (reference_scores or {}).items():
-            writer.add_scalar(name, value, 0)
-    evals_done = 0
-    t_run = time.time()
-    for epoch in tqdm(range(start_epoch, cfg.epochs), desc=f"{stage} epochs", disable=not progress,
-                      initial=start_epoch, total=cfg.epochs):
-        size = cfg.size_at(epoch)
-        data = train_split(size)
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler))
-        net.train()
-        sums, seen, t0 = {}, 0, time.time()
-        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch} @{size}", leave=False,
-                   disable=not progress)
-        for i in bar:
-            idx = order[i:i + cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm cannot train on a batch of one (equal on all ranks)
-                continue
-            images, labels = train_batch(data.images[idx].to(device), data.masks[idx].to(device), augment, gen)
-            with autocast:
-                logits = compiled(images)
-                terms = loss_fn(logits.float(), images, labels)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            scheduler.step_update(step)
-            if ema is not None:
-                ema.update(model, step=step)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
-            seen += len(idx)
-            bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}")
-        elapsed = time.time() - t0
-        history_s += elapsed
-        if world > 1:
-            # log losses and throughput over every rank's images, not rank 0's share
-            keys = sorted(sums)
-            totals = distributed.all_reduce(torch.tensor([seen] + [sums[k] for k in keys], dtype=torch.float64))
-            seen, sums = int(totals[0]), dict(zip(keys, totals[1:].tolist()))
-            # the last forward updated each rank's BatchNorm statistics with its own batch;
-            # give every rank rank 0's, which are the ones rank 0 saves
-            distributed.broadcast_buffers(model)
-        rng_gens = distributed.all_gather(gen.get_state())  # each rank's augmentation RNG, for exact resume
 
-        # Rank 0 validates the whole split alone while the others wait at the barrier below:
-        # the F-score is a mean of per-image scores and the panel needs the first images,
-        # so sharding validation would mean gathering per-image results, for little gain.
-        if main:
-            record = {"epoch": epoch, "size": size, "lr": optimizer.param_groups[0]["lr"],
-                      "images_per_s": seen / elapsed, **{f"loss/{k}": v / max(seen, 1) for k, v in sums.items()}}
-            for k, v in record.items():
-                if k != "epoch":
-                    writer.add_scalar(k if "/" in k else f"train/{k}", v, epoch)
-
-            eval_model = ema.module if ema is not None else model
-            is_last = epoch == cfg.epochs - 1
-            if (epoch + 1) % cfg.eval_every == 0 or is_last:
-                summary, preds = evaluate(eval_model, val, size, cfg.flip_tta, cfg.batch_size, device,
-                                          return_preds=True)
-                record["val_fscore"] = summary["fscore"]
-                writer.add_scalar("val/fscore", summary["fscore"], epoch)
-                writer.add_scalar("val/left_right_swap_rate", summary["left_right_swap_rate"], epoch)
-                for name, f1 in summary["per_class"].items():
-                    writer.add_scalar(f"val_f1/{name}", f1, epoch)
-                if evals_done % cfg.panel_every == 0 or is_last:
-                    k = min(4, len(val))
-                    panel = torch.cat([val.images[:k], colourise(val.masks[:k]), colourise(preds[:k])], 3)
-                    writer.add_images("val/input_gt_pred", panel, epoch)
-                evals_done += 1
-                if summary["fscore"] > best:
-                    best = summary["fscore"]
-                    save_checkpoint({"model": eval_model.state_dict(), "model_cfg": {**model_cfg, "input_size": size},
-                                     "stage": stage, "epoch": epoch, "val_fscore": best, "params": n_params,
-                                     "config": cfg.to_dict()}, run.dir / "best.pt")
-                tqdm.write(f"[{stage}] epoch {epoch} @{size}: loss {record.get('loss/loss', 0):.4f} "
-                           f"val F {summary['fscore']:.4f} (best {best:.4f}) {record['images_per_s']:.1f} img/s")
-            run.log(record)
-            state = {"model": model.state_dict(), "model_cfg": model_cfg, "stage": stage,
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                     "step": step, "best_metric": best, "config": cfg.to_dict(), "train_seconds": history_s,
-                     "rng_cpu": torch.get_rng_state(), "rng_gen": rng_gens[0], "params": n_params,
-                     "world_size": world}
-            if world > 1:
-                # a list, not a stack: Generator.set_state crashes on a row view of a stacked tensor
-                state["rng_gen_ranks"] = rng_gens
-            if ema is not None:
-                state["model_ema"] = ema.module.state_dict()
-            save_checkpoint(state, last_path)
-        if world > 1:
-            distributed.barrier()
-            best = float(distributed.broadcast(torch.tensor(best, dtype=torch.float64)))
-    distributed.dump_final_state(model)
-    result = {"stage": stage, "val_fscore": best, "params": n_params, "train_seconds": history_s,
-              "epochs": cfg.epochs, "run_dir": str(run.dir)}
-    if main:
-        writer.flush()
-        writer.close()
-        (run.dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+def _restore(loop: Loop, state: dict) -> None:
+    counters = restore_training_state(state, model=loop.model, optimizer=loop.optimizer, scheduler=loop.scheduler,
+                                      ema=loop.ema, generator=loop.generator, rank=loop.rank)
+    loop.epoch, loop.step, loop.best = counters["epoch"], counters["step"], counters["best_metric"]
+    loop.train_seconds, loop.images_seen = counters["train_seconds"], counters["images_seen"]
+    if loop.budget is not None:
+        loop.budget.resume(counters["budget_spent"], counters["budget_train_start"])
+    loop.run.open(loop.cfg, loop.config_record)  # the run exists already; its snapshot is rewritten
+    if loop.main:
+        tqdm.write(f"resumed {loop.run.dir} at epoch {loop.epoch + 1}"
+                   + (f" ({loop.budget.describe()})" if loop.budget else f"/{loop.cfg.epochs}"))

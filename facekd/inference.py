@@ -7,7 +7,10 @@ Depends only on torch, numpy and pillow, because the export ships this file.
 from __future__ import annotations
 
 import os
-import tempfile
+import pickle
+import uuid
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,37 +23,104 @@ from facekd.labels import FLIP_PERMUTATION, NUM_CLASSES, PALETTE
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# One list for a folder and for a single file, so the two never disagree.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Challenge images are 512x512. 4096x4096 covers any camera photo worth parsing; beyond it
+# the full-size logits alone (19 floats per pixel) pass 1.2 GB, and a tiny PNG can claim
+# 15000x15000 (a decompression bomb).
+MAX_PIXELS = 4096 * 4096
+# Modes that convert("RGB") does not take directly, or takes wrongly (palette transparency).
+_VIA = {"P": "RGBA", "PA": "RGBA", "La": "LA"}
 
 
 class InputError(ValueError):
-    """A bad input file; the message names the file."""
+    """A bad input file, or an output that cannot or must not be written; the message names the path."""
 
 
 def list_images(path: str | os.PathLike) -> list[Path]:
     """A file as itself, or a folder's images sorted by name."""
     path = Path(path)
     if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"{path}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
         return [path]
     if not path.is_dir():
         raise InputError(f"{path}: no such file or folder")
-    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _open_checked(path: Path) -> Image.Image:
+    """Image.open, with anything over MAX_PIXELS refused before its pixels are decoded."""
+    limit = f"the maximum is {MAX_PIXELS:,} pixels (4096x4096)"
+    # Pillow warns above its own limit (89 MP) and refuses above twice that; both are far
+    # above ours, so both mean "too large" here, and neither may print a stray warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InputError(f"{path}: image too large ({limit})") from None
+    if im.width * im.height > MAX_PIXELS:
+        im.close()
+        raise InputError(f"{path}: image too large ({im.width}x{im.height}; {limit})")
+    return im
+
+
+def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
+    if im.mode.startswith("I;16"):
+        # 16-bit grey: scale to 8 bits; convert("RGB") would clip every value above 255 to white
+        grey = ((np.asarray(im).astype(np.uint32) + 128) // 257).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode in ("I", "F"):
+        raise InputError(f"{path}: mode {im.mode} (32-bit {'integer' if im.mode == 'I' else 'float'} pixels) has no "
+                         "fixed range to scale from; save it as an 8- or 16-bit image")
+    if im.mode in _VIA:
+        im = im.convert(_VIA[im.mode])
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image as HxWx3 uint8 RGB; gray, RGBA, CMYK and palette images are converted."""
+    """Decode an image as HxWx3 uint8 RGB. Every Pillow mode with a known range is converted
+    (16-bit scaled, alpha dropped, CMYK/LAB/HSV/YCbCr to RGB); the rest, and images over
+    MAX_PIXELS, are refused with an InputError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
-        with Image.open(path) as im:
+        with _open_checked(path) as im:
             im.load()  # PIL decodes lazily; force it so a truncated file fails here
-            if im.mode != "RGB":
-                im = im.convert("RGBA").convert("RGB") if im.mode == "P" else im.convert("RGB")
-            return np.asarray(im, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            return _to_rgb(im, path)
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{path}: unreadable image ({e})") from e
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line of a user error: torch's state-dict errors, for one, put
+    each mismatch on a line of its own."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+    return f"{type(e).__name__}: {' '.join(lines[:2])}{more}"
+
+
+def load_weights(path: str | os.PathLike):
+    """torch.load(weights_only=True) on the CPU, with a one-line InputError naming the file.
+
+    Torch's advice for a file that holds pickled objects (load it with weights_only=False)
+    would run code from the file, so it is not passed on."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such weights file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about a file's pickle protocol before refusing it
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise InputError(f"{path}: holds pickled Python objects, not only tensors; refusing to load it, "
+                         "since that could run code from the file") from e
+    except Exception as e:  # a corrupt or foreign file raises many types
+        raise InputError(f"{path}: not a readable weights file ({one_line(e)})") from e
 
 
 def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -108,15 +178,77 @@ def mask_image(mask: np.ndarray) -> Image.Image:
     return im
 
 
-def save_mask(mask: np.ndarray, path: str | os.PathLike) -> None:
-    """Write the mask atomically, so a crash never leaves a partial PNG behind."""
+@contextmanager
+def atomic_write(path: str | os.PathLike):
+    """A binary file object that becomes `path` only when the block succeeds, so a crash or
+    a refused input never leaves a partial file and never replaces a previous good one.
+    Unlike mkstemp's owner-only 0600, the file gets the umask's usual mode (0644)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            mask_image(mask).save(f, format="PNG")
+        with open(tmp, "xb") as f:
+            yield f
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def save_mask(mask: np.ndarray, path: str | os.PathLike) -> None:
+    """Write the mask atomically (see atomic_write); a path that cannot be written is an
+    InputError naming it."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as f:
+            mask_image(mask).save(f, format="PNG")
+    except OSError as e:  # a folder the up-front checks could not see through, e.g. on /proc or a full disk
+        raise InputError(f"{path}: cannot write the mask ({e.strerror or e})") from e
+
+
+def _entry(path: Path) -> Path:
+    """The directory entry a write to `path` replaces: its folder resolved, its name kept."""
+    path = Path(path).absolute()
+    return path.parent.resolve() / path.name
+
+
+def check_output_folder(folder: str | os.PathLike) -> None:
+    """Refuse, before any work, an output folder that cannot be made or written: its nearest
+    existing ancestor must be a writable folder."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{existing}: is a file, not a folder, so nothing can be written under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{existing}: folder is not writable")
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a file output that cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file path")
+    check_output_folder(path.parent)
+
+
+def check_mask_jobs(jobs: list[tuple[Path, Path]], protected: tuple[Path, ...] = ()) -> None:
+    """Refuse, before anything is predicted, (image, mask) jobs whose masks would overwrite
+    an input image or a `protected` file (the weights), that two images would share, or that
+    cannot be written. The message names the clashing files."""
+    inputs = {}
+    for path in [image for image, _ in jobs] + [Path(p) for p in protected]:
+        inputs[_entry(path)] = inputs[Path(path).resolve()] = path  # the link and what it points to
+    by_mask: dict[Path, tuple[Path, list[Path]]] = {}
+    for image, mask in jobs:
+        by_mask.setdefault(_entry(mask), (mask, []))[1].append(image)
+    clashes = [f"{mask} would overwrite input {inputs[key]}" for key, (mask, _) in by_mask.items() if key in inputs]
+    clashes += [f"{' and '.join(map(str, images))} would share the mask {mask}"
+                for mask, images in by_mask.values() if len(images) > 1]
+    if clashes:
+        more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+        raise InputError(f"refusing to write masks: {clashes[0]}{more}; choose another output")
+    for _, mask in jobs:
+        if mask.is_dir():
+            raise InputError(f"{mask}: is a folder, so the mask cannot be written there")
+    for folder in {mask.parent for _, mask in jobs}:
+        check_output_folder(folder)

@@ -7,9 +7,8 @@ CLASS_NAMES = (
     "neck_l", "neck", "cloth",
 )
 
-# The challenge's palette: 16 listed colours, then grey (i, i, i) for every other index.
-# Any palette whose first 19 entries are distinct keeps ids intact through the scorer's
-# `Image.open(p).convert("P")`; using the challenge's own keeps masks viewable as intended.
+# Exactly the palette of the challenge's reference snippet: these 16 colours for ids 0..15,
+# then (i, i, i) for every index i from 16 to 255.
 _LISTED = (
     (0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0),
     (0, 0, 128), (128, 0, 128), (0, 128, 128), (128, 128, 128),

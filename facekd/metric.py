@@ -13,35 +13,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facekd.inference import InputError
 from facekd.labels import CLASS_NAMES, FLIP_PERMUTATION, NUM_CLASSES
 
 EPS = 1e-7
 
 
 def confusion_matrices(pred: torch.Tensor, gt: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
-    """BxCxC int64 counts, rows = ground truth, cols = prediction. Pixels with gt >= C are skipped."""
+    """BxCx(C+1) int64 counts, rows = ground truth, cols = prediction. Pixels with gt >= C
+    are skipped. Column C counts predicted ids outside 0..C-1: as in the reference scorer,
+    such a pixel is a miss for its true class and a hit for none."""
     b = gt.shape[0]
     gt, pred = gt.reshape(b, -1).long(), pred.reshape(b, -1).long()
+    pred = torch.where((pred >= 0) & (pred < num_classes), pred, num_classes)
     valid = gt < num_classes
-    index = (torch.arange(b, device=gt.device).view(-1, 1) * num_classes + gt) * num_classes + pred
-    counts = torch.bincount(index[valid], minlength=b * num_classes * num_classes)
-    return counts.view(b, num_classes, num_classes)
+    index = (torch.arange(b, device=gt.device).view(-1, 1) * num_classes + gt) * (num_classes + 1) + pred
+    counts = torch.bincount(index[valid], minlength=b * num_classes * (num_classes + 1))
+    return counts.view(b, num_classes, num_classes + 1)
 
 
 def per_class_f1(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(BxC F1, BxC bool 'present in ground truth') from BxCxC confusion matrices."""
+    """(BxC F1, BxC bool 'present in ground truth') from BxCx(C+1) confusion matrices."""
     cm = cm.double()
     tp = cm.diagonal(dim1=1, dim2=2)
-    gt_count, pred_count = cm.sum(2), cm.sum(1)
+    gt_count, pred_count = cm.sum(2), cm[..., :-1].sum(1)
     precision = tp / (pred_count + EPS)
     recall = tp / (gt_count + EPS)
     f1 = 2 * precision * recall / (precision + recall + EPS)
     return f1, gt_count > 0
-
-
-def image_fscores(cm: torch.Tensor) -> torch.Tensor:
-    f1, present = per_class_f1(cm)
-    return (f1 * present).sum(1) / present.sum(1).clamp(min=1)
 
 
 class FScoreMeter:
@@ -49,7 +48,7 @@ class FScoreMeter:
 
     def __init__(self):
         self.f1, self.present = [], []
-        self.confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
+        self.confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES + 1, dtype=torch.int64)
 
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
         cm = confusion_matrices(pred, gt)
@@ -73,7 +72,8 @@ class FScoreMeter:
             if present[:, c].any():
                 per_class[name] = float(f1[present[:, c], c].mean())
         return {"fscore": float(scores.mean()), "per_class": per_class, "images": int(len(scores)),
-                "left_right_swap_rate": self.left_right_swap_rate()}
+                "left_right_swap_rate": self.left_right_swap_rate(),
+                "invalid_pixels": int(self.confusion[:, -1].sum())}
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -82,8 +82,24 @@ def read_mask(path: Path) -> np.ndarray:
     return np.array(Image.open(path).convert("P"))
 
 
+def read_checked_mask(path: Path) -> np.ndarray:
+    """read_mask, refusing with a one-line error naming the file a mask it cannot read or
+    whose values the scorer's convert("P") would requantise into other ids (RGB, 16-bit...)."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+        if mode not in ("P", "L"):
+            raise InputError(f"{path}: mode {mode!r}; masks must be palette (mode 'P') PNGs of class ids")
+        return read_mask(path)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise InputError(f"{path}: unreadable mask ({e})") from e
+
+
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, progress: bool = True) -> dict:
-    """Score every ground-truth mask in gt_dir against the same stem in pred_dir."""
+    """Score every ground-truth mask in gt_dir against the same stem in pred_dir. Predicted
+    ids outside 0..18 score as misses and the files holding them are listed in
+    `invalid_files`; a prediction holding no valid id at all is an error."""
     from tqdm import tqdm
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for d in (pred_dir, gt_dir):
@@ -95,10 +111,17 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, progress: bool = 
     missing = [p.name for p in gts if not (pred_dir / p.name).is_file()]
     if missing:
         raise FileNotFoundError(f"{pred_dir}: {len(missing)} predictions missing, e.g. {missing[:3]}")
-    meter = FScoreMeter()
+    meter, invalid_files = FScoreMeter(), []
     for p in tqdm(gts, desc="evaluate", disable=not progress, leave=False):
-        gt, pred = read_mask(p), read_mask(pred_dir / p.name)
+        pred_path = pred_dir / p.name
+        gt, pred = read_checked_mask(p), read_checked_mask(pred_path)
         if gt.shape != pred.shape:
-            raise ValueError(f"{pred_dir / p.name}: prediction is {pred.shape} but ground truth is {gt.shape}")
+            raise InputError(f"{pred_path}: prediction is {pred.shape} but ground truth is {gt.shape}")
+        invalid = pred >= NUM_CLASSES
+        if invalid.all():
+            raise InputError(f"{pred_path}: holds no class id in 0..{NUM_CLASSES - 1} (ids {int(pred.min())}.."
+                             f"{int(pred.max())}); it is not a prediction")
+        if invalid.any():
+            invalid_files.append(pred_path.name)
         meter.update(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None])
-    return meter.summary()
+    return {**meter.summary(), "invalid_files": invalid_files}

@@ -39,23 +39,40 @@ def hflip_with_swap(images: torch.Tensor, masks: torch.Tensor, which: torch.Tens
     return images, masks
 
 
-def random_affine(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None):
-    """Random scale, rotation and shift; bilinear for the image, nearest for the labels."""
-    b, dev = images.shape[0], images.device
-    u = lambda lo, hi: torch.empty(b, device=dev).uniform_(lo, hi, generator=gen)
+def hflip_scores(scores: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """Mirror the selected samples of BxCxHxW class scores and swap the l_/r_ channels,
+    so that stored soft targets follow hflip_with_swap exactly."""
+    perm = torch.tensor(FLIP_PERMUTATION, device=scores.device)
+    return torch.where(which.view(-1, 1, 1, 1), scores.flip(-1).index_select(1, perm), scores)
+
+
+def random_theta(b: int, cfg: AugmentConfig, device, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Bx2x3 affine matrices (random scale, rotation and shift) in the normalised
+    coordinates of affine_grid, so one matrix warps maps of any resolution alike."""
+    u = lambda lo, hi: torch.empty(b, device=device).uniform_(lo, hi, generator=gen)
     log_s = u(math.log(cfg.scale[0]), math.log(cfg.scale[1]))
     angle = u(-cfg.rotate_deg, cfg.rotate_deg) * math.pi / 180
     inv_s = torch.exp(-log_s)  # the grid maps output to input coordinates, hence the inverse
     cos, sin = torch.cos(angle) * inv_s, torch.sin(angle) * inv_s
-    theta = torch.stack([torch.stack([cos, -sin, u(-cfg.shift, cfg.shift) * 2], 1),
-                         torch.stack([sin, cos, u(-cfg.shift, cfg.shift) * 2], 1)], 1)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return torch.stack([torch.stack([cos, -sin, u(-cfg.shift, cfg.shift) * 2], 1),
+                        torch.stack([sin, cos, u(-cfg.shift, cfg.shift) * 2], 1)], 1)
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def random_affine(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None,
+                  scores: torch.Tensor | None = None):
+    """Random scale, rotation and shift; bilinear for the image (and any class scores given
+    along), nearest for the labels. Returns (images, masks, scores)."""
+    theta = random_theta(images.shape[0], cfg, images.device, gen)
+    images = warp(images, theta)
     # shift ids by one so that zero padding marks "outside" rather than background
-    shifted = (masks.float() + 1).unsqueeze(1)
-    shifted = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0].long()
+    shifted = warp((masks.float() + 1).unsqueeze(1), theta, mode="nearest")[:, 0].long()
     masks = torch.where(shifted == 0, IGNORE_INDEX, shifted - 1)
-    return images, masks
+    return images, masks, None if scores is None else warp(scores, theta)
 
 
 def colour_jitter(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None):
@@ -71,12 +88,19 @@ def colour_jitter(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator
 
 
 def train_batch(images_uint8: torch.Tensor, masks_uint8: torch.Tensor, cfg: AugmentConfig,
-                gen: torch.Generator | None = None):
-    """uint8 batch -> (normalised float images in channels_last, int64 labels)."""
+                gen: torch.Generator | None = None, scores: torch.Tensor | None = None):
+    """uint8 batch -> (normalised float images in channels_last, int64 labels, scores).
+
+    `scores` (BxCxhxw, any h and w, e.g. a teacher's stored logits) get the same flip, with
+    the l_/r_ channels swapped, and the same affine warp as the images; colour jitter does
+    not touch them. Pixels warped in from outside come out as zeros; their labels are
+    IGNORE_INDEX, which is how a loss finds them."""
     b, dev = images_uint8.shape[0], images_uint8.device
     which = torch.rand(b, device=dev, generator=gen) < cfg.flip
     images, masks = hflip_with_swap(images_uint8, masks_uint8, which)
-    images, masks = random_affine(images.float(), masks, cfg, gen)
+    if scores is not None:
+        scores = hflip_scores(scores.float(), which)
+    images, masks, scores = random_affine(images.float(), masks, cfg, gen, scores)
     images = colour_jitter(images, cfg, gen)
     images = normalize(images).contiguous(memory_format=torch.channels_last)
-    return images, masks
+    return images, masks, scores

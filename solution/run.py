@@ -21,27 +21,24 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
-from facekd.inference import IMAGE_SUFFIXES, InputError, list_images, load_rgb, predict_mask, save_mask  # noqa: E402
+from facekd.inference import (InputError, check_mask_jobs, list_images, load_rgb, load_weights,  # noqa: E402
+                              one_line, predict_mask, save_mask)
 from students import build_student  # noqa: E402
 
 
-class WeightsError(RuntimeError):
-    """Weights that are missing or not a facekd export; the message names the file."""
-
-
 def load_solution(weights: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, int]:
-    """The student and the square size it expects, from an exported ckpt.pth."""
-    weights = Path(weights)
-    if not weights.is_file():
-        raise WeightsError(f"{weights}: no such weights file")
+    """The student and the square size it expects, from an exported ckpt.pth. A file that
+    is not a usable export is an InputError naming it."""
+    ckpt = load_weights(weights)
     try:
-        # weights_only: loading the weights must never execute pickled code
-        ckpt = torch.load(weights, map_location="cpu", weights_only=True)
         cfg = ckpt["model_cfg"]
-        model = build_student(cfg)
-        model.load_state_dict(ckpt["model"])
-    except Exception as e:  # torch and the state-dict check raise many types
-        raise WeightsError(f"{weights}: not a usable facekd export ({type(e).__name__}: {e})") from e
+        # Built on the meta device, so no time goes into initialising weights that the
+        # checkpoint's replace at once; assign=True adopts the loaded tensors as they are.
+        with torch.device("meta"):
+            model = build_student(cfg)
+        model.load_state_dict(ckpt["model"], assign=True)
+    except Exception as e:  # a missing key, an unknown arch, a state-dict mismatch...
+        raise InputError(f"{weights}: not a usable facekd export ({one_line(e)})") from e
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval().to(memory_format=torch.channels_last)
     return model, int(cfg["input_size"])
@@ -53,11 +50,11 @@ def predict_file(model: torch.nn.Module, input_size: int, src: Path, dst: Path, 
     save_mask(predict_mask(model, load_rgb(src), input_size, flip_tta=flip_tta), dst)
 
 
-def _jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
+def mask_jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     """A file maps to the given output path; a folder maps each image to <dst>/<stem>.png."""
     if src.is_dir():
         return [(p, dst / f"{p.stem}.png") for p in list_images(src)]
-    return [(src, dst)]
+    return [(p, dst) for p in list_images(src)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,23 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     src, dst = Path(args.input), Path(args.output)
-    if not src.exists():
-        print(f"run.py: error: {src}: no such file", file=sys.stderr)
-        return 1
     try:
+        jobs = mask_jobs(src, dst)
+        if not jobs:
+            raise InputError(f"{src}: no images")
+        # every output is checked before the weights are even read, so a mistake costs nothing
+        check_mask_jobs(jobs, protected=(Path(args.weights),))
         model, input_size = load_solution(args.weights)
-    except WeightsError as e:
+    except InputError as e:
         print(f"run.py: error: {e}", file=sys.stderr)
-        return 1
-    jobs = _jobs(src, dst)
-    if not jobs:
-        print(f"run.py: error: {src}: no images (expected {', '.join(IMAGE_SUFFIXES)})", file=sys.stderr)
         return 1
     failed = 0
     for image, mask in jobs:
         try:
             predict_file(model, input_size, image, mask, flip_tta=not args.no_tta)
-        except InputError as e:  # a folder run carries on, so one bad image costs one mask
+        except (InputError, OSError) as e:  # a folder run carries on, so one bad image costs one mask
             print(f"run.py: error: {e}", file=sys.stderr)
             failed += 1
             continue

@@ -22,7 +22,6 @@ class ResFPN(nn.Module):
             make_stage(i, o, d, 1 if k == 0 else 2, m)
             for k, (i, o, d, m) in enumerate(zip(in_chs, widths, depths, mid_widths)))
         self.decoder = FPNDecoder(widths, fpn_dim, head_dim, num_classes)
-        self.feature_info = [dict(num_chs=w, reduction=4 * 2 ** k) for k, w in enumerate(widths)]
 
     def forward(self, x):
         return self.decoder(run_stages(self.stages, self.stem(x)))

@@ -37,7 +37,6 @@ class UNetLite(nn.Module):
         self.decoder = nn.ModuleList(
             DecoderBlock(i, s, f, o) for i, s, f, o in zip(dec_in, skips, decoder_fuse, decoder))
         self.classifier = nn.Conv2d(decoder[-1], num_classes, 1)
-        self.feature_info = [dict(num_chs=w, reduction=4 * 2 ** k) for k, w in enumerate(widths)]
 
     def forward(self, x):
         feats = run_stages(self.stages, self.stem(x))

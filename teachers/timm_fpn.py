@@ -17,7 +17,6 @@ class TimmFPN(nn.Module):
         info = self.encoder.feature_info
         self.levels = [i for i, r in enumerate(info.reduction()) if r >= 4]
         self.decoder = FPNDecoder([info.channels()[i] for i in self.levels], fpn_dim, head_dim, num_classes)
-        self.feature_info = [info.get_dicts()[i] for i in self.levels]
 
     def forward(self, x):
         feats = self.encoder(x)

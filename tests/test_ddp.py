@@ -89,7 +89,7 @@ def test_resume_under_torchrun_matches_an_uninterrupted_run(straight, tmp_path):
     resumed = torchrun(["-m", "facekd"], tmp_path / "run", tmp_path / "dump1", config, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed" in resumed.stdout
-    straight0, _ = final_states(root / "dump")  # --seed fixes the initial weights too
+    straight0, _ = final_states(root / "dump")  # same initial weights: both runs use the default seed
     for state in final_states(tmp_path / "dump1"):  # both ranks
         assert_same(straight0, state)
     steps = [load_checkpoint(run / "last.pt")["step"] for run in (tmp_path / "run", root / "run")]

@@ -89,19 +89,88 @@ def test_cli_train_predict_evaluate_matches_reference(tmp_path, sample_root, cap
     assert summary["images"] == len(gts) and "per_class" in summary
 
 
-def test_cli_reports_bad_arguments_clearly(tmp_path, capsys):
-    assert main(["predict", "--weights", str(tmp_path / "nope.pt"), "--input", str(tmp_path),
+def test_cli_reports_bad_arguments_clearly(tmp_path, capsys, sample_root):
+    assert main(["predict", "--weights", str(tmp_path / "nope.pt"), "--input", str(sample_root / "val" / "images"),
                  "--output", str(tmp_path / "o")]) == 2
     assert "nope.pt: checkpoint not found" in capsys.readouterr().err
     assert main(["train-teacher", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
     assert "missing" in capsys.readouterr().err
 
 
-def test_gpu_preset_runs_one_step_on_cpu(tmp_path, sample_root):
-    """The gpu recipe is exercised on CPU with everything but its size."""
-    cfg = resolve_config("distill", "gpu")
-    cfg = apply_overrides(cfg, {"model": "tiny", "resolutions": [[64, 1]], "train_limit": 2, "batch_size": 2})
+def test_gpu_preset_runs_two_steps_on_cpu(tmp_path, sample_root):
+    """The gpu recipe's training features (EMA, Dice, its lr and evaluation schedule) run on
+    CPU; only the model, the resolution and the amount of data are shrunk."""
+    gpu = resolve_config("distill", "gpu")
+    assert gpu.ema_decay > 0 and gpu.dice_weight > 0 and gpu.eval_every > 1  # what this test exercises
+    # two steps: timm's EMA copies the weights outright on its first update
+    cfg = apply_overrides(gpu, {"model": "tiny", "resolutions": [[64, 1]], "train_limit": 4, "batch_size": 2})
     from distill.train import distill
     result = distill(cfg, sample_root, tmp_path / "gpu", "none", progress=False)
-    assert result["epochs"] == 1
-    assert "model_ema" in torch.load(tmp_path / "gpu" / "last.pt", weights_only=True)
+    run = tmp_path / "gpu"
+    last, best = load_checkpoint(run / "last.pt"), load_checkpoint(run / "best.pt")
+    assert result["epochs"] == 1 and last["step"] == 2
+    saved = json.loads((run / "config.json").read_text())
+    assert {k: saved[k] for k in ("lr", "ema_decay", "dice_weight", "eval_every")} == \
+        {"lr": gpu.lr, "ema_decay": gpu.ema_decay, "dice_weight": gpu.dice_weight, "eval_every": gpu.eval_every}
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["loss/dice"] > 0 and "val_fscore" in record  # the last epoch is scored despite eval_every
+    # the EMA took its step: it trails the trained weights, and it is what best.pt keeps
+    moved = [k for k, v in last["model"].items() if v.is_floating_point() and not torch.equal(v, last["model_ema"][k])]
+    assert moved
+    for key in last["model_ema"]:
+        assert torch.equal(best["model"][key], last["model_ema"][key]), key
+
+
+def test_best_pt_is_written_only_when_the_score_improves(tmp_path, sample_root, monkeypatch):
+    scores = iter([0.3, 0.5, 0.2])  # the second evaluation is the best; the third is worse
+    real_evaluate = engine.evaluate
+
+    def scripted(*args, **kwargs):
+        out = real_evaluate(*args, **kwargs)
+        if kwargs.get("return_preds"):  # validation, as opposed to any other use of evaluate
+            out[0]["fscore"] = next(scores)
+        return out
+
+    monkeypatch.setattr(engine, "evaluate", scripted)
+    result = train_teacher(tiny_config(resolutions=[[64, 3]]), sample_root, tmp_path / "run", progress=False)
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert (best["epoch"], best["val_fscore"], result["val_fscore"]) == (1, 0.5, 0.5)
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["epoch"] == 2 and any(not torch.equal(v, best["model"][k]) for k, v in last["model"].items())
+
+
+class _RunsCode:
+    """Unpickling this calls exec: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_load_checkpoint_refuses_a_code_running_pickle(tmp_path):
+    from facekd.checkpoint import save_checkpoint
+    marker = tmp_path / "pwned"
+    # a dict that would pass every later check, so only weights_only stands in the way
+    save_checkpoint({"model": {}, "model_cfg": {"arch": "resfpn"}, "extra": _RunsCode(marker)}, tmp_path / "evil.pt")
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="evil.pt: holds pickled Python objects.*refusing to load it"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()  # refused before any of its code ran
+
+
+def test_a_save_killed_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from facekd.checkpoint import save_checkpoint
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(3)}, "model_cfg": {"arch": "tiny"}}, path)
+
+    def dies_mid_write(obj, f, *args, **kwargs):
+        with open(f, "wb") as out:
+            out.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"model": {"w": torch.zeros(3)}, "model_cfg": {"arch": "tiny"}}, path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))

@@ -84,8 +84,7 @@ def run_solution(run_py: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
     assert "ORIGINS " in proc.stdout, proc.stderr  # run.py crashed instead of exiting with a status
     origins = json.loads(proc.stdout.rsplit("ORIGINS ", 1)[1])
     for module in origins.values():  # the solution folder's own modules, never the installed package's
-        # absolute(), not resolve(): inside the repo the solution's modules are symlinks to the sources
-        assert module is None or Path(module).absolute().is_relative_to(run_py.parent.absolute()), origins
+        assert module is None or Path(module).resolve().is_relative_to(run_py.parent.resolve()), origins
     return proc
 
 
@@ -149,20 +148,29 @@ def test_run_py_standalone_from_another_cwd(tmp_path, solution_dir):
         # the scorer reopens masks this way; a palette image keeps its ids through it
         assert np.array_equal(np.asarray(im.convert("P")), ids)
 
+    assert np.array_equal(ids, predict_mask(solution_model(solution_dir), load_rgb(src), 64, flip_tta=True))
+    assert ids.max() < NUM_CLASSES
+
+
+def solution_model(solution_dir: Path) -> torch.nn.Module:
+    """The exported student as run.py loads it, built here from facekd's own code."""
     ckpt = torch.load(solution_dir / "ckpt.pth", weights_only=True)
     model = build_student(ckpt["model_cfg"])
     model.load_state_dict(ckpt["model"])
-    model.eval().to(memory_format=torch.channels_last)
-    assert np.array_equal(ids, predict_mask(model, load_rgb(src), 64, flip_tta=True))
-    assert ids.max() < NUM_CLASSES
+    return model.eval().to(memory_format=torch.channels_last)
 
 
 def test_run_py_default_weights_and_no_tta(tmp_path, solution_dir):
     src = next(iter(list_images(VAL_IMAGES)))
     proc = run_solution(solution_dir / "run.py", "--input", src, "--output", tmp_path / "m.png", "--no-tta",
-                        cwd=tmp_path / "elsewhere")
+                        cwd=tmp_path / "elsewhere")  # no --weights: the ckpt.pth next to run.py
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "m.png").is_file()
+    with Image.open(tmp_path / "m.png") as im:
+        ids = np.asarray(im)
+    model, rgb = solution_model(solution_dir), load_rgb(src)
+    plain, tta = predict_mask(model, rgb, 64, flip_tta=False), predict_mask(model, rgb, 64, flip_tta=True)
+    assert not np.array_equal(plain, tta)  # else this image could not tell whether --no-tta was obeyed
+    assert np.array_equal(ids, plain)
 
 
 def _odd_image(kind: str, path: Path) -> tuple[int, int]:
@@ -214,18 +222,63 @@ def test_repo_solution_runs_from_a_fresh_clone(tmp_path):
     assert (tmp_path / "mask.png").is_file()
 
 
-def test_in_repo_solution_links_sources_and_re_exports(tmp_path, tiny_ckpt, monkeypatch):
-    """The repo's own solution/ links the runtime sources (never stale), and exporting
-    into it again replaces the weights rather than refusing."""
+def test_in_repo_solution_is_real_files_and_re_exports(tmp_path, tiny_ckpt, monkeypatch):
+    """Exporting into the repo's own solution/ (where run.py is the canonical copy) writes
+    real files, replaces stale copies and links of older exports, drops modules that no longer
+    exist, keeps run.py, and the folder still runs after `cp -r` elsewhere."""
     import facekd.app.export as export_module
     repo_solution = tmp_path / "repo_solution"
-    repo_solution.mkdir()
+    (repo_solution / "students").mkdir(parents=True)
     shutil.copy2(export_module.RUN_PY, repo_solution / "run.py")
     monkeypatch.setattr(export_module, "RUN_PY", repo_solution / "run.py")
+    source = Path(students.__file__).parent.resolve() / "resfpn.py"
+    (repo_solution / "students" / "resfpn.py").symlink_to(source)  # as an older export left it
+    (repo_solution / "students" / "gone.py").write_text("stale\n")
     for _ in range(2):
         export_module.export(tiny_ckpt, repo_solution)
-    linked = repo_solution / "students" / "resfpn.py"
-    assert linked.is_symlink() and linked.resolve() == Path(students.__file__).parent.resolve() / "resfpn.py"
+    shipped = repo_solution / "students" / "resfpn.py"
+    assert not shipped.is_symlink() and shipped.read_bytes() == source.read_bytes()
+    assert not (repo_solution / "students" / "gone.py").exists()
+    assert (repo_solution / "run.py").read_bytes() == (REPO_ROOT / "solution" / "run.py").read_bytes()
+    copied = tmp_path / "copied"
+    shutil.copytree(repo_solution, copied)  # what a user does to submit the folder by hand
     src = next(iter(list_images(VAL_IMAGES)))
-    proc = run_solution(repo_solution / "run.py", "--input", src, "--output", tmp_path / "m.png", cwd=tmp_path)
+    proc = run_solution(copied / "run.py", "--input", src, "--output", tmp_path / "m.png", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_repo_solution_matches_its_sources():
+    """The committed solution/ holds real copies of the runtime sources; when a source
+    changes, this fails until `facekd export --out solution` refreshes the copies."""
+    from facekd.app.export import runtime_files
+    solution = REPO_ROOT / "solution"
+    files = runtime_files(solution)
+    shipped = {p for p in solution.rglob("*.py") if "__pycache__" not in p.parts} - {solution / "run.py"}
+    assert shipped == {dst for _, dst in files}, "run `facekd export --out solution`"
+    for src, dst in files:
+        assert not dst.is_symlink(), f"{dst} is a link; run `facekd export --out solution`"
+        assert dst.read_bytes() == src.read_bytes(), f"{dst} differs from {src}; run `facekd export --out solution`"
+
+
+def test_export_refresh_keeps_the_weights(tmp_path, solution_dir):
+    from facekd.app.export import refresh
+    weights = (solution_dir / "ckpt.pth").read_bytes()
+    (solution_dir / "facekd" / "inference.py").write_text("stale\n")
+    assert refresh(solution_dir)["params"] == torch.load(solution_dir / "ckpt.pth", weights_only=True)["params"]
+    assert (solution_dir / "ckpt.pth").read_bytes() == weights
+    assert (solution_dir / "facekd" / "inference.py").read_bytes() == (REPO_ROOT / "facekd" / "inference.py").read_bytes()
+
+
+def test_export_limit_is_strict_at_the_boundary(tmp_path, tiny_ckpt, monkeypatch):
+    """A student of exactly PARAM_LIMIT parameters is refused and one of PARAM_LIMIT - 1 is
+    shipped. No student config lands on 1,821,085 exactly, so the limit is moved to the tiny
+    student's own count instead."""
+    from facekd import challenge
+    assert challenge.PARAM_LIMIT == 1_821_085  # the challenge's rule: strictly fewer than this
+    n = torch.load(tiny_ckpt, weights_only=True)["params"]
+    monkeypatch.setattr(challenge, "PARAM_LIMIT", n)
+    with pytest.raises(ValueError, match="trainable parameters"):
+        export(tiny_ckpt, tmp_path / "at_limit")
+    assert not (tmp_path / "at_limit").exists()
+    monkeypatch.setattr(challenge, "PARAM_LIMIT", n + 1)
+    assert export(tiny_ckpt, tmp_path / "one_below")["params"] == n == challenge.PARAM_LIMIT - 1

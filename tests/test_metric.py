@@ -84,3 +84,22 @@ def test_evaluate_folders_and_missing_prediction(tmp_path, sample_root):
     next(pred_dir.glob("*.png")).unlink()
     with pytest.raises(FileNotFoundError, match="predictions missing"):
         evaluate_folders(pred_dir, gt_dir, progress=False)
+
+
+def test_out_of_range_predicted_ids_are_misses_as_the_reference_scores_them():
+    rng = np.random.default_rng(1)
+    gt = rng.integers(0, 19, (2, 16, 16)).astype(np.uint8)
+    gt[:, :4] = 18  # the last class is present, so clamping 19..255 onto it would score hits
+    pred = gt.copy()
+    pred[:, :8] = rng.choice([19, 200, 255], (2, 8, 16))
+    meter = FScoreMeter()
+    meter.update(torch.from_numpy(pred), torch.from_numpy(gt))
+    expected = np.mean([reference_fscore(g, p) for g, p in zip(gt, pred)])
+    assert meter.summary()["fscore"] == pytest.approx(expected, abs=1e-9)
+    assert meter.summary()["invalid_pixels"] == 2 * 8 * 16
+
+
+def test_mask_image_holds_ids_up_to_18_and_refuses_19():
+    assert np.asarray(mask_image(np.full((4, 4), 18, np.uint8))).max() == 18
+    with pytest.raises(ValueError, match="ids < 19"):
+        mask_image(np.full((4, 4), 19, np.uint8))

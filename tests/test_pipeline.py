@@ -9,7 +9,7 @@ def test_pipeline_smoke_end_to_end_and_resume(tmp_path, sample_root, capsys):
     out = tmp_path / "pipe"
     assert main(["pipeline", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["stages"]) == ["audit", "teacher", "student", "pruned", "solution", "package"]
+    assert list(summary["stages"]) == ["audit", "teacher", "student", "pruned", "solution", "package", "report"]
     # the sample's one mirrored mask was fixed, and training read the fixed copy
     assert summary["stages"]["audit"]["mirrored"] == 1
     assert json.loads((out / "teacher" / "config.json").read_text())["data_root"] == str(out / "audit" / "data")
@@ -23,6 +23,7 @@ def test_pipeline_smoke_end_to_end_and_resume(tmp_path, sample_root, capsys):
     assert report.ok, report.faults
     with zipfile.ZipFile(out / "submission.zip") as zf:
         assert {n.split("/")[0] for n in zf.namelist()} == {"masks", "solution"}
+    assert (out / "report" / "index.html").is_file()
 
     # a second run on the same folder is refused without --resume and a no-op with it
     assert main(["pipeline", "--out", str(out)]) == 2

@@ -80,3 +80,28 @@ def test_prune_command_end_to_end(tmp_path, sample_root, capsys):
     best = load_checkpoint(out / "best.pt")
     assert best["model_cfg"]["widths"] != students.model_config(student)["widths"]
     assert main(args + ["--resume"]) == 0  # a finished run resumes to a no-op
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_taylor_pruning_leaves_batchnorm_statistics_and_mode_untouched(mode, sample_root):
+    from compress.train import taylor_gradients
+    model = small_student("resfpn")
+    bns = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    with torch.no_grad():  # distinct statistics, so each surviving channel can be traced to its origin
+        for bn in bns.values():
+            bn.running_mean.copy_(torch.randn_like(bn.running_mean))
+            bn.running_var.copy_(torch.rand_like(bn.running_var) + 0.5)
+            bn.num_batches_tracked.fill_(7)
+    before = {name: (bn.running_mean.clone(), bn.running_var.clone()) for name, bn in bns.items()}
+    model.train(mode == "train")
+    report = prune_to_target(model, target_params=int(challenge.count_params(model) * 0.7), importance="taylor",
+                             example_size=64, gradient_fn=taylor_gradients(sample_root, size=64, n=4))
+    assert report["steps"] > 0 and model.training == (mode == "train")
+    assert any(len(bn.running_mean) < len(before[name][0]) for name, bn in bns.items())  # it did prune
+    for name, bn in bns.items():
+        mean0, var0 = before[name]
+        kept = [(mean0 == v).nonzero().flatten() for v in bn.running_mean]
+        assert all(len(k) == 1 for k in kept), f"{name}: running_mean moved"
+        kept = torch.cat(kept)
+        assert torch.equal(bn.running_mean, mean0[kept]) and torch.equal(bn.running_var, var0[kept]), name
+        assert int(bn.num_batches_tracked) == 7, name

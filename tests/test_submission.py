@@ -167,3 +167,15 @@ def test_not_a_zip(tmp_path):
     (tmp_path / "x.zip").write_bytes(b"not a zip")
     assert "not a zip archive" in check_submission(tmp_path / "x.zip").faults[0]
 
+
+
+def test_param_limit_is_strict_at_the_boundary(good_zip, monkeypatch):
+    """A model of exactly PARAM_LIMIT parameters is a fault, one of PARAM_LIMIT - 1 is not;
+    the limit is moved to the shipped tiny model's own count, as no config lands on it."""
+    from facekd import challenge
+    n = check_submission(good_zip).params
+    monkeypatch.setattr(challenge, "PARAM_LIMIT", n)
+    faults = check_submission(good_zip).faults
+    assert len(faults) == 1 and f"{n:,} trainable parameters" in faults[0]
+    monkeypatch.setattr(challenge, "PARAM_LIMIT", n + 1)
+    assert check_submission(good_zip).faults == []

@@ -17,11 +17,24 @@ def _add_run_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--config", default=None, help="TOML file whose keys override the preset")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field, typed as in TOML (repeatable): --set lr=1e-3 "
+                        "--set 'resolutions=[[256,4]]'")
+    p.add_argument("--budget", type=float, default=None, metavar="MINUTES",
+                   help="train for this much wall time instead of fixed epochs: the lr and resolution "
+                        "schedules follow the time used and the run ends on time (set-up and validation count)")
+
+
+def _budget(args) -> float | None:
+    if args.budget is not None and not args.budget > 0:
+        raise ValueError(f"--budget must be a positive number of minutes, got {args.budget:g}")
+    return args.budget
 
 
 def _config(stage: str, args, **extra):
     from facekd.config import resolve_config
-    return resolve_config(stage, args.preset, args.config, seed=args.seed, **extra)
+    return resolve_config(stage, args.preset, args.config, args.set, seed=args.seed, budget_minutes=_budget(args),
+                          **extra)
 
 
 def _data_root(args) -> Path:
@@ -43,11 +56,30 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def _number_list(kind):
+    """argparse type for one target or a comma-separated list of them (for --sweep)."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}s") from None
+    return parse
+
+
 def cmd_prune(args) -> int:
+    from compress.sweep import KINDS, format_table, sweep
     from compress.train import prune_and_finetune
+    kind, targets = next((k, v) for k, v in (("params", args.target_params), ("macs", args.target_macs),
+                                             ("ratio", args.ratio)) if v is not None)
+    if args.sweep:
+        record = sweep(_config("prune", args), _data_root(args), args.out, args.student, args.teacher, kind=kind,
+                       targets=targets, importance=args.importance, resume=args.resume)
+        print(format_table(record))
+        return 0
+    if len(targets) > 1:
+        raise ValueError(f"{len(targets)} targets given; pass --sweep to prune to each of them")
     result = prune_and_finetune(_config("prune", args), _data_root(args), args.out, args.student, args.teacher,
-                                target_params=args.target_params, target_macs=args.target_macs, ratio=args.ratio,
-                                importance=args.importance, resume=args.resume)
+                                importance=args.importance, resume=args.resume, **{KINDS[kind]: targets[0]})
     print(json.dumps(result["report"], indent=2))
     return 0
 
@@ -55,13 +87,25 @@ def cmd_prune(args) -> int:
 def cmd_pipeline(args) -> int:
     from facekd.app.pipeline import run_pipeline
     summary = run_pipeline(_data_root(args), args.out, args.preset, args.images, args.config, args.resume,
-                           audit=not args.no_audit)
+                           audit=not args.no_audit, budget_minutes=_budget(args), assignments=args.set)
     print(json.dumps(summary, indent=2))
     return 0
 
 
+def cmd_report(args) -> int:
+    from facekd.app.report import write_report
+    page = write_report(args.runs, args.out, args.data, focus=args.focus, worst=args.worst)
+    print(f"wrote {page}")
+    return 0
+
+
 def cmd_audit(args) -> int:
-    from facekd.audit import audit_split, format_table, report_json, save_panel, write_fixed
+    from facekd.audit import audit_split, check_fix_target, format_table, report_json, save_panel, write_fixed
+    from facekd.inference import check_output_file
+    if args.fix:  # output mistakes are refused before the audit's minutes, not after
+        check_fix_target(args.fix)
+    if args.panel:
+        check_output_file(args.panel)
     report = audit_split(_data_root(args), args.split, progress=not args.json)
     if args.fix:
         write_fixed(report, args.fix, copy=args.copy)
@@ -98,22 +142,26 @@ def cmd_evaluate(args) -> int:
     for name, f1 in summary["per_class"].items():
         print(f"  {name:<10} {f1:.4f}")
     print(f"left/right swaps: {100 * summary['left_right_swap_rate']:.2f}% of l_/r_ pixels predicted as the other side")
+    if summary["invalid_files"]:
+        names = summary["invalid_files"]
+        print(f"{len(names)} prediction(s) hold ids outside 0..18, scored as misses "
+              f"({summary['invalid_pixels']:,} pixels): {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}")
     return 0
 
 
 def cmd_export(args) -> int:
-    from facekd.app.export import export
-    meta = export(args.checkpoint, args.out)
+    from facekd.app.export import export, refresh
+    meta = export(args.checkpoint, args.out) if args.checkpoint else refresh(args.out)
     score = "n/a" if meta["val_fscore"] is None else f"{meta['val_fscore']:.4f}"
     print(f"exported {meta['model_cfg']['arch']} ({meta['params']:,} params, val F-score {score}) to {args.out}")
     return 0
 
 
-def _print_report(report, zip_path) -> int:
+def _print_report(report, zip_path, failed: str = "") -> int:
     for fault in report.faults:
         print(f"FAULT: {fault}")
     if report.faults:
-        print(f"{zip_path}: {len(report.faults)} fault(s)")
+        print(f"{zip_path}: {len(report.faults)} fault(s){failed}")
         return 1
     print(f"OK: {zip_path} ({report.masks} masks, {report.params:,} params)")
     return 0
@@ -121,7 +169,8 @@ def _print_report(report, zip_path) -> int:
 
 def cmd_package(args) -> int:
     from facekd.app.submission import package
-    return _print_report(package(args.images, args.solution, args.out, flip_tta=not args.no_tta), args.out)
+    report = package(args.images, args.solution, args.out, flip_tta=not args.no_tta)
+    return _print_report(report, args.out, failed="; not written, so any previous zip there is kept")
 
 
 def cmd_check_submission(args) -> int:
@@ -131,6 +180,7 @@ def cmd_check_submission(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facekd", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train-teacher", help="train a teacher from scratch")
@@ -148,10 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", default="runs/student/best.pt", help="student best.pt to prune")
     p.add_argument("--teacher", default="none", help="teacher best.pt for fine-tuning, or 'none'")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--target-params", type=int, help="prune until at most this many parameters")
-    target.add_argument("--target-macs", type=int, help="prune until at most this many MACs at 512x512")
-    target.add_argument("--ratio", type=float, help="channel pruning ratio per layer, in (0, 1)")
+    target.add_argument("--target-params", type=_number_list(int), help="prune until at most this many parameters")
+    target.add_argument("--target-macs", type=_number_list(int), help="prune until at most this many MACs at 512x512")
+    target.add_argument("--ratio", type=_number_list(float), help="channel pruning ratio per layer, in (0, 1)")
     p.add_argument("--importance", default="magnitude", choices=["magnitude", "taylor"])
+    p.add_argument("--sweep", action="store_true",
+                   help="prune to each of a comma-separated list of targets, one sub-run each, gathered in "
+                        "OUT/sweep.json")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("pipeline", help="teacher -> student -> prune -> export -> package, resumable")
@@ -160,6 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-audit", action="store_true",
                    help="train on the labels as they are instead of fixing mirrored left/right masks first")
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("report", help="one offline HTML page comparing the models of any runs: Pareto front, "
+                                      "per-class F1, confusion matrix, worst images, learning curves")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (teacher, distill, prune, sweep, pipeline)")
+    p.add_argument("--out", required=True, help="folder for index.html and its figures")
+    p.add_argument("--data", default=None, help="score every model on this root's val split (default: the one "
+                                                "the runs trained with, from their config.json)")
+    p.add_argument("--focus", default=None, help="model (as labelled in the table) whose confusion matrix and "
+                                                 "worst images to show (default: the best student under the limit)")
+    p.add_argument("--worst", type=int, default=8, help="worst val images to show (default: 8)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("audit", help="find masks whose left/right labels are mirrored; optionally write a fixed copy")
     p.add_argument("--data", default=None, help="dataset root (default: the embedded sample)")
@@ -187,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="write a standalone solution folder (ckpt.pth, run.py, runtime modules)")
-    p.add_argument("--checkpoint", required=True, help="a student's best.pt")
+    p.add_argument("--checkpoint", default=None,
+                   help="a student's best.pt; leave out to refresh the code of the export already in --out, "
+                        "keeping its weights")
     p.add_argument("--out", required=True, help="solution folder to write")
     p.set_defaults(func=cmd_export)
 
@@ -209,9 +275,18 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    # A user's mistake (a bad argument, file or path) is one line, named by the code that
+    # found it; --debug, or any other exception, which is a bug, gives the traceback.
+    except (ValueError, OSError) as e:
+        if args.debug:
+            raise
         print(f"facekd {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"facekd {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 
 The folder holds ckpt.pth, run.py and copies of the few modules run.py imports, so it runs
 with torch, numpy and pillow alone. Copies are made here, programmatically, so the shipped
-pre/post-processing can never drift from the one `facekd predict` and validation use.
+pre/post-processing is the one `facekd predict` and validation use; the repo's own solution/
+is refreshed with `facekd export --out solution`, and a test fails when it has drifted.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +18,7 @@ import facekd
 import students
 from facekd import challenge
 from facekd.checkpoint import load_checkpoint, save_checkpoint
+from facekd.inference import check_output_folder
 from facekd.app.models import is_teacher, load_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -72,23 +73,35 @@ def runtime_files(out: Path) -> list[tuple[Path, Path]]:
 
 
 def copy_runtime(out: Path) -> None:
+    """Real copies, never links, in every folder including the repo's own solution/: the
+    folder is copied or zipped by hand to be submitted, and must run wherever it lands."""
     files = runtime_files(out)
-    # Inside the repository the solution folder links the sources instead of copying them,
-    # so the committed solution can never run stale code; anywhere else it gets real copies.
-    link = out.resolve() == RUN_PY.parent.resolve()
     # e.g. --out at the repo root: refuse before copying anything, not halfway through
-    clashes = [str(dst) for src, dst in files if not link and dst.exists() and dst.resolve() == src.resolve()]
+    clashes = [str(dst) for src, dst in files
+               if dst.exists() and not dst.is_symlink() and dst.resolve() == src.resolve()]
     if clashes:
         raise ValueError(f"{out}: export would overwrite its own source files (e.g. {clashes[0]}); "
                          "choose another --out")
     for src, dst in files:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if link:
-            dst.unlink(missing_ok=True)
-            dst.symlink_to(os.path.relpath(src, dst.parent))
-        else:
-            shutil.copy2(src, dst)
+        dst.unlink(missing_ok=True)  # a link (from an older export) would be written through, into its source
+        shutil.copy2(src, dst)
+    # a module since removed or renamed in the sources must not linger in the shipped copy
+    shipped = {dst for _, dst in files}
+    for stale in [*out.glob("facekd/*.py"), *out.glob("students/*.py")]:
+        if stale not in shipped:
+            stale.unlink()
     (out / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
+
+
+def refresh(out: str | Path) -> dict:
+    """Rewrite an existing export's code from the current sources, keeping its ckpt.pth;
+    the weights are first checked to still fit that code. Returns the ckpt.pth's metadata."""
+    out = Path(out)
+    ckpt = load_checkpoint(out / "ckpt.pth")
+    shippable_student(ckpt, out / "ckpt.pth")
+    copy_runtime(out)
+    return {k: v for k, v in ckpt.items() if k != "model"}
 
 
 def export(checkpoint: str | Path, out: str | Path) -> dict:
@@ -100,6 +113,7 @@ def export(checkpoint: str | Path, out: str | Path) -> dict:
     if not RUN_PY.is_file():
         raise FileNotFoundError(f"{RUN_PY}: canonical run.py not found (export needs the facekd source tree)")
     checkpoint, out = Path(checkpoint), Path(out)
+    check_output_folder(out)
     ckpt = load_checkpoint(checkpoint)
     model, n_params = shippable_student(ckpt, checkpoint)
     val = ckpt.get("val_fscore")

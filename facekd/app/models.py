@@ -12,6 +12,7 @@ import torch.nn as nn
 import students
 import teachers
 from facekd.checkpoint import load_checkpoint
+from facekd.inference import one_line
 
 
 def named_config(name: str, input_size: int) -> dict:
@@ -46,9 +47,12 @@ def load_model(checkpoint: str | Path | dict, device: torch.device | str | None 
         ckpt, source = load_checkpoint(checkpoint), source or checkpoint
     try:
         model = build_model(ckpt["model_cfg"], allow_over_budget=True)
+    except (KeyError, TypeError, ValueError) as e:  # an unknown arch or a field its class does not take
+        raise ValueError(f"{source}: its model_cfg cannot be built ({one_line(e)})") from e
+    try:
         model.load_state_dict(ckpt["model"])
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise ValueError(f"{source}: weights do not match their model_cfg ({type(e).__name__}: {e})") from e
+    except RuntimeError as e:
+        raise ValueError(f"{source}: weights do not match their model_cfg ({one_line(e)})") from e
     if device is not None:
         model.to(device)
     return model.eval(), ckpt

@@ -10,25 +10,25 @@ from tqdm import tqdm
 
 from facekd.app.models import load_model
 from facekd.distributed import pick_device
-from facekd.inference import InputError, list_images, load_rgb, predict_mask, save_mask
+from facekd.inference import InputError, check_mask_jobs, list_images, load_rgb, predict_mask, save_mask
 
 
 def predict_paths(weights, inputs, output_dir, flip_tta: bool = True, progress: bool = True) -> dict:
-    """Write <output_dir>/<stem>.png for each input image. Unreadable inputs are reported,
-    skipped and counted; they never leave a partial file."""
+    """Write <output_dir>/<stem>.png for each input image. Outputs that would overwrite an
+    input or be shared by two inputs are refused before anything is predicted; unreadable
+    inputs are reported, skipped and counted, and never leave a partial file."""
+    jobs = [(p, Path(output_dir) / f"{p.stem}.png") for p in list_images(inputs)]
+    if not jobs:
+        raise InputError(f"{inputs}: no images")
+    check_mask_jobs(jobs, protected=(Path(weights),))
     model, ckpt = load_model(weights, pick_device())
     model.to(memory_format=torch.channels_last)
-    paths = list_images(inputs)
-    if not paths:
-        raise FileNotFoundError(f"{inputs}: no images")
     failed, t0 = [], time.time()
-    for p in tqdm(paths, desc="predict", disable=not progress):
+    for image, mask in tqdm(jobs, desc="predict", disable=not progress):
         try:
-            rgb = load_rgb(p)
+            save_mask(predict_mask(model, load_rgb(image), ckpt["model_cfg"]["input_size"], flip_tta), mask)
         except InputError as e:
             failed.append(str(e))
-            continue
-        save_mask(predict_mask(model, rgb, ckpt["model_cfg"]["input_size"], flip_tta), Path(output_dir) / f"{p.stem}.png")
     seconds = time.time() - t0
-    return {"written": len(paths) - len(failed), "failed": failed, "seconds": seconds,
-            "images_per_s": (len(paths) - len(failed)) / seconds}
+    return {"written": len(jobs) - len(failed), "failed": failed, "seconds": seconds,
+            "images_per_s": (len(jobs) - len(failed)) / seconds}

@@ -8,7 +8,7 @@ produces, not what the (possibly newer) installed facekd would produce.
 from __future__ import annotations
 
 import io
-import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from facekd.app.models import load_model
 from facekd import challenge
-from facekd.inference import list_images
+from facekd.inference import atomic_write, check_output_file, list_images
 from facekd.labels import NUM_CLASSES
 
 MASK_SIZE = (512, 512)  # (width, height) of every challenge image, hence of every mask
@@ -110,6 +110,8 @@ def check_submission(zip_path: str | Path, images: str | Path | None = None) -> 
     with zf:
         names = [n for n in zf.namelist() if not n.endswith("/")]
         report.faults += [f"{n}: unsafe member name (absolute path or '..')" for n in names if _unsafe_name(n)]
+        # a zip's separator is '/': a member a Windows tool stored as masks\x.png unzips as one oddly named file
+        report.faults += [f"{n}: backslash in member name; zip paths must use '/'" for n in names if "\\" in n]
         root = _root_prefix(names, report)
 
         solution = f"{root}solution/"
@@ -176,30 +178,28 @@ def _zip_members(masks_dir: Path, solution: Path) -> list[tuple[Path, str]]:
 
 def package(images: str | Path, solution: str | Path, out: str | Path, flip_tta: bool = True) -> CheckReport:
     """Predict, zip masks/ and solution/ at the archive root, then check the zip as the
-    graders would. The zip is written atomically, so a failed run keeps any previous one."""
+    graders would. The zip replaces `out` only when run.py succeeded and the check found no
+    fault, so a failed run keeps any previous good zip."""
     images, solution, out = Path(images), Path(solution), Path(out)
     for f in ("run.py", "ckpt.pth"):
         if not (solution / f).is_file():
             raise FileNotFoundError(f"{solution / f}: not found; create the solution folder with `facekd export`")
     if not images.is_dir() or not list_images(images):
         raise FileNotFoundError(f"{images}: not a folder of images")
+    check_output_file(out)  # before the minutes of predicting, not after
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        masks_dir = Path(tmp) / "masks"
+        masks_dir, candidate = Path(tmp) / "masks", Path(tmp) / out.name
         masks_dir.mkdir()
         status = predict_with_solution(solution, images, masks_dir, flip_tta)
         # listed before the zip is created, so a zip written inside solution/ cannot include itself
-        members = _zip_members(masks_dir, solution)
-        fd, tmp_zip = tempfile.mkstemp(suffix=".zip.tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
-                for path, arcname in members:
-                    zf.write(path, arcname)
-            os.replace(tmp_zip, out)
-        except BaseException:
-            os.unlink(tmp_zip)
-            raise
-    report = check_submission(out, images)
-    if status != 0:
-        report.faults.insert(0, f"solution/run.py exited with status {status} (its errors are printed above)")
+        with zipfile.ZipFile(candidate, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path, arcname in _zip_members(masks_dir, solution):
+                zf.write(path, arcname)
+        report = check_submission(candidate, images)
+        if status != 0:
+            report.faults.insert(0, f"solution/run.py exited with status {status} (its errors are printed above)")
+        if report.ok:
+            with atomic_write(out) as f, candidate.open("rb") as src:
+                shutil.copyfileobj(src, f)
     return report

@@ -1,0 +1,148 @@
+"""Cost of a distillation step, online against offline, next to a scratch step of the same
+student on the same data, plus the one-time cost of the offline soft targets.
+
+Each step is the engine's own `train_step` (augmentation, forward, loss, backward, AdamW).
+The three kinds of step take turns, so that load from other processes falls on all of them
+alike; the per-step median is reported.
+
+    python benchmarks/bench_distill.py --data data/celebamask-mini --images 96 --sizes 256 384 --steps 5
+    python benchmarks/bench_distill.py --teacher runs/teacher/best.pt     # a real teacher (default: random teacher_cpu)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from timm.scheduler import CosineLRScheduler
+
+from bench_infer import matmul_gflops
+from distill.soft_targets import offline_soft_targets, output_stride, stored_size
+from distill.train import distillation_loss, load_teacher
+from facekd.app.models import build_model, named_config
+from facekd.challenge import count_params
+from facekd.config import PRESETS, RunConfig
+from facekd.data import load_split
+from facekd.engine import Loop, train_step
+from facekd.transforms import AugmentConfig, train_batch
+
+
+def augment_config(cfg: RunConfig) -> AugmentConfig:
+    return AugmentConfig(flip=cfg.flip, scale=(cfg.scale_min, cfg.scale_max), rotate_deg=cfg.rotate_deg,
+                         shift=cfg.shift, brightness=cfg.jitter, contrast=cfg.jitter, saturation=cfg.jitter)
+
+
+def make_loop(cfg: RunConfig, model, loss_fn, soft_targets) -> Loop:
+    """The engine's step state for one model, without a run directory, validation or budget."""
+    model.train().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = CosineLRScheduler(optimizer, t_initial=1000, t_in_epochs=False)
+    return Loop(cfg=cfg, stage="bench", model=model, net=model, model_cfg={}, loss_fn=loss_fn, optimizer=optimizer,
+                scheduler=scheduler, ema=None, augment=augment_config(cfg),
+                generator=torch.Generator().manual_seed(cfg.seed), device=torch.device("cpu"), run=None, val=None,
+                budget=None, soft_targets=soft_targets,
+                reference_scores={}, n_params=count_params(model), world=1, rank=0, progress_bars=False)
+
+
+def timed_step(loop: Loop, split, idx: torch.Tensor) -> float:
+    """One step as train_one_epoch takes it, stored targets' lookup included."""
+    t0 = time.perf_counter()
+    soft = None if loop.soft_targets is None else loop.soft_targets[idx].to(loop.device)
+    train_step(loop, split.images[idx], split.masks[idx], soft)
+    return time.perf_counter() - t0
+
+
+def added_ms(without, with_, reps: int = 10) -> float:
+    """What `with_(arg)` costs beyond `without(arg)`, in ms: the two take turns and each keeps
+    its fastest run, the one a busy machine disturbed least."""
+    best = [float("inf"), float("inf")]
+    for _ in range(reps + 1):
+        for k, fn in enumerate((without, with_)):
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return (best[1] - best[0]) * 1000
+
+
+def offline_added_ms(cfg: RunConfig, split, targets: torch.Tensor, out_side: int) -> tuple[float, float]:
+    """(ms, ms): what offline adds to a scratch step, timed alone, which a busy machine disturbs
+    far less than whole steps: warping the stored maps with the batch, and the distillation
+    terms' forward and backward."""
+    b, loss_fn, augment = cfg.batch_size, distillation_loss(cfg, None), augment_config(cfg)
+    images, masks, soft = split.images[:b], split.masks[:b], targets[:b]
+    batch = lambda scores: train_batch(images, masks, augment, torch.Generator().manual_seed(0), scores)
+    _, labels, warped = batch(soft)
+
+    def loss_step(scores):
+        logits = torch.randn(b, warped.shape[1], out_side, out_side, requires_grad=True)
+        loss_fn(logits, None, labels, scores)["loss"].backward()
+    return (added_ms(lambda: batch(None), lambda: batch(soft)),
+            added_ms(lambda: loss_step(None), lambda: loss_step(warped)))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data/celebamask-mini")
+    parser.add_argument("--images", type=int, default=96, help="training pairs used (train_limit)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 384])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per kind and size, after one warm-up")
+    parser.add_argument("--student", default="resfpn")
+    parser.add_argument("--teacher", default=None, help="teacher checkpoint (default: teacher_cpu, random weights)")
+    parser.add_argument("--teacher-size", type=int, default=384, help="input side of the random teacher")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    # the cpu preset's distillation recipe (CWD on logits), over the sizes benchmarked
+    cfg = RunConfig(**{**PRESETS["distill"]["cpu"], "model": args.student, "train_limit": args.images,
+                       "threads": args.threads, "resolutions": [[s, 1] for s in args.sizes]})
+    if args.teacher:
+        teacher, _ = load_teacher(args.teacher)
+        teacher_name = args.teacher
+    else:
+        torch.manual_seed(0)
+        teacher = build_model(named_config("teacher_cpu", args.teacher_size)).eval().requires_grad_(False)
+        teacher_name = f"teacher_cpu (random weights) @{args.teacher_size}"
+
+    def student():
+        torch.manual_seed(cfg.seed)  # the same initial weights for every kind of step
+        return build_model(named_config(cfg.model, max(args.sizes)))
+
+    peak = matmul_gflops()
+    targets, record = offline_soft_targets(cfg, teacher, args.teacher, args.data, stored_size(cfg, student()),
+                                           progress=False)
+    print(f"threads={args.threads} fp32 matmul 2048^3: {peak:.1f} GFLOP/s")
+    teacher_params = sum(p.numel() for p in teacher.parameters())  # frozen, so count_params would say 0
+    print(f"student {cfg.model} ({count_params(student()):,} params), teacher {teacher_name} "
+          f"({teacher_params:,} params), {args.images} train pairs of {args.data}, batch {cfg.batch_size}, "
+          f"ce + dice {cfg.dice_weight:g} + cwd {cfg.cwd_weight:g} + kd {cfg.kd_weight:g}")
+    print(f"one-time soft targets: {record['seconds']:.1f} s for {record['shape'][0]} maps of "
+          f"{record['size']}x{record['size']} (teacher at {record['teacher_input_sizes']}, flip TTA, decode included)")
+    kinds = {"scratch": (distillation_loss(cfg, None), None),
+             "online": (distillation_loss(cfg, teacher), None),
+             "offline": (distillation_loss(cfg, None), targets)}
+    for size in args.sizes:
+        split = load_split(args.data, "train", size, args.images, progress=False)
+        loops = {k: make_loop(cfg, student(), loss_fn, soft) for k, (loss_fn, soft) in kinds.items()}
+        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))
+        times = {k: [] for k in kinds}
+        for step in range(args.steps + 1):  # step 0 warms up
+            idx = order.roll(-step * cfg.batch_size)[:cfg.batch_size]
+            for kind, loop in loops.items():
+                seconds = timed_step(loop, split, idx)
+                if step:
+                    times[kind].append(seconds)
+        median = {k: statistics.median(v) for k, v in times.items()}
+        for kind in kinds:
+            print(f"@{size} {kind:<8} {median[kind]:6.3f} s/step (median of {args.steps}; "
+                  f"min {min(times[kind]):.3f}, max {max(times[kind]):.3f}) {cfg.batch_size / median[kind]:5.2f} img/s "
+                  f"{median[kind] / median['scratch']:5.2f}x scratch "
+                  f"(by min {min(times[kind]) / min(times['scratch']):.2f}x)")
+        warp_ms, loss_ms = offline_added_ms(cfg, split, targets, size // output_stride(student()))
+        print(f"@{size} offline adds {warp_ms:.0f} ms (warping the stored maps) + {loss_ms:.0f} ms (distillation "
+              f"terms, forward and backward) = {(warp_ms + loss_ms) / 10 / median['scratch']:.1f}% of a scratch step")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""What one image through solution/run.py costs beyond a bare `import torch`, measured side by
+side: fresh interpreters alternate between `python -c "import torch"` and run.py on one
+512x512 image, and the medians are compared. Then one run.py-like process times its phases
+(imports, weight load, model build, first and second forward pass, decode and PNG write),
+and the 2048^3 fp32 matmul rate of bench_infer.py places the machine.
+
+    python benchmarks/bench_startup.py --rounds 9
+    python benchmarks/bench_startup.py --run-py /tmp/old/solution/run.py   # another run.py, same image
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench_infer import matmul_gflops
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = next((REPO / "facekd" / "sample_data" / "val" / "images").glob("*.jpg"))
+
+# run.py's own steps, one timer each, in a fresh interpreter (argv: solution folder, image)
+PHASES = r"""
+import sys, time
+t = [time.perf_counter()]
+import torch
+t.append(time.perf_counter())
+sys.path.insert(0, sys.argv[1])
+import run
+t.append(time.perf_counter())
+torch.load(sys.argv[1] + "/ckpt.pth", map_location="cpu", weights_only=True)
+t.append(time.perf_counter())
+model, size = run.load_solution(sys.argv[1] + "/ckpt.pth")
+t.append(time.perf_counter())
+rgb = run.load_rgb(sys.argv[2])
+t.append(time.perf_counter())
+for tta in (False, False, True):
+    run.predict_mask(model, rgb, size, flip_tta=tta)
+    t.append(time.perf_counter())
+names = ["import torch", "import run.py's modules", "torch.load of ckpt.pth", "load_solution (load + build)",
+         "decode the image", "first forward pass", "second forward pass", "forward with flip TTA"]
+for name, a, b in zip(names, t, t[1:]):
+    print(f"  {name:<30} {1000 * (b - a):7.1f} ms")
+"""
+
+
+def wall(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9, help="alternating pairs of runs (default: 9)")
+    parser.add_argument("--run-py", default=str(REPO / "solution" / "run.py"))
+    parser.add_argument("--image", default=str(IMAGE))
+    args = parser.parse_args()
+    bare, solution = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        run_py = [sys.executable, args.run_py, "--input", args.image, "--output", f"{tmp}/mask.png"]
+        wall(run_py)  # once untimed, so both sides start with the files in the page cache
+        for _ in range(args.rounds):
+            bare.append(wall([sys.executable, "-c", "import torch"]))
+            solution.append(wall(run_py))
+    b, s = statistics.median(bare), statistics.median(solution)
+    print(f"{args.run_py} on one {args.image.rsplit('/', 1)[-1]}, {args.rounds} alternating rounds, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"  python -c 'import torch'  median {b:.3f} s  (min {min(bare):.3f})")
+    print(f"  run.py, one image         median {s:.3f} s  (min {min(solution):.3f})")
+    print(f"  run.py beyond the import  {s - b:+.3f} s (medians), {min(solution) - min(bare):+.3f} s (minima)")
+    print("phases, in one fresh process:")
+    sys.stdout.flush()
+    subprocess.run([sys.executable, "-c", PHASES, str(Path(args.run_py).parent), args.image], check=True)
+    print(f"fp32 matmul 2048^3: {matmul_gflops():.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Offline soft targets: the teacher's logits for every training image, computed once before
+training (ReLabel, Yun et al. 2021; FKD, Shen and Xing 2022), so that a distillation step
+costs what a scratch step costs whatever the teacher's size.
+
+The teacher sees each whole image with its own test-time augmentation (flip with the
+left/right swap, optionally several scales, logits averaged). The maps are kept in float16,
+in the order of the training split, at the student's output stride of the largest training
+resolution (96x96 for a student at stride 4 trained up to 384): the student's logits are
+never finer than that, and the engine warps the maps with each batch at any resolution.
+1000 images at 96x96 take 350 MB. Under torchrun every rank computes (or reads) the whole
+set, since each epoch's shard differs; cache writes are atomic, so ranks may race on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from facekd.config import RunConfig
+from facekd.data import find_pairs, load_split
+from facekd.distributed import pick_device
+from facekd.inference import atomic_write, predict_logits
+
+CACHE_FORMAT = 1  # bump when what is stored changes, so that older cache files miss
+
+
+@torch.no_grad()
+def output_stride(model: nn.Module, probe: int = 64) -> int:
+    """The model's output stride, read from one small forward pass (students predict at 4)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = model(torch.zeros(1, 3, probe, probe, device=device))
+    model.train(was_training)
+    return probe // out.shape[-1]
+
+
+def stored_size(cfg: RunConfig, model: nn.Module) -> int:
+    """Side of the stored maps: the student's output side at its largest training resolution."""
+    return max(size for size, _ in cfg.resolutions) // output_stride(model)
+
+
+def scaled_sizes(input_size: int, scales: list) -> list[int]:
+    """The teacher's input side at each scale, rounded to a multiple of 32 (the deepest stride)."""
+    return [max(32, round(input_size * s / 32) * 32) for s in scales]
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, images: torch.Tensor, input_size: int, out_size: int, scales: list,
+                   batch_size: int = 8, device: torch.device | None = None, progress: bool = True) -> torch.Tensor:
+    """float16 N x C x out_size x out_size: the teacher's flip-TTA logits for uint8 N x 3 x H x W
+    images, averaged over its input side times each scale. Logits, not probabilities, are
+    averaged, so that the distillation temperature softens them as it does online."""
+    device = device or pick_device()
+    teacher.eval().to(device)
+    sizes = scaled_sizes(input_size, scales)
+    out = None
+    for i in tqdm(range(0, len(images), batch_size), desc=f"teacher soft targets @{sizes}", disable=not progress,
+                  leave=False):
+        batch = images[i:i + batch_size].to(device)
+        logits = sum(predict_logits(teacher, batch, s, out_size=(out_size, out_size)) for s in sizes) / len(sizes)
+        if out is None:
+            out = torch.empty(len(images), logits.shape[1], out_size, out_size, dtype=torch.float16)
+        out[i:i + len(batch)] = logits.to(torch.float16).cpu()
+    return out
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(teacher_path: str | Path, data_root: str | Path, train_limit: int, scales: list, size: int) -> dict:
+    """Everything the stored maps depend on. The images are identified by stem, size and
+    mtime rather than by content: a copied or touched file misses, which only costs a recompute."""
+    pairs = find_pairs(data_root, "train")
+    pairs = pairs[:train_limit] if train_limit else pairs
+    data = hashlib.sha256()
+    for p in pairs:
+        st = p.image.stat()
+        data.update(f"{p.stem}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return {"format": CACHE_FORMAT, "teacher_sha256": file_sha256(teacher_path), "data_sha256": data.hexdigest(),
+            "images": len(pairs), "train_limit": train_limit, "scales": [float(s) for s in scales], "size": size}
+
+
+def cache_file(cache_dir: str | Path, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"soft_targets_{digest}.pt"
+
+
+def _read_cache(path: Path, key: dict) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file is recomputed and replaced, not fatal
+        tqdm.write(f"soft targets: ignoring unreadable cache file {path} ({type(e).__name__}: {e})")
+        return None
+    if not isinstance(stored, dict) or stored.get("key") != key:
+        return None
+    return stored["targets"]
+
+
+def offline_soft_targets(cfg: RunConfig, teacher: nn.Module, teacher_path: str | Path, data_root: str | Path,
+                         size: int, progress: bool = True) -> tuple[torch.Tensor, dict]:
+    """(targets, record): the stored maps for the training split (cfg.train_limit applied), from
+    cfg.soft_target_cache when it holds them, and what they cost, for the run's config record."""
+    t0 = time.perf_counter()
+    scales = cfg.soft_target_scales
+    input_size = teacher.input_size
+    record = {"size": size, "scales": scales, "teacher_input_sizes": scaled_sizes(input_size, scales)}
+    key = path = None
+    if cfg.soft_target_cache:
+        key = cache_key(teacher_path, data_root, cfg.train_limit, scales, size)
+        path = cache_file(cfg.soft_target_cache, key)
+        targets = _read_cache(path, key)
+        if targets is not None:
+            record.update(cache="hit", file=str(path), shape=list(targets.shape),
+                          seconds=round(time.perf_counter() - t0, 2))
+            return targets, record
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # as training will; computing counts against the budget
+    split = load_split(data_root, "train", max(record["teacher_input_sizes"]), cfg.train_limit, progress=progress)
+    targets = teacher_logits(teacher, split.images, input_size, size, scales, cfg.batch_size, progress=progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as f:
+            torch.save({"key": key, "stems": split.stems, "targets": targets}, f)
+    record.update(cache="miss" if path else "off", shape=list(targets.shape),
+                  seconds=round(time.perf_counter() - t0, 2), **({"file": str(path)} if path else {}))
+    tqdm.write(f"soft targets: {len(targets)} maps of {size}x{size} from the teacher at "
+               f"{record['teacher_input_sizes']} with flip TTA in {record['seconds']:.1f} s"
+               + (f", cached in {path}" if path else ""))
+    return targets, record

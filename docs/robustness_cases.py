@@ -1,0 +1,116 @@
+"""Run each bad-input case of docs/ROBUSTNESS.md as a new user would, in a scratch folder,
+and print one markdown table row per case (exit status and the last lines of output).
+
+    python docs/robustness_cases.py                 # every case, a few minutes
+    python docs/robustness_cases.py bomb evaluate   # only the cases whose name holds a word
+"""
+import os, shutil, struct, subprocess, sys, tempfile, zlib, zipfile
+from pathlib import Path
+import numpy as np, torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+T = Path(tempfile.gettempdir()) / "facekd_robustness"
+shutil.rmtree(T, ignore_errors=True)
+T.mkdir(parents=True)
+os.chdir(T)
+VAL = REPO / "facekd/sample_data/val"
+imgs = sorted((VAL / "images").glob("*.jpg"))
+sh = lambda c: subprocess.run(c, shell=True, capture_output=True, text=True)
+
+# fixtures
+(T / "pngs").mkdir()
+for p in imgs[:2]:
+    Image.open(p).save(T / "pngs" / f"{p.stem}.png")
+(T / "dup").mkdir(); shutil.copy(imgs[0], T / "dup/x.jpg"); Image.open(imgs[0]).save(T / "dup/x.png")
+g = np.linspace(0, 65535, 512 * 512).reshape(512, 512).astype(np.uint16); Image.fromarray(g).save(T / "g16.png")
+Image.fromarray(np.array(Image.open(imgs[0]).convert("L")).astype(np.uint16) * 257).save(T / "g16face.png")
+Image.new("F", (64, 64)).save(T / "float.tiff")
+Image.open(imgs[0]).convert("CMYK").save(T / "cmyk.jpg")
+def claiming(path, w, h):
+    Image.new("L", (8, 8)).save(path); d = bytearray(path.read_bytes())
+    d[16:24] = struct.pack(">II", w, h); d[29:33] = struct.pack(">I", zlib.crc32(bytes(d[12:29]))); path.write_bytes(bytes(d))
+(T / "withbomb").mkdir(); claiming(T / "withbomb/a_bomb.png", 15000, 15000); shutil.copy(imgs[0], T / "withbomb")
+claiming(T / "big.png", 5000, 4000)
+(T / "tifs").mkdir(); Image.open(imgs[0]).save(T / "tifs/x.tif")
+(T / "a_file").write_text("x"); (T / "a_folder").mkdir()
+data = imgs[0].read_bytes(); (T / "truncated.jpg").write_bytes(data[: len(data) // 2])
+(T / "notes.txt").write_text("hi")
+ck = torch.load(REPO / "solution/ckpt.pth", weights_only=True)
+ck2 = dict(ck, model_cfg={**ck["model_cfg"], "head_dim": 32}); torch.save(ck2, T / "mismatch.pt")
+torch.save({"model": Path("x"), "model_cfg": {}}, T / "unsafe.pt")
+(T / "gt").mkdir(); (T / "pred").mkdir()
+for p in sorted((VAL / "masks").glob("*.png"))[:3]:
+    shutil.copy(p, T / "gt"); m = np.array(Image.open(p)); m[:50, :50] = 200
+    im = Image.frombytes("P", (512, 512), m.tobytes()); im.putpalette(Image.open(p).getpalette()); im.save(T / "pred" / p.name)
+first = sorted((T / "gt").glob("*.png"))[0].name
+for name, make in [("pred_allbad", lambda d: (lambda im: (im.putpalette(Image.open(T / "gt" / first).getpalette()), im.save(d / first)))(Image.frombytes("P", (512, 512), bytes([200]) * 512 * 512))),
+                   ("pred_rgb", lambda d: Image.open(T / "gt" / first).convert("RGB").save(d / first)),
+                   ("pred_broken", lambda d: (d / first).write_bytes(b"\x89PNG\r\n\x1a\nbroken"))]:
+    shutil.copytree(T / "pred", T / name); make(T / name)
+shutil.copytree(VAL / "images", T / "test")
+shutil.copytree(REPO / "solution", T / "sol", ignore=shutil.ignore_patterns("__pycache__"))
+with zipfile.ZipFile(T / "backslash.zip", "w") as zf:
+    zf.writestr("masks\\x.png", b"")
+
+F = "facekd"
+R = f"python {REPO}/solution/run.py"
+I = f"{imgs[0]}"
+cases = [
+    ("evaluate: clean predictions", f"{F} evaluate --pred gt --gt gt"),
+    ("evaluate: ids 200 in a 50x50 corner of 3 predictions", f"{F} evaluate --pred pred --gt gt"),
+    ("evaluate: a prediction that is all id 200", f"{F} evaluate --pred pred_allbad --gt gt"),
+    ("evaluate: an RGB prediction", f"{F} evaluate --pred pred_rgb --gt gt"),
+    ("evaluate: an unreadable prediction PNG", f"{F} evaluate --pred pred_broken --gt gt"),
+    ("evaluate: a prediction missing", f"{F} evaluate --pred pngs --gt gt"),
+    ("evaluate: --pred not a folder", f"{F} evaluate --pred nowhere --gt gt"),
+    ("predict: --output = --input, a folder of PNGs", f"{F} predict --weights {REPO}/solution/ckpt.pth --input pngs --output pngs"),
+    ("predict: x.jpg and x.png in one folder", f"{F} predict --weights {REPO}/solution/ckpt.pth --input dup --output dupmasks"),
+    ("run.py: --output = --input", f"{R} --input pngs/{imgs[0].stem}.png --output pngs/{imgs[0].stem}.png"),
+    ("run.py: folder in, same folder out", f"{R} --input pngs --output pngs"),
+    ("run.py: --output ckpt.pth (the weights)", f"{R} --input {I} --output sol/ckpt.pth --weights sol/ckpt.pth"),
+    ("package: over a good zip, with a broken image added", f"{F} package --images test --solution sol --out sub.zip && cp sub.zip good.zip && cp truncated.jpg test/ && {F} package --images test --solution sol --out sub.zip; rc=$?; cmp sub.zip good.zip && echo 'sub.zip unchanged'; rm test/truncated.jpg; exit $rc"),
+    ("run.py: 16-bit greyscale PNG of a face", f"{R} --input g16face.png --output g16_mask.png && python -c \"import numpy as np; from PIL import Image; print('classes in mask:', np.unique(np.array(Image.open('g16_mask.png'))).tolist())\""),
+    ("run.py: 32-bit float TIFF", f"{R} --input float.tiff --output f.png"),
+    ("run.py: CMYK JPEG", f"{R} --input cmyk.jpg --output cmyk_mask.png"),
+    ("run.py: a PNG claiming 15000x15000 (218 KB bomb)", f"{R} --input withbomb/a_bomb.png --output bomb.png"),
+    ("run.py: folder holding the bomb and a good image", f"{R} --input withbomb --output bombmasks; rc=$?; ls bombmasks; exit $rc"),
+    ("predict: a 5000x4000 image", f"{F} predict --weights {REPO}/solution/ckpt.pth --input big.png --output bigmasks"),
+    ("run.py: truncated JPEG", f"{R} --input truncated.jpg --output t.png"),
+    ("run.py: output is an existing folder", f"{R} --input {I} --output a_folder"),
+    ("run.py: folder input, output an existing file", f"{R} --input pngs --output a_file"),
+    ("run.py: output under a file", f"{R} --input {I} --output a_file/m.png"),
+    ("run.py: output folder not writable (/proc)", f"{R} --input {I} --output /proc/m.png"),
+    ("predict: output folder not writable (/proc/x)", f"{F} predict --weights {REPO}/solution/ckpt.pth --input {I} --output /proc/x"),
+    ("package: --out an existing folder", f"{F} package --images test --solution sol --out a_folder"),
+    ("audit: --fix an existing file", f"{F} audit --fix a_file"),
+    ("audit: --fix a non-empty folder", f"{F} audit --fix pngs"),
+    ("export: --out an existing file", f"{F} export --checkpoint {REPO}/solution/ckpt.pth --out a_file"),
+    ("modes of written files (umask 022)", f"umask 022; {R} --input {I} --output perm/m.png && {F} package --images test --solution sol --out perm/s.zip >/dev/null && stat -c '%a %n' perm/m.png perm/s.zip && python -c \"import zipfile; print(sorted({{oct(i.external_attr >> 16 & 0o777) for i in zipfile.ZipFile('perm/s.zip').infolist()}}))\""),
+    ("predict: weights that do not match their model_cfg", f"{F} predict --weights mismatch.pt --input {I} --output mm"),
+    ("run.py: weights that do not match their model_cfg", f"{R} --input {I} --output mm.png --weights mismatch.pt"),
+    ("predict: a pickled object instead of weights", f"{F} predict --weights unsafe.pt --input {I} --output un"),
+    ("run.py: a pickled object instead of weights", f"{R} --input {I} --output un.png --weights unsafe.pt"),
+    ("run.py: --weights missing", f"{R} --input {I} --output w.png --weights nope.pth"),
+    ("predict: a folder with one .tif", f"{F} predict --weights {REPO}/solution/ckpt.pth --input tifs --output tifmasks"),
+    ("run.py: a text file as input", f"{R} --input notes.txt --output n.png"),
+    ("run.py: input missing", f"{R} --input nope.jpg --output n.png"),
+    ("run.py: empty folder", f"mkdir -p empty && {R} --input empty --output e"),
+    ("check-submission: member masks\\x.png", f"{F} check-submission backslash.zip"),
+    ("check-submission: not a zip", f"{F} check-submission notes.txt"),
+    ("export: --checkpoint missing", f"{F} export --checkpoint nope.pt --out out"),
+    ("export: refresh an existing folder's code", f"{F} export --out sol"),
+    ("--debug: the same error with its traceback", f"{F} --debug export --checkpoint nope.pt --out out 2>&1 | tail -1; exit ${{PIPESTATUS[0]}}"),
+]
+tmpl = str(T)
+for name, cmd in cases:
+    if len(sys.argv) > 1 and not any(k in name for k in sys.argv[1:]):
+        continue
+    p = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True)
+    out = [l.split("\r")[-1].strip() for l in (p.stdout + "\n" + p.stderr).splitlines()]
+    out = [l for l in out if l and not l.startswith(("predict:", "package:", "evaluate:")) or "error" in l]
+    out = [l for l in out if "backslash" in l] or out
+    tb = "Traceback" in p.stderr
+    shown = " / ".join(out if len(out) <= 3 else [out[0], "...", *out[-2:]]).replace(tmpl + "/", "").replace(str(REPO) + "/", "").replace("|", "\\|")
+    shown_cmd = cmd.replace(str(REPO) + "/", "").replace("|", "\\|")
+    print(f"| {name} | `{shown_cmd}` | exit {p.returncode}{', TRACEBACK' if tb else ''}: {shown} |", flush=True)

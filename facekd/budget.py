@@ -1,0 +1,72 @@
+"""Wall-clock budgets: "train the best model you can in N minutes on this machine".
+
+Under a budget a stage measures its progress as time used, not epochs done, and runs its
+learning-rate and resolution schedules on that progress, so the rate reaches its floor
+just as the time runs out (Li, Yumer and Ramanan, "Budgeted Training", ICLR 2020). A
+schedule sized in epochs would either overrun on a slow machine or leave time unused on a
+fast one; one driven by the clock lands on time on both, and adapts when a machine slows
+down mid-run because progress is re-read at every step.
+
+Everything the stage does counts: decoding the data, loading a teacher, validation and
+checkpoints. What a final validation and checkpoint will cost is held back as a reserve,
+re-measured at every validation, so that training stops early enough for them to fit.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+class BudgetError(ValueError):
+    """A budget that cannot work: not positive, or too small for one step and one validation."""
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Budget:
+    """A wall-clock allowance, started when created. `spent_before` carries the time a killed
+    run had used (from its last.pt), so a resumed run spends only what is left."""
+
+    def __init__(self, minutes: float, spent_before: float = 0.0):
+        if not minutes > 0:
+            raise BudgetError(f"--budget must be a positive number of minutes, got {minutes:g}")
+        self.seconds = 60.0 * minutes
+        self.spent_before = spent_before
+        self._t0 = time.monotonic()
+        self.reserve = 0.0        # seconds held back for the final validation and checkpoint
+        self.train_start = None   # spent() when the training loop began; progress counts from there
+
+    @classmethod
+    def from_minutes(cls, minutes: float) -> Budget | None:
+        """None for 0 (no budget: fixed epochs), else a running budget."""
+        return cls(minutes) if minutes else None
+
+    def spent(self) -> float:
+        return self.spent_before + time.monotonic() - self._t0
+
+    def left(self) -> float:
+        return self.seconds - self.spent()
+
+    def resume(self, spent_before: float, train_start: float | None) -> None:
+        """Continue a killed run's budget: the time it used, plus what this process has used since."""
+        self.spent_before += spent_before
+        self.train_start = train_start
+
+    def start_training(self) -> None:
+        if self.train_start is None:
+            self.train_start = self.spent()
+
+    def progress(self) -> float:
+        """0 when the training loop began, 1 when only the reserve is left."""
+        start = self.train_start if self.train_start is not None else self.spent()
+        window = self.seconds - self.reserve - start
+        return 1.0 if window <= 0 else min(1.0, max(0.0, (self.spent() - start) / window))
+
+    def used_fraction(self) -> float:
+        return min(1.0, self.spent() / self.seconds)
+
+    def describe(self) -> str:
+        return f"{format_seconds(self.left())} of {format_seconds(self.seconds)} left"

@@ -1,0 +1,205 @@
+"""Seeing results: the pruning sweep and the report page, on tiny runs of the embedded sample."""
+
+import json
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facekd.app.cli import main
+from facekd.app.report import pareto_front, write_report
+from facekd.checkpoint import load_checkpoint
+
+SECTIONS = {"models", "pareto", "per-class", "confusion", "worst", "curves", "sweeps"}
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny student distilled from scratch, and a sweep of two pruning targets from it."""
+    root = tmp_path_factory.mktemp("runs")
+    # flip TTA off: validation at the sample's native 512x512 is what these runs spend most time on
+    (root / "distill.toml").write_text("resolutions = [[64, 2]]\nflip_tta = false\n")
+    (root / "prune.toml").write_text("resolutions = [[64, 1]]\nflip_tta = false\n")
+    assert main(["distill", "--teacher", "none", "--student", "tiny", "--config", str(root / "distill.toml"),
+                 "--out", str(root / "student")]) == 0
+    sweep = ["prune", "--sweep", "--student", str(root / "student" / "best.pt"), "--config",
+             str(root / "prune.toml"), "--out", str(root / "sweep")]
+    assert main(sweep + ["--target-params", "11000,15000"]) == 0
+    return root, sweep
+
+
+def test_sweep_prunes_to_each_target_and_skips_finished_ones(runs, capsys):
+    root, sweep = runs
+    record = json.loads((root / "sweep" / "sweep.json").read_text())
+    student = load_checkpoint(root / "student" / "best.pt")
+    assert record["student_size"]["params"] == student["params"]
+    assert record["floor"]["params"] < 11000
+    assert [r["target"] for r in record["targets"]] == [15000, 11000]  # the mildest cut first
+    for row in record["targets"]:
+        assert row["params"] <= row["target"]
+        assert row["macs"] < record["student_size"]["macs"]
+        assert row["latency_ms"] > 0 and 0 <= row["val_fscore_pruned"] <= 1 and 0 <= row["val_fscore_finetuned"] <= 1
+        report = json.loads((root / "sweep" / row["run"] / "prune_report.json").read_text())
+        assert row["val_fscore_finetuned"] == report["after_finetune"]["val_fscore"]
+
+    best = {r["run"]: (root / "sweep" / r["run"] / "best.pt").stat().st_mtime_ns for r in record["targets"]}
+    capsys.readouterr()
+    assert main(sweep + ["--target-params", "11000,15000", "--resume"]) == 0
+    assert capsys.readouterr().out.count("done earlier, skipped") == 2
+    assert {run: (root / "sweep" / run / "best.pt").stat().st_mtime_ns for run in best} == best
+    assert main(sweep + ["--target-params", "11000,15000"]) == 2  # an existing sweep needs --resume
+    assert "pass --resume" in capsys.readouterr().err
+
+
+def test_sweep_of_ratios_computes_the_teachers_maps_once(runs, tmp_path):
+    root, sweep = runs
+    (tmp_path / "offline.toml").write_text((root / "prune.toml").read_text() + 'distill_mode = "offline"\n')
+    args = sweep[:-3] + [str(tmp_path / "offline.toml"), "--out", str(tmp_path / "sweep")]
+    # the student as its own teacher: any checkpoint serves, and it is already trained
+    assert main(args + ["--teacher", str(root / "student" / "best.pt"), "--ratio", "0.4,0.2"]) == 0
+    record = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [r["run"] for r in record["targets"]] == ["ratio_0.2", "ratio_0.4"]
+    assert all(r["params"] < load_checkpoint(root / "student" / "best.pt")["params"] for r in record["targets"])
+    caches = [json.loads((tmp_path / "sweep" / r["run"] / "config.json").read_text())["soft_targets"]["cache"]
+              for r in record["targets"]]
+    assert caches == ["miss", "hit"]
+
+
+@pytest.mark.parametrize("target, message", [
+    (["--target-params", "15000,99999999"], "not below the student's own"),
+    (["--target-params", "15000,5000"], "unreachable"),
+    (["--target-macs", "1000"], "unreachable"),
+    (["--target-params", "15000,15000"], "listed twice"),
+    (["--ratio", "0.3,1.5"], "must be in (0, 1)"),
+])
+def test_sweep_refuses_a_bad_target_before_writing_anything(runs, tmp_path, capsys, target, message):
+    root, sweep = runs
+    out = tmp_path / "sweep"
+    assert main(sweep[:-1] + [str(out)] + target) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_one_prune_refuses_a_list_and_a_list_must_parse(runs, tmp_path, capsys):
+    root, sweep = runs
+    args = [a for a in sweep if a != "--sweep"][:-1] + [str(tmp_path / "pruned")]
+    assert main(args + ["--target-params", "15000,11000"]) == 2
+    assert "pass --sweep" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(sweep + ["--target-params", "15000,many"])
+    assert "not a comma-separated list of ints" in capsys.readouterr().err
+    assert not (tmp_path / "pruned").exists()
+
+
+def test_pareto_front():
+    # (cost, score): the third costs more than the second for less; the fourth ties the first's cost
+    assert pareto_front([1, 2, 3, 1], [0.5, 0.7, 0.6, 0.4]) == [True, True, False, False]
+
+
+class Page(HTMLParser):
+    """A report page's section ids, image sources and rows of its models table."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.sections, self.images, self.model_rows, self._section = set(), [], 0, None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self._section = attrs["id"]
+            self.sections.add(self._section)
+        elif tag == "img":
+            self.images.append(attrs["src"])
+        elif tag == "tr" and self._section == "models":
+            self.model_rows += 1
+
+
+@pytest.fixture(scope="module")
+def report(runs, tmp_path_factory):
+    root, _ = runs
+    return write_report([root / "student", root / "sweep"], tmp_path_factory.mktemp("report"), progress=False)
+
+
+def test_report_has_every_section_and_figure(report):
+    page = Page(report.read_text())
+    assert page.sections == SECTIONS
+    assert page.model_rows == 1 + 3  # the header, the student and its two pruned versions
+    assert sum(src.startswith("worst/") for src in page.images) == 4  # the sample's 4 val images, k=8
+    for src in page.images:
+        with Image.open(report.parent / src) as im:
+            im.load()  # decodes: not a missing or truncated file
+
+
+def test_report_names_a_bad_folder_and_writes_nothing(runs, tmp_path, capsys):
+    root, _ = runs
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert "holds no run" in capsys.readouterr().err
+    assert main(["report", str(root / "student"), "--out", str(out), "--focus", "nobody"]) == 2
+    assert "no such model" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_report_reads_a_cut_off_metrics_file_and_says_so(runs, tmp_path, capsys):
+    root, _ = runs
+    run = tmp_path / "killed"
+    shutil.copytree(root / "student", run)
+    # as a run under a time budget logs it, so its curves are drawn against training time
+    records = [{**json.loads(line), "budget_used": 0.5} for line in (run / "metrics.jsonl").read_text().splitlines()]
+    whole = "".join(json.dumps(r) + "\n" for r in records)
+    (run / "metrics.jsonl").write_text(whole + whole[:25])  # killed while writing a record
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    err = capsys.readouterr().err
+    assert "skipped its last line 3, cut off mid-line (25 characters); read 2 records" in err
+    assert "cut off mid-line" in (tmp_path / "report" / "index.html").read_text()
+    assert [p.name for p in (tmp_path / "report").glob("curves_*.png")] == ["curves_train_seconds.png"]
+
+    lines = whole.splitlines()
+    (run / "metrics.jsonl").write_text(lines[0][:25] + "\n" + lines[1] + "\n")  # damaged, not cut off
+    assert main(["report", str(run), "--out", str(tmp_path / "other")]) == 2
+    assert "metrics.jsonl: line 1 is not a JSON record" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
+def test_drawing_is_not_loaded_by_training():
+    code = ("import sys, facekd.app.cli, facekd.app.pipeline, facekd.app.report, compress.sweep, distill.train, "
+            "teachers.train; print('matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == "False"
+
+
+def chromium(tmp_path, *args) -> subprocess.CompletedProcess:
+    profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"  # a fresh one per run
+    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium); .ci/run installs it")
+def test_report_renders_in_a_browser(report, tmp_path):
+    n_images = len(Page(report.read_text()).images)
+    dom = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", report.as_uri()).stdout
+    assert f'data-figures="{n_images}/{n_images}"' in dom  # every <img> decoded in the browser
+    shot = tmp_path / "report.png"
+    chromium(tmp_path, "--window-size=1280,3000", f"--screenshot={shot}", report.as_uri())
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert pixels.shape == (3000, 1280, 3)
+    assert (pixels.min(2) < 200).mean() > 0.05  # text and figures, not a blank page
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # plots and photos, not a few boxes
+
+    broken = tmp_path / "broken"  # the check above can fail: the same page with one figure gone
+    shutil.copytree(report.parent, broken)
+    (broken / "pareto.png").unlink()
+    dom = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", (broken / "index.html").as_uri()).stdout
+    assert f'data-figures="{n_images - 1}/{n_images}"' in dom
