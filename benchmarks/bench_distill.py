@@ -29,18 +29,13 @@ from facekd.engine import Loop, train_step
 from facekd.transforms import AugmentConfig, train_batch
 
 
-def augment_config(cfg: RunConfig) -> AugmentConfig:
-    return AugmentConfig(flip=cfg.flip, scale=(cfg.scale_min, cfg.scale_max), rotate_deg=cfg.rotate_deg,
-                         shift=cfg.shift, brightness=cfg.jitter, contrast=cfg.jitter, saturation=cfg.jitter)
-
-
 def make_loop(cfg: RunConfig, model, loss_fn, soft_targets) -> Loop:
     """The engine's step state for one model, without a run directory, validation or budget."""
     model.train().to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = CosineLRScheduler(optimizer, t_initial=1000, t_in_epochs=False)
     return Loop(cfg=cfg, stage="bench", model=model, net=model, model_cfg={}, loss_fn=loss_fn, optimizer=optimizer,
-                scheduler=scheduler, ema=None, augment=augment_config(cfg),
+                scheduler=scheduler, ema=None, augment=AugmentConfig.from_run_config(cfg),
                 generator=torch.Generator().manual_seed(cfg.seed), device=torch.device("cpu"), run=None, val=None,
                 budget=None, soft_targets=soft_targets,
                 reference_scores={}, n_params=count_params(model), world=1, rank=0, progress_bars=False)
@@ -70,7 +65,7 @@ def offline_added_ms(cfg: RunConfig, split, targets: torch.Tensor, out_side: int
     """(ms, ms): what offline adds to a scratch step, timed alone, which a busy machine disturbs
     far less than whole steps: warping the stored maps with the batch, and the distillation
     terms' forward and backward."""
-    b, loss_fn, augment = cfg.batch_size, distillation_loss(cfg, None), augment_config(cfg)
+    b, loss_fn, augment = cfg.batch_size, distillation_loss(cfg, None), AugmentConfig.from_run_config(cfg)
     images, masks, soft = split.images[:b], split.masks[:b], targets[:b]
     batch = lambda scores: train_batch(images, masks, augment, torch.Generator().manual_seed(0), scores)
     _, labels, warped = batch(soft)

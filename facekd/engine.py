@@ -484,8 +484,7 @@ def _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, 
     scheduler = _make_schedule(optimizer, cfg, lr, math.ceil(len(sampler) / cfg.batch_size), budget is not None)
     # only rank 0 evaluates and saves, so only it keeps an EMA
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 and rank == 0 else None
-    augment = AugmentConfig(flip=cfg.flip, scale=(cfg.scale_min, cfg.scale_max), rotate_deg=cfg.rotate_deg,
-                            shift=cfg.shift, brightness=cfg.jitter, contrast=cfg.jitter, saturation=cfg.jitter)
+    augment = AugmentConfig.from_run_config(cfg)
     # DDP averages gradients across ranks and, before each forward, copies rank 0's buffers
     # to the others; the teacher of a distillation lives in loss_fn and is never wrapped.
     net = model if world == 1 else DistributedDataParallel(

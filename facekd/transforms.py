@@ -28,6 +28,12 @@ class AugmentConfig:
     contrast: float = 0.25
     saturation: float = 0.25
 
+    @classmethod
+    def from_run_config(cls, cfg) -> AugmentConfig:
+        """What a RunConfig asks for; its one `jitter` sets brightness, contrast and saturation."""
+        return cls(flip=cfg.flip, scale=(cfg.scale_min, cfg.scale_max), rotate_deg=cfg.rotate_deg, shift=cfg.shift,
+                   brightness=cfg.jitter, contrast=cfg.jitter, saturation=cfg.jitter)
+
 
 def hflip_with_swap(images: torch.Tensor, masks: torch.Tensor, which: torch.Tensor):
     """Mirror the selected samples and swap l_/r_ label ids in their masks."""

@@ -49,22 +49,15 @@ def test_run_directory_holds_everything(tmp_path, sample_root):
         train_teacher(tiny_config(), sample_root, run, progress=False)
 
 
-def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, sample_root, monkeypatch):
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, sample_root, kill_after_epoch):
     torch.set_num_threads(1)  # bit-exact comparison needs a fixed reduction order
     cfg = tiny_config(resolutions=[[64, 3]], eval_every=3)
     train_teacher(cfg, sample_root, tmp_path / "straight", progress=False)
 
-    real_save = engine.save_checkpoint
-
-    def save_then_die(state, path):
-        real_save(state, path)
-        if path.name == "last.pt" and state["epoch"] == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    kill_after_epoch(0)
     with pytest.raises(KeyboardInterrupt):
         train_teacher(cfg, sample_root, tmp_path / "killed", progress=False)
-    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    kill_after_epoch(None)
     train_teacher(cfg, sample_root, tmp_path / "killed", resume=True, progress=False)
 
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
