@@ -70,7 +70,8 @@ def test_sweep_of_ratios_computes_the_teachers_maps_once(runs, tmp_path):
     assert all(r["params"] < load_checkpoint(root / "student" / "best.pt")["params"] for r in record["targets"])
     caches = [json.loads((tmp_path / "sweep" / r["run"] / "config.json").read_text())["soft_targets"]["cache"]
               for r in record["targets"]]
-    assert caches == ["miss", "hit"]
+    # the sweep fills the cache before its first target, so every target finds it
+    assert caches == ["hit", "hit"] and len(list((tmp_path / "sweep" / "soft_targets").iterdir())) == 1
 
 
 @pytest.mark.parametrize("target, message", [
