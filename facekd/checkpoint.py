@@ -3,19 +3,16 @@ with weights_only=True, so loading one never runs pickled code."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
-from facekd.inference import load_weights
+from facekd.inference import atomic_write, load_weights
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a run killed mid-write keeps the previous checkpoint intact
+    with atomic_write(path) as f:  # a run killed mid-write keeps the previous checkpoint intact
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path) -> dict:

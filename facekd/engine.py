@@ -155,7 +155,6 @@ class Loop:
     train_seconds: float = 0.0
     images_seen: int = 0
     evals_done: int = 0
-    step_seconds: float = 0.0            # a running estimate, for the budget's checks
     config_record: dict = field(default_factory=dict)
     logged_start: bool = False
 
@@ -208,10 +207,8 @@ def train_one_epoch(loop: Loop, data: CachedSplit, order: torch.Tensor, size: in
         soft = None if loop.soft_targets is None else loop.soft_targets[idx].to(loop.device)
         t0 = time.perf_counter()
         terms = train_step(loop, data.images[idx].to(loop.device), data.masks[idx].to(loop.device), soft)
-        loop.step_seconds = time.perf_counter() - t0 if loop.step_seconds == 0 else \
-            0.9 * loop.step_seconds + 0.1 * (time.perf_counter() - t0)
-        if not loop.run.writer and loop.main:
-            check_budget_fits(loop)
+        if not loop.run.writer and loop.main:  # the run's first step
+            check_budget_fits(loop, step_seconds=time.perf_counter() - t0)
             loop.run.open(cfg, loop.config_record)
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v * len(idx)
@@ -227,7 +224,7 @@ def train_one_epoch(loop: Loop, data: CachedSplit, order: torch.Tensor, size: in
     return sums, seen, spent
 
 
-def check_budget_fits(loop: Loop) -> None:
+def check_budget_fits(loop: Loop, step_seconds: float) -> None:
     """After the first step of a budgeted run: refuse, before anything is written, a budget
     that cannot hold even one step and one validation, and size the validation reserve."""
     if loop.budget is None:
@@ -242,7 +239,7 @@ def check_budget_fits(loop: Loop) -> None:
     if loop.budget.spent() + loop.budget.reserve > loop.budget.seconds:
         raise BudgetError(
             f"a budget of {loop.budget.seconds / 60:g} min is too small for this run: after "
-            f"{loop.budget.spent():.1f} s of set-up and one step ({loop.step_seconds:.2f} s), one validation of "
+            f"{loop.budget.spent():.1f} s of set-up and one step ({step_seconds:.2f} s), one validation of "
             f"{len(val)} images would take about {eval_s:.1f} s more; give at least "
             f"{(loop.budget.spent() + loop.budget.reserve) / 60 * 1.5:.1f} min")
 

@@ -88,8 +88,8 @@ def _check_mask(name: str, data: bytes, report: CheckReport) -> None:
 def count_shipped_params(data: bytes) -> int:
     """Rebuild the shipped model from its ckpt.pth and count it as the challenge does.
 
-    allow_over_budget=True so an over-limit model is counted and reported rather than
-    refused at build time; the weights are loaded strictly because run.py would fail on
+    load_model rebuilds it as trained, so an over-limit model is counted and reported rather
+    than refused at build time, and loads the weights strictly, because run.py would fail on
     weights that do not match the config."""
     ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     model, _ = load_model(ckpt, source="solution/ckpt.pth")
