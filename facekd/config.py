@@ -40,9 +40,13 @@ class RunConfig:
     rotate_deg: float = 15.0
     shift: float = 0.08
     jitter: float = 0.25
+    # > 0: images holding a class found in fewer than this share of the training images are
+    # drawn more often (repeat-factor sampling, facekd/sampling.py); 0 = each image once per epoch
+    repeat_threshold: float = 0.0
     # loss weights; kd_weight and cwd_weight are used only when a teacher is given
     ce_weight: float = 1.0
     dice_weight: float = 0.0
+    dice_scope: str = "batch"           # "image": Dice per image over its own classes, as the score counts
     kd_weight: float = 0.0
     cwd_weight: float = 0.0
     temperature: float = 4.0
@@ -75,7 +79,9 @@ class RunConfig:
             ("train_limit", self.train_limit < 0, "must not be negative (0 means all pairs)"),
             ("flip", not 0 <= self.flip <= 1, "must be a probability in [0, 1]"),
             ("scale_min", not 0 < self.scale_min <= self.scale_max, "must be positive and at most scale_max"),
+            ("repeat_threshold", not 0 <= self.repeat_threshold <= 1, "must be in [0, 1] (0 turns it off)"),
             ("temperature", not self.temperature > 0, "must be positive"),
+            ("dice_scope", self.dice_scope not in ("batch", "image"), "must be 'batch' or 'image'"),
             ("distill_mode", self.distill_mode not in ("online", "offline"), "must be 'online' or 'offline'"),
             ("soft_target_scales", not (isinstance(self.soft_target_scales, list) and self.soft_target_scales and all(
                 isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in self.soft_target_scales)),

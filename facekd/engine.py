@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -42,24 +41,34 @@ from facekd.checkpoint import load_checkpoint, restore_training_state, save_chec
 from facekd.config import RunConfig, resume_conflicts, save_config
 from facekd.data import CachedSplit, load_split
 from facekd.inference import predict_logits
-from facekd.labels import PALETTE
+from facekd.labels import NUM_CLASSES, PALETTE
 from facekd.metric import FScoreMeter
+from facekd.sampling import epoch_sampler
 from facekd.transforms import IGNORE_INDEX, AugmentConfig, train_batch
 
 LossFn = Callable[..., dict]  # (logits, images, labels, soft_targets) -> {"loss": total, **terms}
 SCHEDULE_STEPS = 100_000  # under a budget the lr schedule runs on progress x this many ticks
 
 
-def dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Soft multi-class Dice over the classes present in the batch; ignores padded pixels."""
+def dice_loss(logits: torch.Tensor, labels: torch.Tensor, per_image: bool = False) -> torch.Tensor:
+    """Soft multi-class Dice over the classes present in the labels; ignores padded pixels.
+
+    Pooled over the batch by default. With per_image, each image's Dice is averaged over the
+    classes its own labels hold and then over images: the shape of the challenge's score, in
+    which a necklace in one image weighs as much as that image's skin."""
     valid = (labels != IGNORE_INDEX).unsqueeze(1)
     probs = logits.float().softmax(1) * valid
     onehot = F.one_hot(labels.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2) * valid
-    inter = (probs * onehot).sum((0, 2, 3))
-    total = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
-    present = onehot.sum((0, 2, 3)) > 0
-    dice = (2 * inter + 1) / (total + 1)
-    return 1 - dice[present].mean()
+    inter = (probs * onehot).sum((2, 3))  # B x C
+    total = probs.sum((2, 3)) + onehot.sum((2, 3))
+    present = onehot.sum((2, 3)) > 0
+    if not per_image:
+        inter, total, present = inter.sum(0), total.sum(0), present.any(0)
+        return 1 - ((2 * inter + 1) / (total + 1))[present].mean()
+    dice = (2 * inter + 1) / (total + 1) * present
+    counts = present.sum(1)
+    scored = counts > 0  # an image warped entirely into padding has nothing to score
+    return 1 - (dice.sum(1)[scored] / counts[scored]).mean()
 
 
 def supervised_loss(cfg: RunConfig) -> LossFn:
@@ -68,7 +77,7 @@ def supervised_loss(cfg: RunConfig) -> LossFn:
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         terms = {"ce": F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)}
         if cfg.dice_weight > 0:
-            terms["dice"] = dice_loss(logits, labels)
+            terms["dice"] = dice_loss(logits, labels, per_image=cfg.dice_scope == "image")
         terms["loss"] = cfg.ce_weight * terms["ce"] + cfg.dice_weight * terms.get("dice", 0.0)
         return terms
     return loss_fn
@@ -332,8 +341,9 @@ def log_hparams(loop: Loop) -> None:
     params = {"stage": loop.stage, "model": cfg.model, "resolutions": json.dumps(cfg.resolutions),
               "epochs": cfg.epochs, "budget_minutes": cfg.budget_minutes, "batch_size": cfg.batch_size,
               "lr": cfg.lr, "weight_decay": cfg.weight_decay, "ema_decay": cfg.ema_decay, "seed": cfg.seed,
-              "ce_weight": cfg.ce_weight, "dice_weight": cfg.dice_weight, "kd_weight": cfg.kd_weight,
-              "cwd_weight": cfg.cwd_weight, "temperature": cfg.temperature, "params": loop.n_params}
+              "ce_weight": cfg.ce_weight, "dice_weight": cfg.dice_weight, "dice_scope": cfg.dice_scope,
+              "kd_weight": cfg.kd_weight, "cwd_weight": cfg.cwd_weight, "temperature": cfg.temperature,
+              "repeat_threshold": cfg.repeat_threshold, "distill_mode": cfg.distill_mode, "params": loop.n_params}
     metrics = {"hparam/val_fscore": loop.best, "hparam/train_seconds": loop.train_seconds}
     for summary in hparams(params, metrics):
         loop.run.writer.file_writer.add_summary(summary)
@@ -438,8 +448,9 @@ def _training_data(cfg: RunConfig, data_root, world: int, rank: int, progress: b
         raise ValueError(f"{len(soft_targets)} soft targets for {len(first)} training images")
     # The DataLoader's sharding without a DataLoader (batches come from cached tensors): every
     # rank shuffles with the same seed + epoch and takes every world-th index, padded so all
-    # ranks take the same number of steps. With one process this is randperm(seed*1000+epoch).
-    sampler = DistributedSampler(range(len(first)), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed * 1000)
+    # ranks take the same number of steps. With one process and no repeat threshold this is
+    # randperm(seed*1000+epoch).
+    sampler = epoch_sampler(first.masks, NUM_CLASSES, cfg.repeat_threshold, world, rank, seed=cfg.seed * 1000)
     return train_split, val, sampler
 
 

@@ -79,7 +79,8 @@ class FScoreMeter:
 def read_mask(path: Path) -> np.ndarray:
     """Read a mask exactly as the challenge's scorer does."""
     from PIL import Image
-    return np.array(Image.open(path).convert("P"))
+    with Image.open(path) as im:
+        return np.array(im.convert("P"))
 
 
 def read_checked_mask(path: Path) -> np.ndarray:
@@ -88,10 +89,9 @@ def read_checked_mask(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as im:
-            mode = im.mode
-        if mode not in ("P", "L"):
-            raise InputError(f"{path}: mode {mode!r}; masks must be palette (mode 'P') PNGs of class ids")
-        return read_mask(path)
+            if im.mode not in ("P", "L"):
+                raise InputError(f"{path}: mode {im.mode!r}; masks must be palette (mode 'P') PNGs of class ids")
+            return np.array(im.convert("P"))  # as read_mask, from the file opened once
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise InputError(f"{path}: unreadable mask ({e})") from e
 

@@ -102,3 +102,19 @@ def test_resume_needs_the_same_number_of_processes(straight, capsys):
     assert main(["train-teacher", "--config", str(root / "tiny.toml"), "--out", str(root / "run"), "--resume"]) == 2
     assert "trained by 2 process(es)" in capsys.readouterr().err
     assert sorted(p.name for p in (root / "run").iterdir()) == before  # nothing written
+
+
+def test_two_ranks_under_a_budget_stop_together_on_time(tmp_path):
+    # rank 0's progress is broadcast every step: both ranks must take the same number of steps,
+    # switch resolution at the same step and stop together, or DDP would hang or diverge
+    (tmp_path / "tiny.toml").write_text("resolutions = [[64, 3], [96, 1]]\nthreads = 1\neval_every = 2\n")
+    proc = torchrun(["-m", "facekd"], tmp_path / "run", tmp_path / "dump", tmp_path / "tiny.toml", "--budget", "0.25")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert abs(result["budget_spent_s"] - 15) < 4, result
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert logged[-1]["lr"] == pytest.approx(config["effective_lr"] * config["min_lr_ratio"])
+    assert logged[0]["size"] == 64 and logged[-1]["size"] == 96
+    rank0, rank1 = final_states(tmp_path / "dump")
+    assert_same(rank0, rank1)

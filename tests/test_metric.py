@@ -5,15 +5,7 @@ from PIL import Image
 
 from facekd.inference import mask_image, save_mask
 from facekd.metric import FScoreMeter, evaluate_folders, read_mask
-from tests.reference import reference_fscore
-
-
-def perturb(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    pred = mask.copy()
-    pred = np.roll(pred, rng.integers(-9, 9), axis=int(rng.integers(0, 2)))
-    noise = rng.random(mask.shape) < 0.1
-    pred[noise] = rng.integers(0, 19, noise.sum())
-    return pred
+from tests.reference import perturb, reference_fscore
 
 
 def test_vectorised_fscore_matches_reference_on_real_masks(sample_root):

@@ -3,6 +3,7 @@ import zipfile
 
 from facekd.app.cli import main
 from facekd.app.submission import check_submission
+from facekd.challenge import PARAM_LIMIT
 
 
 def test_pipeline_smoke_end_to_end_and_resume(tmp_path, sample_root, capsys):
@@ -31,3 +32,20 @@ def test_pipeline_smoke_end_to_end_and_resume(tmp_path, sample_root, capsys):
     assert main(["pipeline", "--out", str(out), "--resume"]) == 0
     assert "done earlier, skipped" in capsys.readouterr().out
     assert json.loads((out / "summary.json").read_text())["stages"]["teacher"] == summary["stages"]["teacher"]
+
+
+def test_pipeline_prunes_a_wide_student_to_just_under_the_limit(tmp_path, capsys):
+    out = tmp_path / "wide"
+    args = ["pipeline", "--out", str(out), "--no-audit", "--set", "resolutions=[[64, 2]]"]
+    assert main(args + ["--prune-from", "wide"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    student, pruned = summary["stages"]["student"], summary["stages"]["pruned"]
+    assert student["params"] > PARAM_LIMIT  # the wide one trains over the limit ...
+    assert pruned["target_params"] == PARAM_LIMIT - 1
+    # ... and is cut under it; every layer loses the same share in multiples of 8 channels, so
+    # the last step lands well short of the limit (0.89 of it for resfpn_wide)
+    assert 0.85 * PARAM_LIMIT < pruned["params"] < PARAM_LIMIT
+    assert summary["stages"]["solution"]["from"] == "pruned"  # the only one it may ship
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 2  # resumed with the other path
+    assert "--prune-from wide" in capsys.readouterr().err

@@ -87,7 +87,8 @@ def cmd_prune(args) -> int:
 def cmd_pipeline(args) -> int:
     from facekd.app.pipeline import run_pipeline
     summary = run_pipeline(_data_root(args), args.out, args.preset, args.images, args.config, args.resume,
-                           audit=not args.no_audit, budget_minutes=_budget(args), assignments=args.set)
+                           audit=not args.no_audit, budget_minutes=_budget(args), assignments=args.set,
+                           prune_from=args.prune_from)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -212,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, help="images to package (default: the data's test/images)")
     p.add_argument("--no-audit", action="store_true",
                    help="train on the labels as they are instead of fixing mirrored left/right masks first")
+    p.add_argument("--prune-from", default="student", choices=["student", "wide"],
+                   help="student (default): distil the preset's student, prune it by the preset's share; "
+                        "wide: distil the over-limit resfpn_wide, prune it to just under the parameter limit")
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("report", help="one offline HTML page comparing the models of any runs: Pareto front, "

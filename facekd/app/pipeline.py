@@ -4,8 +4,11 @@ student -> exported solution -> submission zip, each stage in its own sub-run of
 The audit stage writes a copy of the data whose mirrored training masks are fixed
 (facekd/audit.py) and every later stage trains on that copy; val and test are linked as they are.
 
-A stage that finished (its result file exists) is skipped, and one that was killed resumes
+A stage that finished (summary.json records it) is skipped, and one that was killed resumes
 from its last.pt, so re-running with --resume continues where a pipeline stopped.
+
+With --prune-from wide the student stage distils the over-limit WIDE_STUDENT and the prune
+stage cuts it to under the challenge's parameter limit.
 
 With --budget MINUTES the training stages share the pipeline's wall time (BUDGET_SHARES);
 summary.json records each stage's planned and actual time, epochs and images seen.
@@ -26,17 +29,22 @@ from distill.train import distill
 from facekd import distributed
 from facekd.audit import audit_split, save_panel, write_fixed
 from facekd.budget import Budget, BudgetError
+from facekd.challenge import PARAM_LIMIT
 from facekd.config import resolve_config
 from facekd.inference import list_images
 from facekd.app.export import export
 from facekd.app.models import load_model
 from facekd.app.report import write_report
 from facekd.profile import model_cost
-from facekd.app.submission import package
+from facekd.app.submission import package as package_submission
 from teachers.train import train_teacher
 
 # What the prune stage aims for, per preset: a fraction of the distilled student's params.
 PRUNE_KEEP = {"smoke": 0.7, "cpu": 0.8, "gpu": 0.8}
+# --prune-from wide distils this over-limit student instead of the preset's, then prunes it to
+# just under the challenge's limit ("train big, then compress", Li et al., ICML 2020).
+WIDE_STUDENT = "resfpn_wide"
+PRUNE_FROM = ("student", "wide")
 # How a pipeline --budget is shared among the training stages, per preset. Each stage gets
 # its share of what is left when it starts, so time one stage leaves unused goes to the next.
 BUDGET_SHARES = {"smoke": {"teacher": 0.4, "student": 0.4, "pruned": 0.2},
@@ -60,13 +68,118 @@ def _tail_seconds(images, data_root, stages: dict) -> float:
     return 10.0 + n_images * (2 * latency_s + 0.03)
 
 
+@dataclasses.dataclass
+class Pipeline:
+    """One pipeline run folder: its stage configs, its budget and summary.json. Each stage is
+    a method returning what summary.json records about it."""
+    data_root: Path
+    out: Path
+    preset: str
+    images: Path
+    configs: dict
+    budget: Budget | None
+    summary: dict
+    prune_from: str
+    resume: bool
+    progress: bool
+
+    @property
+    def stages(self) -> dict:
+        return self.summary["stages"]
+
+    def save(self) -> None:
+        (self.out / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+
+    def stage_config(self, name: str, stage: str) -> tuple:
+        """The stage's config, with its share of what is left of the pipeline's budget."""
+        cfg = self.configs[stage]
+        if self.budget is None:
+            return cfg, None
+        planned = self.summary.setdefault("planned_s", {})
+        if name not in planned:  # a resumed stage keeps the budget it started with
+            shares = BUDGET_SHARES[self.preset]
+            later = [n for n in shares if n not in self.stages]
+            left = self.budget.left() - _tail_seconds(self.images, self.data_root, self.stages)
+            planned[name] = left * shares[name] / sum(shares[n] for n in later)
+            self.save()
+        if planned[name] <= 0:
+            raise BudgetError(f"the pipeline's budget of {self.budget.seconds / 60:g} min is spent before its "
+                              f"{name} stage")
+        return dataclasses.replace(cfg, budget_minutes=planned[name] / 60), planned[name]
+
+    def run_stage(self, name: str, checkpoint: str | None = "best.pt") -> None:
+        """Run the stage's method unless the stage already finished; record its cost and wall time."""
+        if name in self.stages:
+            tqdm.write(f"[pipeline] {name}: done earlier, skipped")
+            return
+        tqdm.write(f"[pipeline] {name}: starting" + (f" ({self.budget.describe()})" if self.budget else ""))
+        t0 = time.time()
+        info = getattr(self, name)() or {}
+        if checkpoint:
+            info.update(_cost(self.out / name / checkpoint))
+        self.stages[name] = {"wall_s": time.time() - t0, **info}
+        self.save()
+
+    def audit(self) -> dict:
+        report = audit_split(self.data_root, "train", progress=self.progress)
+        fixed = self.out / "audit" / "data"
+        if fixed.exists():  # a killed earlier attempt; the copy is cheap to redo
+            shutil.rmtree(fixed)
+        write_fixed(report, fixed)
+        panel = save_panel(report, self.out / "audit" / "flagged.png")
+        return {"data": str(fixed), "mirrored": report["mirrored"], "inconsistent": report["inconsistent"],
+                "panel": str(panel) if panel else None}
+
+    def teacher(self) -> dict:
+        cfg, planned = self.stage_config("teacher", "teacher")
+        return _trained(train_teacher(cfg, self.data_root, self.out / "teacher", resume=self.resume,
+                                      progress=self.progress), planned)
+
+    def student(self) -> dict:
+        cfg, planned = self.stage_config("student", "distill")
+        return _trained(distill(cfg, self.data_root, self.out / "student", self.out / "teacher" / "best.pt",
+                                resume=self.resume, progress=self.progress), planned)
+
+    def pruned(self) -> dict:
+        cfg, planned = self.stage_config("pruned", "prune")
+        target = (PARAM_LIMIT - 1 if self.prune_from == "wide"
+                  else int(self.stages["student"]["params"] * PRUNE_KEEP[self.preset]))
+        result = prune_and_finetune(cfg, self.data_root, self.out / "pruned", self.out / "student" / "best.pt",
+                                    self.out / "teacher" / "best.pt", target_params=target, resume=self.resume,
+                                    progress=self.progress)
+        return {"target_params": target, "pruning": result["report"]["pruning"], **_trained(result, planned)}
+
+    def solution(self) -> dict:
+        # ship the better of the two students by validation F-score, among those under the limit
+        legal = [n for n in ("student", "pruned") if self.stages[n]["params"] < PARAM_LIMIT]
+        best = max(legal, key=lambda n: self.stages[n]["val_fscore"] or 0)
+        return {"from": best, **export(self.out / best / "best.pt", self.out / "solution")}
+
+    def package(self) -> dict:
+        report = package_submission(self.images, self.out / "solution", self.out / "submission.zip")
+        if not report.ok:
+            raise ValueError("submission check failed:\n" + "\n".join(report.faults))
+        return {"images": str(self.images), "masks": report.masks, "zip": str(self.out / "submission.zip")}
+
+    def report(self) -> dict:
+        # the page to open when it is done: every model, its curves, its worst images
+        return {"page": str(write_report([self.out], self.out / "report", self.data_root, progress=self.progress))}
+
+
+def _trained(result: dict, planned_s: float | None) -> dict:
+    return {"planned_s": planned_s, "epochs": result["epochs"], "images_seen": result["images_seen"]}
+
+
 def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file: str | None = None,
                  resume: bool = False, progress: bool = True, audit: bool = True,
-                 budget_minutes: float | None = None, assignments: list[str] | None = None) -> dict:
+                 budget_minutes: float | None = None, assignments: list[str] | None = None,
+                 prune_from: str = "student") -> dict:
     if distributed.is_distributed():
         # audit, export and packaging would run once per rank; the stages themselves are torchrun-ready
         raise ValueError("facekd pipeline runs as one process; under torchrun, run its stages "
                          "(train-teacher, distill, prune) one by one")
+    if prune_from not in PRUNE_FROM:
+        raise ValueError(f"--prune-from must be one of {PRUNE_FROM}, got {prune_from!r}")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"{out} already holds a pipeline; pass --resume to continue it or choose another --out")
@@ -74,100 +187,27 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
         test_images = Path(data_root) / "test" / "images"
         images = test_images if test_images.is_dir() else Path(data_root) / "val" / "images"
     configs = {name: resolve_config(name, preset, config_file, assignments) for name in ("teacher", "distill", "prune")}
-    budget = Budget(budget_minutes) if budget_minutes is not None else None
+    if prune_from == "wide":
+        configs["distill"] = dataclasses.replace(configs["distill"], model=WIDE_STUDENT)
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"preset": preset, "stages": {}}
-    stages = summary["stages"]
+    if summary.setdefault("prune_from", prune_from) != prune_from:
+        raise ValueError(f"{out} was started with --prune-from {summary['prune_from']}; resume it with that")
+    budget = Budget(budget_minutes) if budget_minutes is not None else None
     if budget is not None:
         summary["budget_s"] = budget.seconds
         # a resumed pipeline has already spent what its finished stages took
-        budget.resume(sum(s["wall_s"] for s in stages.values()), None)
-
-    def stage_config(name: str, stage: str):
-        """The stage's config, with its share of what is left of the pipeline's budget."""
-        cfg = configs[stage]
-        if budget is None:
-            return cfg, None
-        planned = summary.setdefault("planned_s", {})
-        if name not in planned:  # a resumed stage keeps the budget it started with
-            shares = BUDGET_SHARES[preset]
-            later = [n for n in shares if n not in stages]
-            left = budget.left() - _tail_seconds(images, data_root, stages)
-            planned[name] = left * shares[name] / sum(shares[n] for n in later)
-            summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-        if planned[name] <= 0:
-            raise BudgetError(f"the pipeline's budget of {budget.seconds / 60:g} min is spent before its {name} stage")
-        return dataclasses.replace(cfg, budget_minutes=planned[name] / 60), planned[name]
-
-    def stage(name: str, fn, checkpoint: str | None = "best.pt"):
-        """Run fn unless the stage already finished; record its cost and wall time."""
-        if name in stages:
-            tqdm.write(f"[pipeline] {name}: done earlier, skipped")
-            return
-        tqdm.write(f"[pipeline] {name}: starting" + (f" ({budget.describe()})" if budget else ""))
-        t0 = time.time()
-        info = fn() or {}
-        if checkpoint:
-            info.update(_cost(out / name / checkpoint))
-        stages[name] = {"wall_s": time.time() - t0, **info}
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-
-    def trained(result: dict, planned_s: float | None) -> dict:
-        return {"planned_s": planned_s, "epochs": result["epochs"], "images_seen": result["images_seen"]}
-
-    teacher_ckpt, student_ckpt = out / "teacher" / "best.pt", out / "student" / "best.pt"
-
-    def audit_stage():
-        report = audit_split(data_root, "train", progress=progress)
-        fixed = out / "audit" / "data"
-        if fixed.exists():  # a killed earlier attempt; the copy is cheap to redo
-            shutil.rmtree(fixed)
-        write_fixed(report, fixed)
-        panel = save_panel(report, out / "audit" / "flagged.png")
-        return {"data": str(fixed), "mirrored": report["mirrored"], "inconsistent": report["inconsistent"],
-                "panel": str(panel) if panel else None}
-
+        budget.resume(sum(s["wall_s"] for s in summary["stages"].values()), None)
+    pipeline = Pipeline(Path(data_root), out, preset, Path(images), configs, budget, summary, prune_from, resume,
+                        progress)
     if audit:
-        stage("audit", audit_stage, checkpoint=None)
-        data_root = out / "audit" / "data"
-
-    def teacher_stage():
-        cfg, planned = stage_config("teacher", "teacher")
-        return trained(train_teacher(cfg, data_root, out / "teacher", resume=resume, progress=progress), planned)
-
-    def student_stage():
-        cfg, planned = stage_config("student", "distill")
-        return trained(distill(cfg, data_root, out / "student", teacher_ckpt, resume=resume, progress=progress),
-                       planned)
-
-    def prune_stage():
-        cfg, planned = stage_config("pruned", "prune")
-        target = int(stages["student"]["params"] * PRUNE_KEEP[preset])
-        result = prune_and_finetune(cfg, data_root, out / "pruned", student_ckpt, teacher_ckpt, target_params=target,
-                                    resume=resume, progress=progress)
-        return {"target_params": target, "pruning": result["report"]["pruning"], **trained(result, planned)}
-
-    def export_stage():
-        # ship the better of the two students by validation F-score
-        best = max(("student", "pruned"), key=lambda n: stages[n]["val_fscore"] or 0)
-        return {"from": best, **export(out / best / "best.pt", out / "solution")}
-
-    stage("teacher", teacher_stage)
-    stage("student", student_stage)
-    stage("pruned", prune_stage)
-    stage("solution", export_stage, checkpoint=None)
-
-    def package_stage():
-        report = package(images, out / "solution", out / "submission.zip")
-        if not report.ok:
-            raise ValueError("submission check failed:\n" + "\n".join(report.faults))
-        return {"images": str(images), "masks": report.masks, "zip": str(out / "submission.zip")}
-
-    stage("package", package_stage, checkpoint=None)
-    # the page to open when it is done: every model, its curves, its worst images
-    stage("report", lambda: {"page": str(write_report([out], out / "report", data_root, progress=progress))},
-          checkpoint=None)
-    summary["total_wall_s"] = sum(s["wall_s"] for s in stages.values())
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        pipeline.run_stage("audit", checkpoint=None)
+        pipeline.data_root = out / "audit" / "data"  # every later stage trains on the fixed copy
+    for name in ("teacher", "student", "pruned"):
+        pipeline.run_stage(name)
+    for name in ("solution", "package", "report"):
+        pipeline.run_stage(name, checkpoint=None)
+    summary["total_wall_s"] = sum(s["wall_s"] for s in summary["stages"].values())
+    pipeline.save()
     return summary

@@ -1,0 +1,57 @@
+"""The supervised Dice term against the challenge's score."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from facekd.config import RunConfig
+from facekd.engine import dice_loss, supervised_loss
+from facekd.labels import NUM_CLASSES
+from facekd.metric import read_mask
+from facekd.transforms import IGNORE_INDEX
+from tests.reference import perturb, reference_fscore
+
+
+def confident_logits(pred: np.ndarray) -> torch.Tensor:
+    """Logits whose softmax is the one-hot prediction to float precision."""
+    return F.one_hot(torch.from_numpy(pred).long(), NUM_CLASSES).permute(0, 3, 1, 2).float() * 100
+
+
+def test_per_image_dice_of_hard_predictions_is_one_minus_the_challenge_score(sample_root):
+    # On a one-hot prediction, class c's soft Dice is 2TP / (2TP + FP + FN), its F1; averaged
+    # per image over the ground truth's classes and then over images, it is the score.
+    rng = np.random.default_rng(1)
+    gts = np.stack([read_mask(p) for p in sorted((sample_root / "train" / "masks").glob("*.png"))[:4]])
+    preds = np.stack([perturb(g, rng) for g in gts])
+    labels = torch.from_numpy(gts).long()
+    score = np.mean([reference_fscore(g, p) for g, p in zip(gts, preds)])
+    per_image = 1 - dice_loss(confident_logits(preds), labels, per_image=True).item()
+    pooled = 1 - dice_loss(confident_logits(preds), labels).item()
+    assert per_image == pytest.approx(score, abs=1e-3)  # the +1 smoothing of rare classes
+    assert abs(pooled - score) > 10 * abs(per_image - score)  # pooling weighs rare classes by their pixels
+
+
+def test_per_image_dice_skips_ignored_pixels_and_empty_images():
+    labels = torch.full((2, 8, 8), IGNORE_INDEX)
+    labels[0, :4] = 1
+    labels[0, 4:] = 2
+    pred = np.zeros((2, 8, 8), dtype=np.int64)
+    pred[0, :4], pred[0, 4:] = 1, 2
+    loss = dice_loss(confident_logits(pred), labels, per_image=True)
+    assert loss.item() == pytest.approx(0.0, abs=1e-5)  # image 1 is all padding and is not scored
+
+
+def test_config_switches_the_supervised_dice_to_per_image():
+    torch.manual_seed(0)
+    logits = torch.randn(2, NUM_CLASSES, 8, 8, requires_grad=True)
+    labels = torch.randint(0, NUM_CLASSES, (2, 8, 8))
+    labels[1] = 0
+    per_image = supervised_loss(RunConfig(dice_weight=1.0, dice_scope="image"))(logits, None, labels)
+    pooled = supervised_loss(RunConfig(dice_weight=1.0))(logits, None, labels)
+    assert per_image["dice"].item() == pytest.approx(dice_loss(logits, labels, per_image=True).item())
+    assert per_image["dice"].item() != pytest.approx(pooled["dice"].item(), abs=1e-3)
+    per_image["loss"].backward()
+    assert logits.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="dice_scope"):
+        RunConfig(dice_scope="pixel")
