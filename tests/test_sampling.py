@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 import facekd.engine as engine
@@ -56,6 +57,11 @@ def test_ranks_share_one_weighted_order():
     assert len(shards[0]) == len(shards[1]) == 51
     interleaved = [i for pair in zip(*shards) for i in pair]
     assert interleaved[:101] == list(whole)
+
+
+def test_a_threshold_outside_zero_to_one_is_refused():
+    with pytest.raises(ValueError, match="repeat_threshold must be in"):
+        RunConfig(repeat_threshold=1.5)
 
 
 def test_threshold_zero_is_the_plain_shuffle():
