@@ -42,7 +42,7 @@ from teachers.train import train_teacher
 # What the prune stage aims for, per preset: a fraction of the distilled student's params.
 PRUNE_KEEP = {"smoke": 0.7, "cpu": 0.8, "gpu": 0.8}
 # --prune-from wide distils this over-limit student instead of the preset's, then prunes it to
-# just under the challenge's limit ("train big, then compress", Li et al., ICML 2020).
+# under the challenge's limit ("train big, then compress", Li et al., ICML 2020).
 WIDE_STUDENT = "resfpn_wide"
 PRUNE_FROM = ("student", "wide")
 # How a pipeline --budget is shared among the training stages, per preset. Each stage gets
