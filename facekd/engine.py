@@ -59,16 +59,14 @@ def dice_loss(logits: torch.Tensor, labels: torch.Tensor, per_image: bool = Fals
     valid = (labels != IGNORE_INDEX).unsqueeze(1)
     probs = logits.float().softmax(1) * valid
     onehot = F.one_hot(labels.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2) * valid
-    inter = (probs * onehot).sum((2, 3))  # B x C
-    total = probs.sum((2, 3)) + onehot.sum((2, 3))
-    present = onehot.sum((2, 3)) > 0
-    if not per_image:
-        inter, total, present = inter.sum(0), total.sum(0), present.any(0)
-        return 1 - ((2 * inter + 1) / (total + 1))[present].mean()
-    dice = (2 * inter + 1) / (total + 1) * present
+    inter, probs_sum, pixels = (probs * onehot).sum((2, 3)), probs.sum((2, 3)), onehot.sum((2, 3))  # B x C
+    if not per_image:  # the whole batch scored as one image
+        inter, probs_sum, pixels = inter.sum(0, True), probs_sum.sum(0, True), pixels.sum(0, True)
+    dice = (2 * inter + 1) / (probs_sum + pixels + 1)
+    present = pixels > 0
     counts = present.sum(1)
     scored = counts > 0  # an image warped entirely into padding has nothing to score
-    return 1 - (dice.sum(1)[scored] / counts[scored]).mean()
+    return 1 - ((dice * present).sum(1)[scored] / counts[scored]).mean()
 
 
 def supervised_loss(cfg: RunConfig) -> LossFn:

@@ -74,8 +74,12 @@ def test_threshold_zero_is_the_plain_shuffle():
 def test_the_engine_trains_on_the_weighted_order(tmp_path, sample_root, monkeypatch):
     orders = []
     real = engine.train_one_epoch
-    monkeypatch.setattr(engine, "train_one_epoch", lambda loop, data, order, size: (
-        orders.append(order.tolist()), real(loop, data, order, size))[1])
+
+    def recording(loop, data, order, size):
+        orders.append(order.tolist())
+        return real(loop, data, order, size)
+
+    monkeypatch.setattr(engine, "train_one_epoch", recording)
     cfg = apply_overrides(RunConfig(), dict(model="teacher_tiny", resolutions=[[64, 1]], batch_size=8,
                                             repeat_threshold=1.0, dice_weight=0.5, dice_scope="image"))
     train_teacher(cfg, sample_root, tmp_path / "run", progress=False)
