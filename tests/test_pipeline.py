@@ -49,3 +49,25 @@ def test_pipeline_prunes_a_wide_student_to_just_under_the_limit(tmp_path, capsys
     capsys.readouterr()
     assert main(args + ["--resume"]) == 2  # resumed with the other path
     assert "--prune-from wide" in capsys.readouterr().err
+
+
+def test_pipeline_distils_from_a_teacher_trained_earlier(tmp_path, capsys):
+    teacher_run = tmp_path / "teacher"
+    assert main(["train-teacher", "--out", str(teacher_run), "--set", "resolutions=[[64, 1]]"]) == 0
+    teacher = teacher_run / "best.pt"
+    out = tmp_path / "pipe"
+    args = ["pipeline", "--out", str(out), "--no-audit", "--set", "resolutions=[[64, 1]]"]
+    assert main(args + ["--teacher", str(teacher)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert not (out / "teacher").exists()  # nothing trained for it
+    assert summary["stages"]["teacher"]["from"] == str(teacher)
+    recorded = json.loads((teacher_run / "result.json").read_text())["val_fscore"]
+    assert summary["stages"]["teacher"]["val_fscore"] == recorded
+    for stage in ("student", "pruned"):  # both distil from it
+        assert json.loads((out / stage / "config.json").read_text())["teacher"] == str(teacher)
+
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 2  # resumed as if it had trained its own teacher
+    assert f"--teacher {teacher}" in capsys.readouterr().err
+    assert main(args[:2] + [str(tmp_path / "other"), "--teacher", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt: no such checkpoint" in capsys.readouterr().err

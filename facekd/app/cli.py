@@ -88,7 +88,7 @@ def cmd_pipeline(args) -> int:
     from facekd.app.pipeline import run_pipeline
     summary = run_pipeline(_data_root(args), args.out, args.preset, args.images, args.config, args.resume,
                            audit=not args.no_audit, budget_minutes=_budget(args), assignments=args.set,
-                           prune_from=args.prune_from)
+                           prune_from=args.prune_from, teacher=args.teacher)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-from", default="student", choices=["student", "wide"],
                    help="student (default): distil the preset's student, prune it by the preset's share; "
                         "wide: distil the over-limit resfpn_wide, prune it to just under the parameter limit")
+    p.add_argument("--teacher", default=None, metavar="CHECKPOINT",
+                   help="distil from this trained teacher (a best.pt) instead of training one: its cost is "
+                        "paid once for many pipelines, and --budget goes to the student stages alone")
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("report", help="one offline HTML page comparing the models of any runs: Pareto front, "

@@ -12,6 +12,10 @@ stage cuts it to under the challenge's parameter limit.
 
 With --budget MINUTES the training stages share the pipeline's wall time (BUDGET_SHARES);
 summary.json records each stage's planned and actual time, epochs and images seen.
+
+With --teacher CHECKPOINT the teacher stage trains nothing and the later stages distil from a
+teacher trained earlier: a teacher's cost is then paid once for any number of pipelines, and a
+--budget goes to the student stages alone.
 """
 
 from __future__ import annotations
@@ -82,6 +86,11 @@ class Pipeline:
     prune_from: str
     resume: bool
     progress: bool
+    trained_teacher: Path | None = None  # --teacher: a checkpoint trained outside this pipeline
+
+    @property
+    def teacher_checkpoint(self) -> Path:
+        return self.trained_teacher or self.out / "teacher" / "best.pt"
 
     @property
     def stages(self) -> dict:
@@ -116,7 +125,7 @@ class Pipeline:
         t0 = time.time()
         info = getattr(self, name)() or {}
         if checkpoint:
-            info.update(_cost(self.out / name / checkpoint))
+            info.update(_cost(self.teacher_checkpoint if name == "teacher" else self.out / name / checkpoint))
         self.stages[name] = {"wall_s": time.time() - t0, **info}
         self.save()
 
@@ -131,13 +140,15 @@ class Pipeline:
                 "panel": str(panel) if panel else None}
 
     def teacher(self) -> dict:
+        if self.trained_teacher is not None:
+            return {"from": str(self.trained_teacher)}
         cfg, planned = self.stage_config("teacher", "teacher")
         return _trained(train_teacher(cfg, self.data_root, self.out / "teacher", resume=self.resume,
                                       progress=self.progress), planned)
 
     def student(self) -> dict:
         cfg, planned = self.stage_config("student", "distill")
-        return _trained(distill(cfg, self.data_root, self.out / "student", self.out / "teacher" / "best.pt",
+        return _trained(distill(cfg, self.data_root, self.out / "student", self.teacher_checkpoint,
                                 resume=self.resume, progress=self.progress), planned)
 
     def pruned(self) -> dict:
@@ -145,7 +156,7 @@ class Pipeline:
         target = (PARAM_LIMIT - 1 if self.prune_from == "wide"
                   else int(self.stages["student"]["params"] * PRUNE_KEEP[self.preset]))
         result = prune_and_finetune(cfg, self.data_root, self.out / "pruned", self.out / "student" / "best.pt",
-                                    self.out / "teacher" / "best.pt", target_params=target, resume=self.resume,
+                                    self.teacher_checkpoint, target_params=target, resume=self.resume,
                                     progress=self.progress)
         return {"target_params": target, "pruning": result["report"]["pruning"], **_trained(result, planned)}
 
@@ -173,13 +184,15 @@ def _trained(result: dict, planned_s: float | None) -> dict:
 def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file: str | None = None,
                  resume: bool = False, progress: bool = True, audit: bool = True,
                  budget_minutes: float | None = None, assignments: list[str] | None = None,
-                 prune_from: str = "student") -> dict:
+                 prune_from: str = "student", teacher: str | Path | None = None) -> dict:
     if distributed.is_distributed():
         # audit, export and packaging would run once per rank; the stages themselves are torchrun-ready
         raise ValueError("facekd pipeline runs as one process; under torchrun, run its stages "
                          "(train-teacher, distill, prune) one by one")
     if prune_from not in PRUNE_FROM:
         raise ValueError(f"--prune-from must be one of {PRUNE_FROM}, got {prune_from!r}")
+    if teacher is not None and not Path(teacher).is_file():
+        raise FileNotFoundError(f"--teacher {teacher}: no such checkpoint")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"{out} already holds a pipeline; pass --resume to continue it or choose another --out")
@@ -194,13 +207,17 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"preset": preset, "stages": {}}
     if summary.setdefault("prune_from", prune_from) != prune_from:
         raise ValueError(f"{out} was started with --prune-from {summary['prune_from']}; resume it with that")
+    teacher = str(teacher) if teacher is not None else None
+    if summary.setdefault("teacher_from", teacher) != teacher:
+        started = f"--teacher {summary['teacher_from']}" if summary["teacher_from"] else "its own teacher stage"
+        raise ValueError(f"{out} was started with {started}; resume it with that")
     budget = Budget(budget_minutes) if budget_minutes is not None else None
     if budget is not None:
         summary["budget_s"] = budget.seconds
         # a resumed pipeline has already spent what its finished stages took
         budget.resume(sum(s["wall_s"] for s in summary["stages"].values()), None)
     pipeline = Pipeline(Path(data_root), out, preset, Path(images), configs, budget, summary, prune_from, resume,
-                        progress)
+                        progress, Path(teacher) if teacher else None)
     if audit:
         pipeline.run_stage("audit", checkpoint=None)
         pipeline.data_root = out / "audit" / "data"  # every later stage trains on the fixed copy
