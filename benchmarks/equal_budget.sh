@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue 13's three arms at one wall-time budget, two seeds each, on the audit-fixed training data:
+#   scratch  the student from scratch for the whole budget (facekd distill --teacher none)
+#   distil   facekd pipeline: teacher, offline-distilled student, pruned to 80% and fine-tuned
+#   wide     facekd pipeline --prune-from wide: teacher, resfpn_wide distilled, pruned under the limit
+# Two runs share the machine at a time, one thread each; each arm runs in two different slots
+# so that no arm has the machine to itself or only its quiet hours.
+#   usage: benchmarks/equal_budget.sh DATA OUT MINUTES    (DATA: a fixed copy, see `facekd audit --fix`)
+set -euo pipefail
+data=$1 out=$2 minutes=$3
+py=${PYTHON:-python}
+mkdir -p "$out"
+
+matmul() { (cd "$(dirname "$0")" && $py -c "from bench_infer import matmul_gflops; print('matmul GFLOP/s', [round(matmul_gflops(), 1) for _ in range(3)])") >> "$out/matmul.log"; }
+
+arm() {  # arm NAME SEED
+  local name=$1 seed=$2 dir="$out/$1_s$2"
+  local common=(--preset cpu --data "$data" --budget "$minutes" --out "$dir" --set threads=1 --set seed="$seed")
+  case $name in
+    scratch) $py -m facekd distill --teacher none "${common[@]}" ;;
+    distil|wide) $py -m facekd pipeline --no-audit --prune-from "$([ "$name" = wide ] && echo wide || echo student)" \
+                   "${common[@]}" --set distill_mode=offline --set soft_target_cache="$out/targets_$1_s$2" ;;
+  esac > "$dir.log" 2>&1
+}
+
+slot() {  # two arms side by side
+  echo "$(date -u +%FT%TZ) slot: $1_s$2 + $3_s$4" >> "$out/matmul.log"
+  matmul
+  arm "$1" "$2" & arm "$3" "$4" & wait
+}
+
+slot scratch 0 distil 0
+slot wide 0 scratch 1
+slot distil 1 wide 1
+matmul
+echo "$(date -u +%FT%TZ) done" >> "$out/matmul.log"
