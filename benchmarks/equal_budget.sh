@@ -3,9 +3,13 @@
 #   scratch  the student from scratch for the whole budget (facekd distill --teacher none)
 #   distil   facekd pipeline: teacher, offline-distilled student, pruned to 80% and fine-tuned
 #   wide     facekd pipeline --prune-from wide: teacher, resfpn_wide distilled, pruned under the limit
+#   kd       the student offline-distilled from $TEACHER, a teacher trained earlier, for the whole
+#            budget (the teacher's training is paid outside it; its soft targets are not)
 # Two runs share the machine at a time, one thread each; each arm runs in two different slots
 # so that no arm has the machine to itself or only its quiet hours.
-#   usage: benchmarks/equal_budget.sh DATA OUT MINUTES    (DATA: a fixed copy, see `facekd audit --fix`)
+#   usage: benchmarks/equal_budget.sh DATA OUT MINUTES [ARM SEED ARM SEED ...]
+# DATA: a fixed copy (`facekd audit --fix`). The ARM SEED pairs, two per slot, default to the
+# three arms above, each in two slots.
 set -euo pipefail
 data=$1 out=$2 minutes=$3
 py=${PYTHON:-python}
@@ -18,6 +22,7 @@ arm() {  # arm NAME SEED
   local common=(--preset cpu --data "$data" --budget "$minutes" --out "$dir" --set threads=1 --set seed="$seed")
   case $name in
     scratch) $py -m facekd distill --teacher none "${common[@]}" ;;
+    kd) $py -m facekd distill --teacher "$TEACHER" "${common[@]}" --set distill_mode=offline ;;
     distil|wide) $py -m facekd pipeline --no-audit --prune-from "$([ "$name" = wide ] && echo wide || echo student)" \
                    "${common[@]}" --set distill_mode=offline --set soft_target_cache="$out/targets_$1_s$2" ;;
   esac > "$dir.log" 2>&1
@@ -29,8 +34,11 @@ slot() {  # two arms side by side
   arm "$1" "$2" & arm "$3" "$4" & wait
 }
 
-slot scratch 0 distil 0
-slot wide 0 scratch 1
-slot distil 1 wide 1
+shift 3
+(($#)) || set -- scratch 0 distil 0  wide 0 scratch 1  distil 1 wide 1
+while (($# >= 4)); do
+  slot "$1" "$2" "$3" "$4"
+  shift 4
+done
 matmul
 echo "$(date -u +%FT%TZ) done" >> "$out/matmul.log"

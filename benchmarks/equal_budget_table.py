@@ -30,17 +30,22 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def soft_target_seconds(run: Path) -> float | None:
+    return read_json(run / "config.json").get("soft_targets", {}).get("seconds")
+
+
 def describe(run: Path) -> dict:
     """Stage by stage: val F, params, wall seconds and epochs; which model the run ships."""
     summary = read_json(run / "summary.json")
     if not summary:  # a single training run ships itself
         result = read_json(run / "result.json")
+        student = {"val_fscore": result.get("val_fscore"), "params": result.get("params"),
+                   "wall_s": result.get("budget_spent_s"), "epochs": result.get("epochs")}
         return {"shipped": run, "total_s": result.get("budget_spent_s"),
-                "stages": {"student": {"val_fscore": result.get("val_fscore"), "params": result.get("params"),
-                                       "wall_s": result.get("budget_spent_s"), "epochs": result.get("epochs")}}}
+                "stages": {"student": {**student, "soft_targets_s": soft_target_seconds(run)}}}
     stages = {name: s for name, s in summary["stages"].items() if name in ("teacher", "student", "pruned")}
     for name, s in stages.items():
-        s["soft_targets_s"] = read_json(run / name / "config.json").get("soft_targets", {}).get("seconds")
+        s["soft_targets_s"] = soft_target_seconds(run / name)
     return {"shipped": run / summary["stages"]["solution"]["from"], "total_s": summary.get("total_wall_s"),
             "stages": stages}
 
