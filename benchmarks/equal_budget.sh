@@ -4,7 +4,10 @@
 #   distil   facekd pipeline: teacher, offline-distilled student, pruned to 80% and fine-tuned
 #   wide     facekd pipeline --prune-from wide: teacher, resfpn_wide distilled, pruned under the limit
 #   kd       the student offline-distilled from $TEACHER, a teacher trained earlier, for the whole
-#            budget (the teacher's training is paid outside it; its soft targets are not)
+#            budget (the teacher's training is paid outside it; its soft targets are not, unless
+#            $SOFT_TARGET_CACHE names a cache that already holds them)
+#   kd_image   kd with dice_scope=image      (issue 13's per-image levers, measured against kd
+#   kd_repeat  kd with repeat_threshold=$REPEAT_THRESHOLD (default 0.3)   under the same cache)
 # Two runs share the machine at a time, one thread each; each arm runs in two different slots
 # so that no arm has the machine to itself or only its quiet hours.
 #   usage: benchmarks/equal_budget.sh DATA OUT MINUTES [ARM SEED ARM SEED ...]
@@ -22,7 +25,12 @@ arm() {  # arm NAME SEED
   local common=(--preset cpu --data "$data" --budget "$minutes" --out "$dir" --set threads=1 --set seed="$seed")
   case $name in
     scratch) $py -m facekd distill --teacher none "${common[@]}" ;;
-    kd) $py -m facekd distill --teacher "$TEACHER" "${common[@]}" --set distill_mode=offline ;;
+    kd|kd_image|kd_repeat)
+      local lever=()
+      [ "$name" = kd_image ] && lever=(--set dice_scope=image)
+      [ "$name" = kd_repeat ] && lever=(--set repeat_threshold="${REPEAT_THRESHOLD:-0.3}")
+      $py -m facekd distill --teacher "$TEACHER" "${common[@]}" --set distill_mode=offline \
+        --set soft_target_cache="${SOFT_TARGET_CACHE:-}" "${lever[@]}" ;;
     distil|wide) $py -m facekd pipeline --no-audit --prune-from "$([ "$name" = wide ] && echo wide || echo student)" \
                    "${common[@]}" --set distill_mode=offline --set soft_target_cache="$out/targets_$1_s$2" ;;
   esac > "$dir.log" 2>&1

@@ -23,7 +23,7 @@ from facekd.data import load_split
 from facekd.engine import evaluate
 
 WATCHED = ["ear_r", "neck_l", "l_ear", "r_ear", "l_brow", "r_brow"]
-RUN_NAME = re.compile(r"(?P<arm>[a-z]+)_s(?P<seed>\d+)$")
+RUN_NAME = re.compile(r"(?P<arm>[a-z_]+)_s(?P<seed>\d+)$")  # kd_image_s0 is arm kd_image, seed 0
 
 
 def read_json(path: Path) -> dict:
@@ -56,7 +56,8 @@ def main():
     parser.add_argument("--data", type=Path, default=None, help="dataset root for val (default: OUT/data)")
     args = parser.parse_args()
     val = load_split(args.data or args.out / "data", "val", None)
-    runs = sorted(d for d in args.out.iterdir() if d.is_dir() and RUN_NAME.match(d.name))
+    runs = sorted(d for d in args.out.iterdir() if d.is_dir() and RUN_NAME.match(d.name)
+                  and any((d / f).is_file() for f in ("result.json", "summary.json")))  # not targets_distil_s0
     if not runs:
         raise SystemExit(f"{args.out}: no ARM_sSEED run folders in it")
 
