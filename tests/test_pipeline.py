@@ -1,7 +1,10 @@
 import json
 import zipfile
 
+import pytest
+
 from facekd.app.cli import main
+from facekd.app.pipeline import _tail_seconds
 from facekd.app.submission import check_submission
 from facekd.challenge import PARAM_LIMIT
 
@@ -71,3 +74,15 @@ def test_pipeline_distils_from_a_teacher_trained_earlier(tmp_path, capsys):
     assert f"--teacher {teacher}" in capsys.readouterr().err
     assert main(args[:2] + [str(tmp_path / "other"), "--teacher", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt: no such checkpoint" in capsys.readouterr().err
+
+
+def test_budget_tail_prices_the_teacher_the_report_scores(sample_root):
+    # the report scores a teacher the pipeline trained; a slow one must be paid for before the
+    # last training stage is planned, or the pipeline ends past its budget
+    stages = {"student": {"latency_ms": 10.0}, "teacher": {"latency_ms": 200.0}}
+    images = sample_root / "val" / "images"
+    n_val = len(list((sample_root / "val" / "masks").glob("*.png")))
+    own = _tail_seconds(images, sample_root, stages, report_scores_teacher=True)
+    reused = _tail_seconds(images, sample_root, stages, report_scores_teacher=False)
+    assert n_val > 0
+    assert own - reused == pytest.approx(n_val * (2 * 0.200 + 0.03))

@@ -61,15 +61,20 @@ def _cost(checkpoint: Path) -> dict:
     return {"val_fscore": ckpt.get("val_fscore"), **model_cost(model)}
 
 
-def _tail_seconds(images, data_root, stages: dict) -> float:
+def _tail_seconds(images, data_root, stages: dict, report_scores_teacher: bool) -> float:
     """What follows the last training stage will cost: run.py predicting the test images
-    (two passes each with flip TTA, plus decoding and writing), and the report scoring the
-    three models on val. Priced per image from the student's measured latency once it exists,
-    so the estimate follows the machine; the last training stage is planned with it."""
-    latency_s = stages.get("student", {}).get("latency_ms", 30.0) / 1000
+    with the student (two passes each with flip TTA, plus decoding and writing), and the
+    report scoring every model in the run folder on val: student, pruned student, and the
+    teacher when this pipeline trained it. Each model is priced from its own measured
+    latency once it exists (the pruned one as the student), so the estimate follows the
+    machine and a slow teacher does not push the pipeline past its budget."""
+    def seconds_per_image(stage: str) -> float:
+        return 2 * stages.get(stage, {}).get("latency_ms", 30.0) / 1000 + 0.03
+
     n_val = len(list((Path(data_root) / "val" / "masks").glob("*.png")))
-    n_images = len(list_images(images)) + 3 * n_val
-    return 10.0 + n_images * (2 * latency_s + 0.03)
+    scored = ["student", "student"] + (["teacher"] if report_scores_teacher else [])
+    return (10.0 + len(list_images(images)) * seconds_per_image("student")
+            + n_val * sum(seconds_per_image(stage) for stage in scored))
 
 
 @dataclasses.dataclass
@@ -108,7 +113,9 @@ class Pipeline:
         if name not in planned:  # a resumed stage keeps the budget it started with
             shares = BUDGET_SHARES[self.preset]
             later = [n for n in shares if n not in self.stages]
-            left = self.budget.left() - _tail_seconds(self.images, self.data_root, self.stages)
+            tail = _tail_seconds(self.images, self.data_root, self.stages,
+                                 report_scores_teacher=self.trained_teacher is None)
+            left = self.budget.left() - tail
             planned[name] = left * shares[name] / sum(shares[n] for n in later)
             self.save()
         if planned[name] <= 0:
