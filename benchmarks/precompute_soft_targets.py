@@ -1,0 +1,36 @@
+"""Fill a soft-target cache once, so that runs sharing it (`--set soft_target_cache=DIR`)
+all train for their whole budget instead of each paying the teacher's pass inside it.
+
+    python benchmarks/precompute_soft_targets.py TEACHER DATA CACHE [--preset cpu] [--threads 2]
+
+Stores exactly what `facekd distill --preset P --set distill_mode=offline
+--set soft_target_cache=CACHE` would, under the same key, so those runs hit the cache.
+"""
+
+import argparse
+import dataclasses
+
+from distill.soft_targets import offline_soft_targets, stored_size
+from distill.train import load_teacher
+from facekd.app.models import build_model, named_config
+from facekd.config import resolve_config
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("teacher", help="the teacher checkpoint (best.pt)")
+    parser.add_argument("data", help="dataset root the runs will train on")
+    parser.add_argument("cache", help="the soft_target_cache folder the runs will name")
+    parser.add_argument("--preset", default="cpu", help="the distill preset the runs use (sets the stored size)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    cfg = dataclasses.replace(resolve_config("distill", args.preset), distill_mode="offline",
+                              soft_target_cache=args.cache, threads=args.threads)
+    teacher, _ = load_teacher(args.teacher)
+    student = build_model(named_config(cfg.model, cfg.resolutions[-1][0]))  # only its output stride is read
+    _, record = offline_soft_targets(cfg, teacher, args.teacher, args.data, stored_size(cfg, student))
+    print(record)
+
+
+if __name__ == "__main__":
+    main()
