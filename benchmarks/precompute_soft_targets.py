@@ -11,8 +11,7 @@ import argparse
 import dataclasses
 
 from distill.soft_targets import offline_soft_targets, stored_size
-from distill.train import load_teacher
-from facekd.app.models import build_model, named_config
+from distill.train import build_student, load_teacher
 from facekd.config import resolve_config
 
 
@@ -27,7 +26,7 @@ def main():
     cfg = dataclasses.replace(resolve_config("distill", args.preset), distill_mode="offline",
                               soft_target_cache=args.cache, threads=args.threads)
     teacher, _ = load_teacher(args.teacher)
-    student = build_model(named_config(cfg.model, cfg.resolutions[-1][0]))  # only its output stride is read
+    student, _ = build_student(cfg)  # only its output stride is read
     _, record = offline_soft_targets(cfg, teacher, args.teacher, args.data, stored_size(cfg, student))
     print(record)
 

@@ -68,6 +68,13 @@ def distillation_loss(cfg: RunConfig, teacher: nn.Module | None) -> LossFn:
     return loss_fn
 
 
+def build_student(cfg: RunConfig) -> tuple[nn.Module, dict]:
+    """The freshly initialised student cfg names, predicting at its last training size."""
+    model_cfg = named_config(cfg.model, cfg.resolutions[-1][0])
+    torch.manual_seed(cfg.seed)  # the initial weights follow --seed too
+    return build_model(model_cfg), model_cfg
+
+
 def distill(cfg: RunConfig, data_root, out, teacher_path, resume: bool = False, progress: bool = True,
             model: nn.Module | None = None, model_cfg: dict | None = None, stage: str = "distill",
             budget: Budget | None = None) -> dict:
@@ -77,9 +84,7 @@ def distill(cfg: RunConfig, data_root, out, teacher_path, resume: bool = False, 
     budget = budget or Budget.from_minutes(cfg.budget_minutes)
     teacher, teacher_ckpt = load_teacher(teacher_path)
     if model is None:
-        model_cfg = named_config(cfg.model, cfg.resolutions[-1][0])
-        torch.manual_seed(cfg.seed)  # the initial weights follow --seed too
-        model = build_model(model_cfg)
+        model, model_cfg = build_student(cfg)
     reference = {"teacher/val_fscore": teacher_ckpt["val_fscore"]} if "val_fscore" in teacher_ckpt else {}
     extra = {"teacher": str(teacher_path), "model_cfg": model_cfg}
     soft_targets = None

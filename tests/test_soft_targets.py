@@ -4,6 +4,7 @@ of the batch, the on-disk cache hits and misses when it should, and `facekd dist
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -142,7 +143,7 @@ def _teacher_file(path, seed: int):
     return path
 
 
-def test_cache_hits_on_the_same_inputs_and_misses_when_teacher_or_data_change(tmp_path, data_copy):
+def test_cache_hits_on_the_same_inputs_and_misses_when_teacher_or_image_bytes_change(tmp_path, data_copy):
     from distill.train import load_teacher
     path = _teacher_file(tmp_path / "teacher.pt", 0)
     cfg = RunConfig(soft_target_cache=str(tmp_path / "cache"))
@@ -161,8 +162,17 @@ def test_cache_hits_on_the_same_inputs_and_misses_when_teacher_or_data_change(tm
     _teacher_file(path, 1)  # new weights in the same file
     _, rec = run()
     assert rec["cache"] == "miss"
+    _, rec = run()
+    assert rec["cache"] == "hit"
     image = sorted((data_copy / "train" / "images").iterdir())[3]
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10 ** 9))
+    _, rec = run()
+    assert rec["cache"] == "hit", "a touched image with the same bytes must still hit"
+    moved = tmp_path / "moved"
+    shutil.copytree(data_copy, moved)
+    _, rec = offline_soft_targets(cfg, load_teacher(path)[0], path, moved, 16, progress=False)
+    assert rec["cache"] == "hit", "a copy of the dataset elsewhere must still hit"
+    image.write_bytes(image.read_bytes() + b"\0")  # other bytes: the teacher may see another image
     _, rec = run()
     assert rec["cache"] == "miss"
     _, rec = run(RunConfig(soft_target_cache=cfg.soft_target_cache, train_limit=8))
