@@ -148,9 +148,9 @@ def test_cache_hits_on_the_same_inputs_and_misses_when_teacher_or_image_bytes_ch
     path = _teacher_file(tmp_path / "teacher.pt", 0)
     cfg = RunConfig(soft_target_cache=str(tmp_path / "cache"))
 
-    def run(cfg=cfg, path=path):
+    def run(cfg=cfg, path=path, data=data_copy):
         teacher, _ = load_teacher(path)
-        return offline_soft_targets(cfg, teacher, path, data_copy, 16, progress=False)
+        return offline_soft_targets(cfg, teacher, path, data, 16, progress=False)
 
     first, rec = run()
     assert rec["cache"] == "miss" and first.shape == (16, NUM_CLASSES, 16, 16)
@@ -170,7 +170,7 @@ def test_cache_hits_on_the_same_inputs_and_misses_when_teacher_or_image_bytes_ch
     assert rec["cache"] == "hit", "a touched image with the same bytes must still hit"
     moved = tmp_path / "moved"
     shutil.copytree(data_copy, moved)
-    _, rec = offline_soft_targets(cfg, load_teacher(path)[0], path, moved, 16, progress=False)
+    _, rec = run(data=moved)
     assert rec["cache"] == "hit", "a copy of the dataset elsewhere must still hit"
     image.write_bytes(image.read_bytes() + b"\0")  # other bytes: the teacher may see another image
     _, rec = run()
