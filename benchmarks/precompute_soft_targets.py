@@ -2,9 +2,13 @@
 all train for their whole budget instead of each paying the teacher's pass inside it.
 
     python benchmarks/precompute_soft_targets.py TEACHER DATA CACHE [--preset cpu] [--threads 2]
+        [--stage distill|prune] [--set KEY=VALUE ...]
 
 Stores exactly what `facekd distill --preset P --set distill_mode=offline
 --set soft_target_cache=CACHE` would, under the same key, so those runs hit the cache.
+`--stage prune` does the same for `facekd prune` and `facekd finetune` (which share that
+stage's config), and `--set` takes the runs' own overrides: the stored side follows their
+largest training resolution, so `--set 'resolutions=[[512,3]]'` must be given here too.
 """
 
 import argparse
@@ -20,10 +24,14 @@ def main():
     parser.add_argument("teacher", help="the teacher checkpoint (best.pt)")
     parser.add_argument("data", help="dataset root the runs will train on")
     parser.add_argument("cache", help="the soft_target_cache folder the runs will name")
-    parser.add_argument("--preset", default="cpu", help="the distill preset the runs use (sets the stored size)")
+    parser.add_argument("--preset", default="cpu", help="the preset the runs use (sets the stored size)")
+    parser.add_argument("--stage", default="distill", choices=["distill", "prune"],
+                        help="the stage whose preset the runs use (prune also serves finetune)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="the runs' own config overrides, as they pass them")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    cfg = dataclasses.replace(resolve_config("distill", args.preset), distill_mode="offline",
+    cfg = dataclasses.replace(resolve_config(args.stage, args.preset, assignments=args.set), distill_mode="offline",
                               soft_target_cache=args.cache, threads=args.threads)
     teacher, _ = load_teacher(args.teacher)
     student, _ = build_student(cfg)  # only its output stride is read

@@ -1,5 +1,6 @@
 """`facekd prune`: prune a trained student to a target, then fine-tune it through the
-distillation stage (same engine, same losses, teacher optional)."""
+distillation stage (same engine, same losses, teacher optional). `facekd finetune` is the
+second half alone: it continues a trained student as it is."""
 
 from __future__ import annotations
 
@@ -83,6 +84,17 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
     if not distributed.is_main():
         report = json.loads(report_path.read_text())
     return {**result, "report": report}
+
+
+def finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, resume: bool = False,
+             progress: bool = True) -> dict:
+    """Continue training a student checkpoint (pruned or not) with the prune stage's config,
+    under the teacher or, with teacher_path None or 'none', from labels alone."""
+    model, ckpt = load_model(student_path)
+    if is_teacher(ckpt["model_cfg"]):
+        raise ValueError(f"{student_path}: is a teacher checkpoint; fine-tune a student")
+    return distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
+                   model_cfg=ckpt["model_cfg"], stage="finetune")
 
 
 def _prune(cfg: RunConfig, data_root, out: Path, student_path, target_params, target_macs, ratio, importance,

@@ -4,7 +4,7 @@ import zipfile
 import pytest
 
 from facekd.app.cli import main
-from facekd.app.pipeline import _tail_seconds
+from facekd.app.pipeline import _tail_seconds, finetune_under_teacher
 from facekd.app.submission import check_submission
 from facekd.challenge import PARAM_LIMIT
 
@@ -60,18 +60,22 @@ def test_pipeline_distils_from_a_teacher_trained_earlier(tmp_path, capsys):
     teacher = teacher_run / "best.pt"
     out = tmp_path / "pipe"
     args = ["pipeline", "--out", str(out), "--no-audit", "--set", "resolutions=[[64, 1]]"]
-    assert main(args + ["--teacher", str(teacher)]) == 0
+    assert main(args + ["--teacher", str(teacher), "--finetune-kd", "never"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert not (out / "teacher").exists()  # nothing trained for it
     assert summary["stages"]["teacher"]["from"] == str(teacher)
     recorded = json.loads((teacher_run / "result.json").read_text())["val_fscore"]
     assert summary["stages"]["teacher"]["val_fscore"] == recorded
-    for stage in ("student", "pruned"):  # both distil from it
-        assert json.loads((out / stage / "config.json").read_text())["teacher"] == str(teacher)
+    # the student distils from it; with --finetune-kd never the pruned one fine-tunes from labels alone
+    assert json.loads((out / "student" / "config.json").read_text())["teacher"] == str(teacher)
+    assert json.loads((out / "pruned" / "config.json").read_text())["teacher"] == "None"
+    assert summary["stages"]["pruned"]["finetune_kd"] is False
 
     capsys.readouterr()
-    assert main(args + ["--resume"]) == 2  # resumed as if it had trained its own teacher
+    assert main(args + ["--resume", "--finetune-kd", "never"]) == 2  # resumed as if it had trained its own teacher
     assert f"--teacher {teacher}" in capsys.readouterr().err
+    assert main(args + ["--resume", "--teacher", str(teacher)]) == 2  # resumed with the default policy
+    assert "--finetune-kd never" in capsys.readouterr().err
     assert main(args[:2] + [str(tmp_path / "other"), "--teacher", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt: no such checkpoint" in capsys.readouterr().err
 
@@ -86,3 +90,13 @@ def test_budget_tail_prices_the_teacher_the_report_scores(sample_root):
     reused = _tail_seconds(images, sample_root, stages, report_scores_teacher=False)
     assert n_val > 0
     assert own - reused == pytest.approx(n_val * (2 * 0.200 + 0.03))
+
+
+def test_finetune_kd_auto_keeps_the_teacher_only_while_it_scores_above_the_student():
+    assert finetune_under_teacher("auto", teacher_fscore=0.83, student_fscore=0.82)
+    assert not finetune_under_teacher("auto", teacher_fscore=0.818, student_fscore=0.8205)
+    assert not finetune_under_teacher("auto", teacher_fscore=0.82, student_fscore=0.82)  # a tie is no reason to pay
+    assert finetune_under_teacher("auto", teacher_fscore=None, student_fscore=0.82)  # unscored: keep it
+    assert finetune_under_teacher("always", 0.5, 0.9) and not finetune_under_teacher("never", 0.9, 0.5)
+    with pytest.raises(ValueError, match="--finetune-kd must be one of"):
+        finetune_under_teacher("sometimes", 0.9, 0.5)

@@ -8,6 +8,7 @@ from facekd import challenge
 from compress.prune import prune_to_target, rebuild
 from facekd.checkpoint import load_checkpoint, save_checkpoint
 from facekd.app.cli import main
+from facekd.app.models import build_model, named_config
 
 
 def small_student(name="unet"):
@@ -80,6 +81,28 @@ def test_prune_command_end_to_end(tmp_path, sample_root, capsys):
     best = load_checkpoint(out / "best.pt")
     assert best["model_cfg"]["widths"] != students.model_config(student)["widths"]
     assert main(args + ["--resume"]) == 0  # a finished run resumes to a no-op
+
+
+def test_finetune_command_continues_the_student_as_it_is(tmp_path, sample_root, capsys):
+    student = small_student("resfpn")
+    save_checkpoint({"model": student.state_dict(), "model_cfg": students.model_config(student),
+                     "stage": "pruned", "val_fscore": 0.0}, tmp_path / "student.pt")
+    out = tmp_path / "tuned"
+    args = ["finetune", "--student", str(tmp_path / "student.pt"), "--out", str(out), "--set", "resolutions=[[64, 1]]"]
+    assert main(args) == 0
+    tuned = load_checkpoint(out / "last.pt")
+    assert tuned["model_cfg"] == students.model_config(student)  # nothing cut
+    assert tuned["stage"] == "finetune"
+    before = student.state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in tuned["model"].items() if v.is_floating_point())  # it trained
+    assert json.loads((out / "config.json").read_text())["teacher"] == "none"
+
+    teacher_cfg = named_config("teacher_tiny", 64)
+    save_checkpoint({"model": build_model(teacher_cfg).state_dict(), "model_cfg": teacher_cfg, "stage": "teacher"},
+                    tmp_path / "teacher.pt")
+    capsys.readouterr()
+    assert main(["finetune", "--student", str(tmp_path / "teacher.pt"), "--out", str(tmp_path / "no")]) == 2
+    assert "teacher.pt: is a teacher checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

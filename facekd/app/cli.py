@@ -84,11 +84,18 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from compress.train import finetune
+    result = finetune(_config("prune", args), _data_root(args), args.out, args.student, args.teacher, args.resume)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_pipeline(args) -> int:
     from facekd.app.pipeline import run_pipeline
     summary = run_pipeline(_data_root(args), args.out, args.preset, args.images, args.config, args.resume,
                            audit=not args.no_audit, budget_minutes=_budget(args), assignments=args.set,
-                           prune_from=args.prune_from, teacher=args.teacher)
+                           prune_from=args.prune_from, teacher=args.teacher, finetune_kd=args.finetune_kd)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -208,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "OUT/sweep.json")
     p.set_defaults(func=cmd_prune)
 
+    p = sub.add_parser("finetune", help="continue training a student as it is, with the prune stage's config")
+    _add_run_args(p, "runs/finetuned")
+    p.add_argument("--student", default="runs/pruned/best.pt", help="student best.pt to continue")
+    p.add_argument("--teacher", default="none", help="teacher best.pt to distil from, or 'none' (labels alone)")
+    p.set_defaults(func=cmd_finetune)
+
     p = sub.add_parser("pipeline", help="teacher -> student -> prune -> export -> package, resumable")
     _add_run_args(p, "runs/pipeline")
     p.add_argument("--images", default=None, help="images to package (default: the data's test/images)")
@@ -219,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=None, metavar="CHECKPOINT",
                    help="distil from this trained teacher (a best.pt) instead of training one: its cost is "
                         "paid once for many pipelines, and --budget goes to the student stages alone")
+    p.add_argument("--finetune-kd", default="always", choices=["auto", "always", "never"],
+                   help="fine-tune the pruned student under the teacher: always (default), never (labels "
+                        "alone), or auto (only while the teacher scores above the student on val)")
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("report", help="one offline HTML page comparing the models of any runs: Pareto front, "

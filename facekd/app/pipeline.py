@@ -16,6 +16,10 @@ summary.json records each stage's planned and actual time, epochs and images see
 With --teacher CHECKPOINT the teacher stage trains nothing and the later stages distil from a
 teacher trained earlier: a teacher's cost is then paid once for any number of pipelines, and a
 --budget goes to the student stages alone.
+
+--finetune-kd says whether the prune stage fine-tunes under the teacher. With "auto" it does so
+only while the teacher scores above the distilled student on val: a student that has passed its
+teacher is pulled back towards it (docs/RESULTS.md, "Fine-tuning with or without the teacher").
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ PRUNE_KEEP = {"smoke": 0.7, "cpu": 0.8, "gpu": 0.8}
 # under the challenge's limit ("train big, then compress", Li et al., ICML 2020).
 WIDE_STUDENT = "resfpn_wide"
 PRUNE_FROM = ("student", "wide")
+FINETUNE_KD = ("auto", "always", "never")
 # How a pipeline --budget is shared among the training stages, per preset. Each stage gets
 # its share of what is left when it starts, so time one stage leaves unused goes to the next.
 BUDGET_SHARES = {"smoke": {"teacher": 0.4, "student": 0.4, "pruned": 0.2},
@@ -59,6 +64,16 @@ BUDGET_SHARES = {"smoke": {"teacher": 0.4, "student": 0.4, "pruned": 0.2},
 def _cost(checkpoint: Path) -> dict:
     model, ckpt = load_model(checkpoint)
     return {"val_fscore": ckpt.get("val_fscore"), **model_cost(model)}
+
+
+def finetune_under_teacher(policy: str, teacher_fscore: float | None, student_fscore: float | None) -> bool:
+    """Whether the prune stage distils from the teacher. "auto" asks for a teacher that scored
+    strictly above the student; a missing score counts as no evidence, so the teacher is kept."""
+    if policy not in FINETUNE_KD:
+        raise ValueError(f"--finetune-kd must be one of {FINETUNE_KD}, got {policy!r}")
+    if policy != "auto":
+        return policy == "always"
+    return teacher_fscore is None or student_fscore is None or teacher_fscore > student_fscore
 
 
 def _tail_seconds(images, data_root, stages: dict, report_scores_teacher: bool) -> float:
@@ -91,6 +106,7 @@ class Pipeline:
     prune_from: str
     resume: bool
     progress: bool
+    finetune_kd: str = "always"
     trained_teacher: Path | None = None  # --teacher: a checkpoint trained outside this pipeline
 
     @property
@@ -162,10 +178,13 @@ class Pipeline:
         cfg, planned = self.stage_config("pruned", "prune")
         target = (PARAM_LIMIT - 1 if self.prune_from == "wide"
                   else int(self.stages["student"]["params"] * PRUNE_KEEP[self.preset]))
+        with_teacher = finetune_under_teacher(self.finetune_kd, self.stages["teacher"].get("val_fscore"),
+                                              self.stages["student"].get("val_fscore"))
         result = prune_and_finetune(cfg, self.data_root, self.out / "pruned", self.out / "student" / "best.pt",
-                                    self.teacher_checkpoint, target_params=target, resume=self.resume,
-                                    progress=self.progress)
-        return {"target_params": target, "pruning": result["report"]["pruning"], **_trained(result, planned)}
+                                    self.teacher_checkpoint if with_teacher else None, target_params=target,
+                                    resume=self.resume, progress=self.progress)
+        return {"target_params": target, "finetune_kd": with_teacher, "pruning": result["report"]["pruning"],
+                **_trained(result, planned)}
 
     def solution(self) -> dict:
         # ship the better of the two students by validation F-score, among those under the limit
@@ -191,13 +210,15 @@ def _trained(result: dict, planned_s: float | None) -> dict:
 def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file: str | None = None,
                  resume: bool = False, progress: bool = True, audit: bool = True,
                  budget_minutes: float | None = None, assignments: list[str] | None = None,
-                 prune_from: str = "student", teacher: str | Path | None = None) -> dict:
+                 prune_from: str = "student", teacher: str | Path | None = None,
+                 finetune_kd: str = "always") -> dict:
     if distributed.is_distributed():
         # audit, export and packaging would run once per rank; the stages themselves are torchrun-ready
         raise ValueError("facekd pipeline runs as one process; under torchrun, run its stages "
                          "(train-teacher, distill, prune) one by one")
     if prune_from not in PRUNE_FROM:
         raise ValueError(f"--prune-from must be one of {PRUNE_FROM}, got {prune_from!r}")
+    finetune_under_teacher(finetune_kd, None, None)  # refuses an unknown policy before any training
     if teacher is not None and not Path(teacher).is_file():
         raise FileNotFoundError(f"--teacher {teacher}: no such checkpoint")
     out = Path(out)
@@ -218,13 +239,15 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
     if summary.setdefault("teacher_from", teacher) != teacher:
         started = f"--teacher {summary['teacher_from']}" if summary["teacher_from"] else "its own teacher stage"
         raise ValueError(f"{out} was started with {started}; resume it with that")
+    if summary.setdefault("finetune_kd", finetune_kd) != finetune_kd:
+        raise ValueError(f"{out} was started with --finetune-kd {summary['finetune_kd']}; resume it with that")
     budget = Budget(budget_minutes) if budget_minutes is not None else None
     if budget is not None:
         summary["budget_s"] = budget.seconds
         # a resumed pipeline has already spent what its finished stages took
         budget.resume(sum(s["wall_s"] for s in summary["stages"].values()), None)
     pipeline = Pipeline(Path(data_root), out, preset, Path(images), configs, budget, summary, prune_from, resume,
-                        progress, Path(teacher) if teacher else None)
+                        progress, finetune_kd, Path(teacher) if teacher else None)
     if audit:
         pipeline.run_stage("audit", checkpoint=None)
         pipeline.data_root = out / "audit" / "data"  # every later stage trains on the fixed copy
