@@ -232,9 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=None, metavar="CHECKPOINT",
                    help="distil from this trained teacher (a best.pt) instead of training one: its cost is "
                         "paid once for many pipelines, and --budget goes to the student stages alone")
-    p.add_argument("--finetune-kd", default="always", choices=["auto", "always", "never"],
-                   help="fine-tune the pruned student under the teacher: always (default), never (labels "
-                        "alone), or auto (only while the teacher scores above the student on val)")
+    p.add_argument("--finetune-kd", default="auto", choices=["auto", "always", "never"],
+                   help="fine-tune the pruned student under the teacher: auto (default: only while the "
+                        "teacher scored above the distilled student on val), always, or never (labels alone)")
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("report", help="one offline HTML page comparing the models of any runs: Pareto front, "

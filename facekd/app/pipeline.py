@@ -17,9 +17,10 @@ With --teacher CHECKPOINT the teacher stage trains nothing and the later stages 
 teacher trained earlier: a teacher's cost is then paid once for any number of pipelines, and a
 --budget goes to the student stages alone.
 
---finetune-kd says whether the prune stage fine-tunes under the teacher. With "auto" it does so
-only while the teacher scores above the distilled student on val: a student that has passed its
-teacher is pulled back towards it (docs/RESULTS.md, "Fine-tuning with or without the teacher").
+--finetune-kd says whether the prune stage fine-tunes under the teacher. With "auto" (the
+default) it does so only while the teacher scored above the distilled student on val: a student
+that has passed its teacher is held back by its targets (docs/RESULTS.md, "The pipeline's prune
+stage with and without the teacher").
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class Pipeline:
     prune_from: str
     resume: bool
     progress: bool
-    finetune_kd: str = "always"
+    finetune_kd: str = "auto"
     trained_teacher: Path | None = None  # --teacher: a checkpoint trained outside this pipeline
 
     @property
@@ -211,7 +212,7 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
                  resume: bool = False, progress: bool = True, audit: bool = True,
                  budget_minutes: float | None = None, assignments: list[str] | None = None,
                  prune_from: str = "student", teacher: str | Path | None = None,
-                 finetune_kd: str = "always") -> dict:
+                 finetune_kd: str = "auto") -> dict:
     if distributed.is_distributed():
         # audit, export and packaging would run once per rank; the stages themselves are torchrun-ready
         raise ValueError("facekd pipeline runs as one process; under torchrun, run its stages "
