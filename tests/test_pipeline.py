@@ -59,9 +59,11 @@ def test_pipeline_distils_from_a_teacher_trained_earlier(tmp_path, capsys):
     assert main(["train-teacher", "--out", str(teacher_run), "--set", "resolutions=[[64, 1]]"]) == 0
     teacher = teacher_run / "best.pt"
     out = tmp_path / "pipe"
-    args = ["pipeline", "--out", str(out), "--no-audit", "--set", "resolutions=[[64, 1]]"]
+    args = ["pipeline", "--out", str(out), "--no-audit", "--set", "resolutions=[[64, 1]]", "--seed", "3"]
     assert main(args + ["--teacher", str(teacher), "--finetune-kd", "never"]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    for stage in ("student", "pruned"):  # --seed reaches every stage it runs
+        assert json.loads((out / stage / "config.json").read_text())["seed"] == 3
     assert not (out / "teacher").exists()  # nothing trained for it
     assert summary["stages"]["teacher"]["from"] == str(teacher)
     recorded = json.loads((teacher_run / "result.json").read_text())["val_fscore"]

@@ -95,7 +95,8 @@ def cmd_pipeline(args) -> int:
     from facekd.app.pipeline import run_pipeline
     summary = run_pipeline(_data_root(args), args.out, args.preset, args.images, args.config, args.resume,
                            audit=not args.no_audit, budget_minutes=_budget(args), assignments=args.set,
-                           prune_from=args.prune_from, teacher=args.teacher, finetune_kd=args.finetune_kd)
+                           prune_from=args.prune_from, teacher=args.teacher, finetune_kd=args.finetune_kd,
+                           seed=args.seed)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -212,7 +212,7 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
                  resume: bool = False, progress: bool = True, audit: bool = True,
                  budget_minutes: float | None = None, assignments: list[str] | None = None,
                  prune_from: str = "student", teacher: str | Path | None = None,
-                 finetune_kd: str = "auto") -> dict:
+                 finetune_kd: str = "auto", seed: int | None = None) -> dict:
     if distributed.is_distributed():
         # audit, export and packaging would run once per rank; the stages themselves are torchrun-ready
         raise ValueError("facekd pipeline runs as one process; under torchrun, run its stages "
@@ -228,7 +228,8 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
     if images is None:
         test_images = Path(data_root) / "test" / "images"
         images = test_images if test_images.is_dir() else Path(data_root) / "val" / "images"
-    configs = {name: resolve_config(name, preset, config_file, assignments) for name in ("teacher", "distill", "prune")}
+    configs = {name: resolve_config(name, preset, config_file, assignments, seed=seed)
+               for name in ("teacher", "distill", "prune")}
     if prune_from == "wide":
         configs["distill"] = dataclasses.replace(configs["distill"], model=WIDE_STUDENT)
     out.mkdir(parents=True, exist_ok=True)
