@@ -20,7 +20,7 @@ from compress.train import prune_and_finetune
 from distill.soft_targets import offline_soft_targets, stored_size
 from distill.train import load_teacher
 from facekd import distributed
-from facekd.app.models import is_teacher, load_model
+from facekd.app.models import load_model, load_student
 from facekd.config import RunConfig
 
 # sweep kind -> prune_and_finetune's keyword for one target of that kind
@@ -42,9 +42,7 @@ def check_targets(student_path, kind: str, targets: list) -> dict:
     twice = sorted({t for t in targets if targets.count(t) > 1})
     if twice:
         raise ValueError(f"{flag}: {twice[0]} is listed twice")
-    model, ckpt = load_model(student_path)
-    if is_teacher(ckpt["model_cfg"]):
-        raise ValueError(f"{student_path}: is a teacher checkpoint; sweep a student")
+    model, _ = load_student(student_path, "sweep")
     if kind == "ratio":
         bad = [r for r in targets if not 0 < r < 1]
         if bad:

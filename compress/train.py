@@ -19,7 +19,7 @@ from facekd.config import RunConfig
 from facekd.data import load_split
 from facekd.engine import evaluate
 from facekd.inference import normalize
-from facekd.app.models import build_model, is_teacher, load_model
+from facekd.app.models import build_model, load_model, load_student
 from facekd.profile import model_cost
 
 
@@ -90,9 +90,7 @@ def finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, resume:
              progress: bool = True) -> dict:
     """Continue training a student checkpoint (pruned or not) with the prune stage's config,
     under the teacher or, with teacher_path None or 'none', from labels alone."""
-    model, ckpt = load_model(student_path)
-    if is_teacher(ckpt["model_cfg"]):
-        raise ValueError(f"{student_path}: is a teacher checkpoint; fine-tune a student")
+    model, ckpt = load_student(student_path, "fine-tune")
     return distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
                    model_cfg=ckpt["model_cfg"], stage="finetune")
 
@@ -100,9 +98,7 @@ def finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, resume:
 def _prune(cfg: RunConfig, data_root, out: Path, student_path, target_params, target_macs, ratio, importance,
            progress) -> tuple:
     """Prune the student, save pruned.pt and prune_report.json; returns (model, model_cfg, report)."""
-    model, ckpt = load_model(student_path)
-    if is_teacher(ckpt["model_cfg"]):
-        raise ValueError(f"{student_path}: is a teacher checkpoint; prune a student")
+    model, ckpt = load_student(student_path, "prune")
     input_size = ckpt["model_cfg"]["input_size"]
     val = load_split(data_root, "val", None, progress=progress)
     before = measure(model, val, input_size, cfg.flip_tta)

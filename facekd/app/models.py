@@ -56,3 +56,12 @@ def load_model(checkpoint: str | Path | dict, device: torch.device | str | None 
     if device is not None:
         model.to(device)
     return model.eval(), ckpt
+
+
+def load_student(checkpoint: str | Path, purpose: str) -> tuple[nn.Module, dict]:
+    """load_model for a command that works on a student; a teacher checkpoint is refused by name,
+    saying what the command would have done (`purpose`: "prune", "fine-tune", ...)."""
+    model, ckpt = load_model(checkpoint)
+    if is_teacher(ckpt["model_cfg"]):
+        raise ValueError(f"{checkpoint}: is a teacher checkpoint; {purpose} a student")
+    return model, ckpt

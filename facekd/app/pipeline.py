@@ -107,7 +107,7 @@ class Pipeline:
     prune_from: str
     resume: bool
     progress: bool
-    finetune_kd: str = "auto"
+    finetune_kd: str
     trained_teacher: Path | None = None  # --teacher: a checkpoint trained outside this pipeline
 
     @property
