@@ -86,7 +86,7 @@ def distill(cfg: RunConfig, data_root, out, teacher_path, resume: bool = False, 
     if model is None:
         model, model_cfg = build_student(cfg)
     reference = {"teacher/val_fscore": teacher_ckpt["val_fscore"]} if "val_fscore" in teacher_ckpt else {}
-    extra = {"teacher": str(teacher_path), "model_cfg": model_cfg}
+    extra = {"teacher": "none" if teacher is None else str(teacher_path), "model_cfg": model_cfg}
     soft_targets = None
     if teacher is not None and (cfg.kd_weight > 0 or cfg.cwd_weight > 0):
         if cfg.distill_mode == "offline":

@@ -70,7 +70,7 @@ def test_pipeline_distils_from_a_teacher_trained_earlier(tmp_path, capsys):
     assert summary["stages"]["teacher"]["val_fscore"] == recorded
     # the student distils from it; with --finetune-kd never the pruned one fine-tunes from labels alone
     assert json.loads((out / "student" / "config.json").read_text())["teacher"] == str(teacher)
-    assert json.loads((out / "pruned" / "config.json").read_text())["teacher"] == "None"
+    assert json.loads((out / "pruned" / "config.json").read_text())["teacher"] == "none"
     assert summary["stages"]["pruned"]["finetune_kd"] is False
 
     capsys.readouterr()
