@@ -18,9 +18,14 @@ from facekd.app.models import build_model, load_model, named_config
 from facekd.transforms import IGNORE_INDEX
 
 
+def names_teacher(path: str | Path | None) -> bool:
+    """Whether a --teacher value names a checkpoint: None and 'none' (any case) mean labels alone."""
+    return path is not None and str(path).lower() != "none"
+
+
 def load_teacher(path: str | Path | None) -> tuple[nn.Module | None, dict]:
     """A frozen teacher in eval mode, or (None, {}) for 'none'."""
-    if path is None or str(path).lower() == "none":
+    if not names_teacher(path):
         return None, {}
     teacher, ckpt = load_model(path)
     teacher.eval().requires_grad_(False)

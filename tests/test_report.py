@@ -74,6 +74,16 @@ def test_sweep_of_ratios_computes_the_teachers_maps_once(runs, tmp_path):
     assert caches == ["hit", "hit"] and len(list((tmp_path / "sweep" / "soft_targets").iterdir())) == 1
 
 
+def test_sweep_from_labels_alone_ignores_a_soft_target_cache(runs, tmp_path):
+    root, sweep = runs
+    args = sweep[:-3] + [str(root / "prune.toml"), "--out", str(tmp_path / "sweep")]
+    cache = tmp_path / "cache"
+    # no teacher, so no maps to fill: the cache setting must neither crash the sweep nor be written
+    assert main(args + ["--teacher", "none", "--ratio", "0.2", "--set", f"soft_target_cache={cache}"]) == 0
+    assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["teacher"] == "none"
+    assert not cache.exists()
+
+
 @pytest.mark.parametrize("target, message", [
     (["--target-params", "15000,99999999"], "not below the student's own"),
     (["--target-params", "15000,5000"], "unreachable"),
