@@ -164,6 +164,7 @@ class Loop:
     evals_done: int = 0
     config_record: dict = field(default_factory=dict)
     logged_start: bool = False
+    last_progress: float = 0.0           # the reading that set the lr; stopping must use the same one
 
     @property
     def main(self) -> bool:
@@ -177,7 +178,10 @@ class Loop:
         return float(distributed.broadcast(torch.tensor(self.budget.progress(), dtype=torch.float64)))
 
     def schedule_tick(self) -> int:
-        return int(self.progress() * SCHEDULE_STEPS) if self.budget else self.step
+        if not self.budget:
+            return self.step
+        self.last_progress = self.progress()
+        return int(self.last_progress * SCHEDULE_STEPS)
 
     def size_now(self, epoch: int) -> int:
         return self.cfg.size_at_progress(self.progress()) if self.budget else self.cfg.size_at(epoch)
@@ -223,7 +227,9 @@ def train_one_epoch(loop: Loop, data: CachedSplit, order: torch.Tensor, size: in
         postfix = {"loss": f"{terms['loss']:.3f}"}
         if loop.budget:
             postfix["left"] = format_seconds(loop.budget.left())
-            progress = loop.progress()
+            # the lr was set from this reading: a fresh one could pass 1.0 while the lr still sat
+            # above its floor, so the last step would not have run at the floor
+            progress = loop.last_progress
             spent = progress >= 1.0
             if spent or cfg.size_at_progress(progress) != size:
                 break

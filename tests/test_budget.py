@@ -1,6 +1,7 @@
 """Wall-clock budgets: a budgeted stage ends on time, with its lr at the floor, on a fast or a
 slow machine, across a kill and a resume; budgets that cannot work are refused up front."""
 
+import itertools
 import json
 import time
 
@@ -68,6 +69,17 @@ def test_a_machine_that_slows_down_midway_still_lands_on_time(tmp_path, sample_r
     monkeypatch.setattr(engine, "train_step", slowing_step)
     _, wall = timed(distill, tiny(), sample_root, tmp_path / "run", None, progress=False)
     assert abs(wall - 60 * BUDGET_MIN) < SLACK_S, wall
+    assert records(tmp_path / "run")[-1]["lr"] == pytest.approx(tiny().lr * tiny().min_lr_ratio)
+
+
+@pytest.mark.parametrize("reads_to_end", [30, 31])
+def test_the_last_step_runs_at_the_floor_however_the_reads_fall(tmp_path, sample_root, monkeypatch, reads_to_end):
+    # progress that moves on at every read, as a slow broadcast or a busy machine makes it: the
+    # lr and the stop must come from one reading, or the run can stop with the lr above the floor
+    # (an even and an odd count, so a second read per step is caught whichever it falls on)
+    reads = itertools.count()
+    monkeypatch.setattr(Budget, "progress", lambda self: min(1.0, next(reads) / reads_to_end))
+    distill(tiny(), sample_root, tmp_path / "run", None, progress=False)
     assert records(tmp_path / "run")[-1]["lr"] == pytest.approx(tiny().lr * tiny().min_lr_ratio)
 
 
