@@ -18,7 +18,7 @@ from tqdm import tqdm
 from compress.prune import MAX_RATIO, prune_to_target
 from compress.train import prune_and_finetune
 from distill.soft_targets import offline_soft_targets, stored_size
-from distill.train import load_teacher, names_teacher
+from distill.train import load_teacher, names_teacher, teacher_record
 from facekd import distributed
 from facekd.app.models import load_model, load_student
 from facekd.config import RunConfig
@@ -94,18 +94,19 @@ def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: s
             raise ValueError(f"{sweep_path}: is a sweep of {previous['kind']} from {previous['student']}, "
                              f"not of {kind} from {student_path}")
     bounds = check_targets(student_path, kind, targets)
-    if cfg.distill_mode == "offline" and not cfg.soft_target_cache and names_teacher(teacher_path):
+    distils = names_teacher(teacher_path)
+    if cfg.distill_mode == "offline" and not cfg.soft_target_cache and distils:
         # every target is fine-tuned on the same teacher maps: compute them once for the sweep
         cfg = dataclasses.replace(cfg, soft_target_cache=str(out / "soft_targets"))
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.soft_target_cache and names_teacher(teacher_path):
+    if cfg.soft_target_cache and distils:
         # fill the cache before the first target, so that under --budget every target gets
         # the same time to fine-tune rather than the first paying for the teacher's pass
         teacher, _ = load_teacher(teacher_path)
         offline_soft_targets(cfg, teacher, teacher_path, data_root, stored_size(cfg, load_model(student_path)[0]),
                              progress)
-    record = {"student": str(student_path), "teacher": str(teacher_path) if names_teacher(teacher_path) else "none", "kind": kind, "importance": importance,
-              **bounds, "targets": []}
+    record = {"student": str(student_path), "teacher": teacher_record(teacher_path), "kind": kind,
+              "importance": importance, **bounds, "targets": []}
     # largest model first: the mildest cut, and the first row a reader compares with the student
     for value in tqdm(sorted(targets, reverse=kind != "ratio"), desc="sweep", disable=not progress):
         run = out / run_name(kind, value)

@@ -23,6 +23,11 @@ def names_teacher(path: str | Path | None) -> bool:
     return path is not None and str(path).lower() != "none"
 
 
+def teacher_record(path: str | Path | None) -> str:
+    """How a run's config records its teacher: the checkpoint's path, or "none" for labels alone."""
+    return str(path) if names_teacher(path) else "none"
+
+
 def load_teacher(path: str | Path | None) -> tuple[nn.Module | None, dict]:
     """A frozen teacher in eval mode, or (None, {}) for 'none'."""
     if not names_teacher(path):
@@ -91,7 +96,7 @@ def distill(cfg: RunConfig, data_root, out, teacher_path, resume: bool = False, 
     if model is None:
         model, model_cfg = build_student(cfg)
     reference = {"teacher/val_fscore": teacher_ckpt["val_fscore"]} if "val_fscore" in teacher_ckpt else {}
-    extra = {"teacher": "none" if teacher is None else str(teacher_path), "model_cfg": model_cfg}
+    extra = {"teacher": teacher_record(teacher_path), "model_cfg": model_cfg}
     soft_targets = None
     if teacher is not None and (cfg.kd_weight > 0 or cfg.cwd_weight > 0):
         if cfg.distill_mode == "offline":

@@ -178,6 +178,8 @@ class Loop:
         return float(distributed.broadcast(torch.tensor(self.budget.progress(), dtype=torch.float64)))
 
     def schedule_tick(self) -> int:
+        """The lr schedule's position: the step, or under a budget one progress reading, kept in
+        last_progress for the step's stop and phase checks."""
         if not self.budget:
             return self.step
         self.last_progress = self.progress()
@@ -227,8 +229,8 @@ def train_one_epoch(loop: Loop, data: CachedSplit, order: torch.Tensor, size: in
         postfix = {"loss": f"{terms['loss']:.3f}"}
         if loop.budget:
             postfix["left"] = format_seconds(loop.budget.left())
-            # the lr was set from this reading: a fresh one could pass 1.0 while the lr still sat
-            # above its floor, so the last step would not have run at the floor
+            # the reading that set this step's lr: a fresh one could pass 1.0 while the lr sat
+            # above its floor, and the run would stop without a step at the floor
             progress = loop.last_progress
             spent = progress >= 1.0
             if spent or cfg.size_at_progress(progress) != size:
