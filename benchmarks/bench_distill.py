@@ -20,7 +20,8 @@ from timm.scheduler import CosineLRScheduler
 
 from bench_infer import matmul_gflops
 from distill.soft_targets import offline_soft_targets, output_stride, stored_size
-from distill.train import distillation_loss, load_teacher
+from distill.teacher import load_teacher, teacher_paths
+from distill.train import distillation_loss
 from facekd.app.models import build_model, named_config
 from facekd.challenge import count_params
 from facekd.config import PRESETS, RunConfig
@@ -105,7 +106,7 @@ def main():
         return build_model(named_config(cfg.model, max(args.sizes)))
 
     peak = matmul_gflops()
-    targets, record = offline_soft_targets(cfg, teacher, args.teacher, args.data, stored_size(cfg, student()),
+    targets, record = offline_soft_targets(cfg, teacher, teacher_paths(args.teacher), args.data, stored_size(cfg, student()),
                                            progress=False)
     print(f"threads={args.threads} fp32 matmul 2048^3: {peak:.1f} GFLOP/s")
     teacher_params = sum(p.numel() for p in teacher.parameters())  # frozen, so count_params would say 0

@@ -1,7 +1,7 @@
 """Fill a soft-target cache once, so that runs sharing it (`--set soft_target_cache=DIR`)
 all train for their whole budget instead of each paying the teacher's pass inside it.
 
-    python benchmarks/precompute_soft_targets.py TEACHER DATA CACHE [--preset cpu] [--threads 2]
+    python benchmarks/precompute_soft_targets.py TEACHER [TEACHER ...] DATA CACHE [--preset cpu] [--threads 2]
         [--stage distill|prune] [--set KEY=VALUE ...]
 
 Stores exactly what `facekd distill --preset P --set distill_mode=offline
@@ -15,13 +15,14 @@ import argparse
 import dataclasses
 
 from distill.soft_targets import offline_soft_targets, stored_size
-from distill.train import build_student, load_teacher
+from distill.teacher import load_teacher, teacher_paths
+from distill.train import build_student
 from facekd.config import resolve_config
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("teacher", help="the teacher checkpoint (best.pt)")
+    parser.add_argument("teacher", nargs="+", help="the teacher checkpoint (best.pt); several make an ensemble")
     parser.add_argument("data", help="dataset root the runs will train on")
     parser.add_argument("cache", help="the soft_target_cache folder the runs will name")
     parser.add_argument("--preset", default="cpu", help="the preset the runs use (sets the stored size)")
@@ -35,7 +36,7 @@ def main():
                               soft_target_cache=args.cache, threads=args.threads)
     teacher, _ = load_teacher(args.teacher)
     student, _ = build_student(cfg)  # only its output stride is read
-    _, record = offline_soft_targets(cfg, teacher, args.teacher, args.data, stored_size(cfg, student))
+    _, record = offline_soft_targets(cfg, teacher, teacher_paths(args.teacher), args.data, stored_size(cfg, student))
     print(record)
 
 

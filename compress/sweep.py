@@ -18,7 +18,7 @@ from tqdm import tqdm
 from compress.prune import MAX_RATIO, prune_to_target
 from compress.train import prune_and_finetune
 from distill.soft_targets import offline_soft_targets, stored_size
-from distill.train import load_teacher, names_teacher, teacher_record
+from distill.teacher import load_teacher, names_teacher, teacher_paths, teacher_record
 from facekd import distributed
 from facekd.app.models import load_model, load_student
 from facekd.config import RunConfig
@@ -103,8 +103,8 @@ def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: s
         # fill the cache before the first target, so that under --budget every target gets
         # the same time to fine-tune rather than the first paying for the teacher's pass
         teacher, _ = load_teacher(teacher_path)
-        offline_soft_targets(cfg, teacher, teacher_path, data_root, stored_size(cfg, load_model(student_path)[0]),
-                             progress)
+        offline_soft_targets(cfg, teacher, teacher_paths(teacher_path), data_root,
+                             stored_size(cfg, load_model(student_path)[0]), progress)
     record = {"student": str(student_path), "teacher": teacher_record(teacher_path), "kind": kind,
               "importance": importance, **bounds, "targets": []}
     # largest model first: the mildest cut, and the first row a reader compares with the student

@@ -26,6 +26,7 @@ from facekd.config import RunConfig
 from facekd.data import find_pairs, load_split
 from facekd.distributed import pick_device
 from facekd.inference import atomic_write, predict_logits
+from teachers.ensemble import Ensemble
 
 CACHE_FORMAT = 1  # bump when what is stored changes, so that older cache files miss
 
@@ -51,20 +52,25 @@ def scaled_sizes(input_size: int, scales: list) -> list[int]:
     return [max(32, round(input_size * s / 32) * 32) for s in scales]
 
 
+def members(teacher: nn.Module) -> list[nn.Module]:
+    """The models whose outputs make the targets: an ensemble's members, or the teacher itself."""
+    return list(teacher.members) if isinstance(teacher, Ensemble) else [teacher]
+
+
 @torch.no_grad()
-def teacher_logits(teacher: nn.Module, images: torch.Tensor, input_size: int, out_size: int, scales: list,
+def teacher_logits(teacher: nn.Module, images: torch.Tensor, out_size: int, scales: list,
                    batch_size: int = 8, device: torch.device | None = None, progress: bool = True) -> torch.Tensor:
     """float16 N x C x out_size x out_size: the teacher's flip-TTA logits for uint8 N x 3 x H x W
     images, averaged over its input side times each scale. Logits, not probabilities, are
-    averaged, so that the distillation temperature softens them as it does online."""
+    averaged, so that the distillation temperature softens them as it does online. An
+    ensemble's members each run at their own input sizes, and their logits are averaged too."""
     device = device or pick_device()
-    teacher.eval().to(device)
-    sizes = scaled_sizes(input_size, scales)
+    runs = [(m.eval().to(device), s) for m in members(teacher) for s in scaled_sizes(m.input_size, scales)]
     out = None
-    for i in tqdm(range(0, len(images), batch_size), desc=f"teacher soft targets @{sizes}", disable=not progress,
-                  leave=False):
+    for i in tqdm(range(0, len(images), batch_size), desc=f"teacher soft targets @{[s for _, s in runs]}",
+                  disable=not progress, leave=False):
         batch = images[i:i + batch_size].to(device)
-        logits = sum(predict_logits(teacher, batch, s, out_size=(out_size, out_size)) for s in sizes) / len(sizes)
+        logits = sum(predict_logits(m, batch, s, out_size=(out_size, out_size)) for m, s in runs) / len(runs)
         if out is None:
             out = torch.empty(len(images), logits.shape[1], out_size, out_size, dtype=torch.float16)
         out[i:i + len(batch)] = logits.to(torch.float16).cpu()
@@ -79,20 +85,23 @@ def hash_file(h, path: str | Path):
     return h
 
 
-def cache_key(teacher_path: str | Path, data_root: str | Path, train_limit: int, scales: list, size: int) -> dict:
+def cache_key(teacher_paths: list, data_root: str | Path, train_limit: int, scales: list, size: int) -> dict:
     """Everything the stored maps depend on. The images are identified by stem and content,
     not by mtime, so that a re-provisioned or copied dataset still hits (an mtime key missed
     every cache when the shared data was provisioned anew). Hashing the 1000 training JPEGs
-    (33 MB) and the teacher took about 1 s on the 2-core development machine."""
+    (33 MB) and the teacher took about 1 s on the 2-core development machine. An ensemble is
+    keyed by every member's hash, sorted, since the order of an average does not matter; a
+    single teacher keeps the one-hash key that older cache files were written with."""
     pairs = find_pairs(data_root, "train")
     pairs = pairs[:train_limit] if train_limit else pairs
     data = hashlib.sha256()
     for p in pairs:
         data.update(f"{p.stem}\0".encode())
         hash_file(data, p.image)
-    teacher = hash_file(hashlib.sha256(), teacher_path)
-    return {"format": CACHE_FORMAT, "teacher_sha256": teacher.hexdigest(), "data_sha256": data.hexdigest(),
-            "images": len(pairs), "train_limit": train_limit, "scales": [float(s) for s in scales], "size": size}
+    teachers = sorted(hash_file(hashlib.sha256(), p).hexdigest() for p in teacher_paths)
+    return {"format": CACHE_FORMAT, "teacher_sha256": teachers[0] if len(teachers) == 1 else teachers,
+            "data_sha256": data.hexdigest(), "images": len(pairs), "train_limit": train_limit,
+            "scales": [float(s) for s in scales], "size": size}
 
 
 def cache_file(cache_dir: str | Path, key: dict) -> Path:
@@ -113,17 +122,21 @@ def _read_cache(path: Path, key: dict) -> torch.Tensor | None:
     return stored["targets"]
 
 
-def offline_soft_targets(cfg: RunConfig, teacher: nn.Module, teacher_path: str | Path, data_root: str | Path,
+def offline_soft_targets(cfg: RunConfig, teacher: nn.Module, teacher_paths: list[str], data_root: str | Path,
                          size: int, progress: bool = True) -> tuple[torch.Tensor, dict]:
     """(targets, record): the stored maps for the training split (cfg.train_limit applied), from
-    cfg.soft_target_cache when it holds them, and what they cost, for the run's config record."""
+    cfg.soft_target_cache when it holds them, and what they cost, for the run's config record.
+    teacher_paths are the files `teacher` was loaded from (distill.teacher.teacher_paths), which
+    key the cache."""
+    if isinstance(teacher_paths, (str, Path)):
+        raise TypeError("teacher_paths must be a list of checkpoint paths, not one path")
     t0 = time.perf_counter()
     scales = cfg.soft_target_scales
-    input_size = teacher.input_size
-    record = {"size": size, "scales": scales, "teacher_input_sizes": scaled_sizes(input_size, scales)}
+    input_sizes = sorted({s for m in members(teacher) for s in scaled_sizes(m.input_size, scales)})
+    record = {"size": size, "scales": scales, "teacher_input_sizes": input_sizes}
     key = path = None
     if cfg.soft_target_cache:
-        key = cache_key(teacher_path, data_root, cfg.train_limit, scales, size)
+        key = cache_key(teacher_paths, data_root, cfg.train_limit, scales, size)
         path = cache_file(cfg.soft_target_cache, key)
         targets = _read_cache(path, key)
         if targets is not None:
@@ -133,7 +146,7 @@ def offline_soft_targets(cfg: RunConfig, teacher: nn.Module, teacher_path: str |
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # as training will; computing counts against the budget
     split = load_split(data_root, "train", max(record["teacher_input_sizes"]), cfg.train_limit, progress=progress)
-    targets = teacher_logits(teacher, split.images, input_size, size, scales, cfg.batch_size, progress=progress)
+    targets = teacher_logits(teacher, split.images, size, scales, cfg.batch_size, progress=progress)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as f:

@@ -2,39 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from distill.losses import channel_wise_kd_loss, pixel_kd_loss
+from distill.losses import active_losses
 from distill.soft_targets import offline_soft_targets, stored_size
+from distill.teacher import load_teacher, teacher_paths, teacher_record, teacher_val_fscore
 from facekd.budget import Budget
 from facekd.config import RunConfig
 from facekd.distributed import pick_device
 from facekd.engine import LossFn, fit, supervised_loss
-from facekd.app.models import build_model, load_model, named_config
+from facekd.app.models import build_model, named_config
 from facekd.transforms import IGNORE_INDEX
-
-
-def names_teacher(path: str | Path | None) -> bool:
-    """Whether a --teacher value names a checkpoint: None and 'none' (any case) mean labels alone."""
-    return path is not None and str(path).lower() != "none"
-
-
-def teacher_record(path: str | Path | None) -> str:
-    """How a run's config records its teacher: the checkpoint's path, or "none" for labels alone."""
-    return str(path) if names_teacher(path) else "none"
-
-
-def load_teacher(path: str | Path | None) -> tuple[nn.Module | None, dict]:
-    """A frozen teacher in eval mode, or (None, {}) for 'none'."""
-    if not names_teacher(path):
-        return None, {}
-    teacher, ckpt = load_model(path)
-    teacher.eval().requires_grad_(False)
-    return teacher, ckpt
 
 
 def valid_pixels(labels: torch.Tensor, size, margin: int = 0) -> torch.Tensor:
@@ -47,14 +27,16 @@ def valid_pixels(labels: torch.Tensor, size, margin: int = 0) -> torch.Tensor:
 
 
 def distillation_loss(cfg: RunConfig, teacher: nn.Module | None) -> LossFn:
-    """Supervised terms plus pixel KD and channel-wise KD on the logits, against the teacher
-    run on the batch (online) or, when the engine passes them, the stored soft targets that
-    followed the batch's flip and warp (offline; then `teacher` is None)."""
+    """Supervised terms plus every registered distillation loss that cfg weighs above zero
+    (distill/losses.py), against the teacher run on the batch (online) or, when the engine
+    passes them, the stored soft targets that followed the batch's flip and warp (offline;
+    then `teacher` is None)."""
     supervised = supervised_loss(cfg)
+    losses = active_losses(cfg)
 
     def loss_fn(logits, images, labels, soft_targets=None):
         terms = supervised(logits, images, labels)
-        if (teacher is None and soft_targets is None) or (cfg.kd_weight <= 0 and cfg.cwd_weight <= 0):
+        if (teacher is None and soft_targets is None) or not losses:
             return terms
         offline = soft_targets is not None
         if offline:
@@ -63,16 +45,13 @@ def distillation_loss(cfg: RunConfig, teacher: nn.Module | None) -> LossFn:
             with torch.no_grad():  # same augmented batch as the student sees
                 target = teacher(images).float()
         target = F.interpolate(target, size=logits.shape[-2:], mode="bilinear", align_corners=False)
-        # Online, the teacher saw the padding the warp brought in, so CWD keeps those pixels as
-        # it always has. Offline, they hold zeros that no teacher produced, and the bilinear warp
-        # blends those zeros into the first stored pixel inside the image: both are left out.
+        # Offline, the pixels warped in from outside hold zeros that no teacher produced, and
+        # the bilinear warp blends those zeros into the first stored pixel inside: both are left out.
         valid = valid_pixels(labels, logits.shape[-2:], margin=1 if offline else 0)
-        if cfg.kd_weight > 0:
-            terms["kd"] = pixel_kd_loss(logits, target, cfg.temperature, valid=valid)
-            terms["loss"] = terms["loss"] + cfg.kd_weight * terms["kd"]
-        if cfg.cwd_weight > 0:
-            terms["cwd"] = channel_wise_kd_loss(logits, target, cfg.temperature, valid=valid if offline else None)
-            terms["loss"] = terms["loss"] + cfg.cwd_weight * terms["cwd"]
+        for loss in losses:
+            terms[loss.name] = loss.fn(logits, target, cfg.temperature,
+                                       valid=valid if offline or loss.masks_online else None)
+            terms["loss"] = terms["loss"] + getattr(cfg, loss.weight) * terms[loss.name]
         return terms
 
     return loss_fn
@@ -85,29 +64,35 @@ def build_student(cfg: RunConfig) -> tuple[nn.Module, dict]:
     return build_model(model_cfg), model_cfg
 
 
-def distill(cfg: RunConfig, data_root, out, teacher_path, resume: bool = False, progress: bool = True,
+def distill(cfg: RunConfig, data_root, out, teacher, resume: bool = False, progress: bool = True,
             model: nn.Module | None = None, model_cfg: dict | None = None, stage: str = "distill",
             budget: Budget | None = None) -> dict:
-    """Train a student with the shared engine. `model`/`model_cfg` let the pruning stage
+    """Train a student with the shared engine. `teacher` is a checkpoint path, a list of them
+    (an ensemble), or None / "none" for labels alone. `model`/`model_cfg` let the pruning stage
     fine-tune an already-built (pruned) student through the very same path, within the
     `budget` it started (otherwise cfg.budget_minutes starts one here, before the teacher loads)."""
     budget = budget or Budget.from_minutes(cfg.budget_minutes)
-    teacher, teacher_ckpt = load_teacher(teacher_path)
+    paths = teacher_paths(teacher)
+    teacher_model, info = load_teacher(paths)
     if model is None:
         model, model_cfg = build_student(cfg)
-    reference = {"teacher/val_fscore": teacher_ckpt["val_fscore"]} if "val_fscore" in teacher_ckpt else {}
-    extra = {"teacher": teacher_record(teacher_path), "model_cfg": model_cfg}
+    extra = {"teacher": teacher_record(paths), "model_cfg": model_cfg}
+    if "members" in info:
+        extra["teacher_members"] = info["members"]
+    fscore = teacher_val_fscore(teacher_model, info, cfg, data_root) if teacher_model is not None else None
+    if fscore is not None:
+        extra["teacher_val_fscore"] = fscore
     soft_targets = None
-    if teacher is not None and (cfg.kd_weight > 0 or cfg.cwd_weight > 0):
+    if teacher_model is not None and active_losses(cfg):
         if cfg.distill_mode == "offline":
             soft_targets, extra["soft_targets"] = offline_soft_targets(
-                cfg, teacher, teacher_path, data_root, stored_size(cfg, model), progress)
-            teacher = None  # never run again: let its memory go before training
+                cfg, teacher_model, paths, data_root, stored_size(cfg, model), progress)
+            teacher_model = None  # never run again: let its memory go before training
         else:
-            teacher.to(pick_device())  # where fit puts the student and the batches
-    result = fit(model, model_cfg, distillation_loss(cfg, teacher), cfg, out, data_root=data_root, stage=stage,
-                 resume=resume, progress=progress, reference_scores=reference, budget=budget,
-                 soft_targets=soft_targets, extra_config=extra)
+            teacher_model.to(pick_device())  # where fit puts the student and the batches
+    result = fit(model, model_cfg, distillation_loss(cfg, teacher_model), cfg, out, data_root=data_root,
+                 stage=stage, resume=resume, progress=progress, budget=budget, soft_targets=soft_targets,
+                 reference_scores={} if fscore is None else {"teacher/val_fscore": fscore}, extra_config=extra)
     if soft_targets is not None:
         result["soft_targets_s"] = extra["soft_targets"]["seconds"]
     return result

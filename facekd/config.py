@@ -43,12 +43,13 @@ class RunConfig:
     # > 0: images holding a class found in fewer than this share of the training images are
     # drawn more often (repeat-factor sampling, facekd/sampling.py); 0 = each image once per epoch
     repeat_threshold: float = 0.0
-    # loss weights; kd_weight and cwd_weight are used only when a teacher is given
+    # loss weights; the distillation ones (kd, cwd, dist) are used only when a teacher is given
     ce_weight: float = 1.0
     dice_weight: float = 0.0
     dice_scope: str = "batch"           # "image": Dice per image over its own classes, as the score counts
     kd_weight: float = 0.0
     cwd_weight: float = 0.0
+    dist_weight: float = 0.0            # DIST: Pearson relations of the logits (distill/losses.py)
     temperature: float = 4.0
     # "online" runs the teacher on every step; "offline" runs it once per training image before
     # training (flip TTA, averaged over soft_target_scales x its input size) and warps the stored
@@ -90,7 +91,7 @@ class RunConfig:
             ("panel_every", self.panel_every < 1, "must be at least 1"),
             ("threads", self.threads < 0, "must not be negative (0 means torch's default)"),
             *((f"{w}", getattr(self, w) < 0, "must not be negative")
-              for w in ("ce_weight", "dice_weight", "kd_weight", "cwd_weight")),
+              for w in ("ce_weight", "dice_weight", "kd_weight", "cwd_weight", "dist_weight")),
         ) if bad]
         phases_ok = isinstance(self.resolutions, list) and self.resolutions and all(
             isinstance(x, list) and len(x) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in x)

@@ -278,6 +278,8 @@ def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: boo
         loop.best = summary["fscore"]
         save_checkpoint({"model": eval_model.state_dict(), "model_cfg": {**loop.model_cfg, "input_size": size},
                          "stage": loop.stage, "epoch": loop.epoch, "val_fscore": loop.best, "params": loop.n_params,
+                         # what this model cost to train, summed over every resume of its run
+                         "train_seconds": loop.train_seconds, "images_seen": loop.images_seen,
                          "config": cfg.to_dict()}, loop.run.dir / "best.pt")
     tqdm.write(f"[{loop.stage}] epoch {loop.epoch} @{size}: loss {record.get('loss/loss', 0):.4f} "
                f"val F {summary['fscore']:.4f} (best {loop.best:.4f}) {record['images_per_s']:.1f} img/s"
@@ -348,7 +350,8 @@ def log_hparams(loop: Loop) -> None:
               "epochs": cfg.epochs, "budget_minutes": cfg.budget_minutes, "batch_size": cfg.batch_size,
               "lr": cfg.lr, "weight_decay": cfg.weight_decay, "ema_decay": cfg.ema_decay, "seed": cfg.seed,
               "ce_weight": cfg.ce_weight, "dice_weight": cfg.dice_weight, "dice_scope": cfg.dice_scope,
-              "kd_weight": cfg.kd_weight, "cwd_weight": cfg.cwd_weight, "temperature": cfg.temperature,
+              "kd_weight": cfg.kd_weight, "cwd_weight": cfg.cwd_weight, "dist_weight": cfg.dist_weight,
+              "temperature": cfg.temperature,
               "repeat_threshold": cfg.repeat_threshold, "distill_mode": cfg.distill_mode, "params": loop.n_params}
     metrics = {"hparam/val_fscore": loop.best, "hparam/train_seconds": loop.train_seconds}
     for summary in hparams(params, metrics):

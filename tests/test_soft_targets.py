@@ -144,13 +144,13 @@ def _teacher_file(path, seed: int):
 
 
 def test_cache_hits_on_the_same_inputs_and_misses_when_teacher_or_image_bytes_change(tmp_path, data_copy):
-    from distill.train import load_teacher
+    from distill.teacher import load_teacher
     path = _teacher_file(tmp_path / "teacher.pt", 0)
     cfg = RunConfig(soft_target_cache=str(tmp_path / "cache"))
 
     def run(cfg=cfg, path=path, data=data_copy):
         teacher, _ = load_teacher(path)
-        return offline_soft_targets(cfg, teacher, path, data, 16, progress=False)
+        return offline_soft_targets(cfg, teacher, [str(path)], data, 16, progress=False)
 
     first, rec = run()
     assert rec["cache"] == "miss" and first.shape == (16, NUM_CLASSES, 16, 16)

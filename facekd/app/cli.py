@@ -37,6 +37,12 @@ def _config(stage: str, args, **extra):
                           **extra)
 
 
+def _teacher(args, default: str | None = None) -> list[str] | str | None:
+    """--teacher as the stages take it: the checkpoints given (several make an ensemble), or the
+    command's default when the flag is left out."""
+    return args.teacher or default
+
+
 def _data_root(args) -> Path:
     return Path(args.data) if args.data else default_data_root()
 
@@ -50,8 +56,8 @@ def cmd_train_teacher(args) -> int:
 
 def cmd_distill(args) -> int:
     from distill.train import distill
-    result = distill(_config("distill", args, model=args.student), _data_root(args), args.out, args.teacher,
-                     args.resume)
+    result = distill(_config("distill", args, model=args.student), _data_root(args), args.out,
+                     _teacher(args, "runs/teacher/best.pt"), args.resume)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -72,13 +78,13 @@ def cmd_prune(args) -> int:
     kind, targets = next((k, v) for k, v in (("params", args.target_params), ("macs", args.target_macs),
                                              ("ratio", args.ratio)) if v is not None)
     if args.sweep:
-        record = sweep(_config("prune", args), _data_root(args), args.out, args.student, args.teacher, kind=kind,
+        record = sweep(_config("prune", args), _data_root(args), args.out, args.student, _teacher(args), kind=kind,
                        targets=targets, importance=args.importance, resume=args.resume)
         print(format_table(record))
         return 0
     if len(targets) > 1:
         raise ValueError(f"{len(targets)} targets given; pass --sweep to prune to each of them")
-    result = prune_and_finetune(_config("prune", args), _data_root(args), args.out, args.student, args.teacher,
+    result = prune_and_finetune(_config("prune", args), _data_root(args), args.out, args.student, _teacher(args),
                                 importance=args.importance, resume=args.resume, **{KINDS[kind]: targets[0]})
     print(json.dumps(result["report"], indent=2))
     return 0
@@ -86,7 +92,7 @@ def cmd_prune(args) -> int:
 
 def cmd_finetune(args) -> int:
     from compress.train import finetune
-    result = finetune(_config("prune", args), _data_root(args), args.out, args.student, args.teacher, args.resume)
+    result = finetune(_config("prune", args), _data_root(args), args.out, args.student, _teacher(args), args.resume)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -95,7 +101,7 @@ def cmd_pipeline(args) -> int:
     from facekd.app.pipeline import run_pipeline
     summary = run_pipeline(_data_root(args), args.out, args.preset, args.images, args.config, args.resume,
                            audit=not args.no_audit, budget_minutes=_budget(args), assignments=args.set,
-                           prune_from=args.prune_from, teacher=args.teacher, finetune_kd=args.finetune_kd,
+                           prune_from=args.prune_from, teacher=_teacher(args), finetune_kd=args.finetune_kd,
                            seed=args.seed)
     print(json.dumps(summary, indent=2))
     return 0
@@ -160,7 +166,11 @@ def cmd_evaluate(args) -> int:
 
 def cmd_export(args) -> int:
     from facekd.app.export import export, refresh
-    meta = export(args.checkpoint, args.out) if args.checkpoint else refresh(args.out)
+    if args.checkpoint and len(args.checkpoint) > 1:
+        raise ValueError(f"--checkpoint given {len(args.checkpoint)} times: an ensemble cannot be exported, the "
+                         "solution is one model; distil it into a student (facekd distill --teacher A --teacher B) "
+                         "and export that")
+    meta = export(args.checkpoint[0], args.out) if args.checkpoint else refresh(args.out)
     score = "n/a" if meta["val_fscore"] is None else f"{meta['val_fscore']:.4f}"
     print(f"exported {meta['model_cfg']['arch']} ({meta['params']:,} params, val F-score {score}) to {args.out}")
     return 0
@@ -198,14 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="train a student from a teacher's soft logits (or from scratch)")
     _add_run_args(p, "runs/student")
-    p.add_argument("--teacher", default="runs/teacher/best.pt", help="teacher best.pt, or 'none' for from-scratch")
+    p.add_argument("--teacher", action="append", default=None, metavar="CKPT",
+                   help="teacher best.pt (repeat for an ensemble), or 'none' for from-scratch "
+                        "(default: runs/teacher/best.pt)")
     p.add_argument("--student", default=None, help="student name (default: the preset's)")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("prune", help="prune a student with torch-pruning, then fine-tune it")
     _add_run_args(p, "runs/pruned")
     p.add_argument("--student", default="runs/student/best.pt", help="student best.pt to prune")
-    p.add_argument("--teacher", default="none", help="teacher best.pt for fine-tuning, or 'none'")
+    p.add_argument("--teacher", action="append", default=None, metavar="CKPT",
+                   help="teacher best.pt for fine-tuning (repeat for an ensemble), or 'none' (the default)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-params", type=_number_list(int), help="prune until at most this many parameters")
     target.add_argument("--target-macs", type=_number_list(int), help="prune until at most this many MACs at 512x512")
@@ -219,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="continue training a student as it is, with the prune stage's config")
     _add_run_args(p, "runs/finetuned")
     p.add_argument("--student", default="runs/pruned/best.pt", help="student best.pt to continue")
-    p.add_argument("--teacher", default="none", help="teacher best.pt to distil from, or 'none' (labels alone)")
+    p.add_argument("--teacher", action="append", default=None, metavar="CKPT",
+                   help="teacher best.pt to distil from (repeat for an ensemble), or 'none' (labels alone, "
+                        "the default)")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("pipeline", help="teacher -> student -> prune -> export -> package, resumable")
@@ -230,9 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-from", default="student", choices=["student", "wide"],
                    help="student (default): distil the preset's student, prune it by the preset's share; "
                         "wide: distil the over-limit resfpn_wide, prune it to just under the parameter limit")
-    p.add_argument("--teacher", default=None, metavar="CHECKPOINT",
-                   help="distil from this trained teacher (a best.pt) instead of training one: its cost is "
-                        "paid once for many pipelines, and --budget goes to the student stages alone")
+    p.add_argument("--teacher", action="append", default=None, metavar="CHECKPOINT",
+                   help="distil from this trained teacher (a best.pt; repeat for an ensemble) instead of "
+                        "training one: its cost is paid once for many pipelines, and --budget goes to the "
+                        "student stages alone")
     p.add_argument("--finetune-kd", default="auto", choices=["auto", "always", "never"],
                    help="fine-tune the pruned student under the teacher: auto (default: only while the "
                         "teacher scored above the distilled student on val), always, or never (labels alone)")
@@ -262,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("predict", help="write one mask PNG per input image")
-    p.add_argument("--weights", required=True)
+    p.add_argument("--weights", required=True, action="append", metavar="CKPT",
+                   help="a checkpoint; repeat it to predict with the ensemble of several (the mean of their "
+                        "logits)")
     p.add_argument("--input", required=True, help="an image file or a folder of images")
     p.add_argument("--output", required=True, help="folder for <stem>.png masks")
     p.add_argument("--no-tta", action="store_true", help="disable flip test-time augmentation")
@@ -275,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="write a standalone solution folder (ckpt.pth, run.py, runtime modules)")
-    p.add_argument("--checkpoint", default=None,
+    p.add_argument("--checkpoint", default=None, action="append",
                    help="a student's best.pt; leave out to refresh the code of the export already in --out, "
                         "keeping its weights")
     p.add_argument("--out", required=True, help="solution folder to write")

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 import students
 import teachers
+from teachers.ensemble import Ensemble
 from facekd.checkpoint import load_checkpoint
 from facekd.inference import one_line
 
@@ -56,6 +57,21 @@ def load_model(checkpoint: str | Path | dict, device: torch.device | str | None 
     if device is not None:
         model.to(device)
     return model.eval(), ckpt
+
+
+def load_models(checkpoints: list, device: torch.device | str | None = None) -> tuple[nn.Module, dict]:
+    """One checkpoint's (model, dict) as load_model gives them, or for several an Ensemble of
+    them in eval mode and {"members": [...]} naming each member's file, arch, input size and
+    recorded val F-score."""
+    paths = [str(p) for p in checkpoints]
+    if not paths:
+        raise ValueError("no checkpoint given")
+    loaded = [load_model(p, device) for p in paths]
+    if len(loaded) == 1:
+        return loaded[0]
+    members = [{"path": p, "arch": c["model_cfg"]["arch"], "input_size": m.input_size,
+                "val_fscore": c.get("val_fscore")} for p, (m, c) in zip(paths, loaded)]
+    return Ensemble([m for m, _ in loaded]).eval(), {"members": members}
 
 
 def load_student(checkpoint: str | Path, purpose: str) -> tuple[nn.Module, dict]:

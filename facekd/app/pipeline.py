@@ -34,6 +34,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from compress.train import prune_and_finetune
+from distill.teacher import load_teacher, teacher_paths, teacher_record, teacher_val_fscore
 from distill.train import distill
 from facekd import distributed
 from facekd.audit import audit_split, save_panel, write_fixed
@@ -65,6 +66,14 @@ BUDGET_SHARES = {"smoke": {"teacher": 0.4, "student": 0.4, "pruned": 0.2},
 def _cost(checkpoint: Path) -> dict:
     model, ckpt = load_model(checkpoint)
     return {"val_fscore": ckpt.get("val_fscore"), **model_cost(model)}
+
+
+def _teacher_cost(checkpoints: list[Path], cfg, data_root) -> dict:
+    """_cost of the teacher, which may be an ensemble: its val F-score is then scored here."""
+    if len(checkpoints) == 1:
+        return _cost(checkpoints[0])
+    teacher, info = load_teacher(checkpoints)
+    return {"val_fscore": teacher_val_fscore(teacher, info, cfg, data_root), **model_cost(teacher)}
 
 
 def finetune_under_teacher(policy: str, teacher_fscore: float | None, student_fscore: float | None) -> bool:
@@ -108,11 +117,12 @@ class Pipeline:
     resume: bool
     progress: bool
     finetune_kd: str
-    trained_teacher: Path | None = None  # --teacher: a checkpoint trained outside this pipeline
+    trained_teacher: list[Path] | None = None  # --teacher: checkpoints trained outside this pipeline
 
     @property
-    def teacher_checkpoint(self) -> Path:
-        return self.trained_teacher or self.out / "teacher" / "best.pt"
+    def teacher_checkpoints(self) -> list[Path]:
+        """The teacher the student stages distil from: one checkpoint, or an ensemble's."""
+        return self.trained_teacher or [self.out / "teacher" / "best.pt"]
 
     @property
     def stages(self) -> dict:
@@ -149,7 +159,8 @@ class Pipeline:
         t0 = time.time()
         info = getattr(self, name)() or {}
         if checkpoint:
-            info.update(_cost(self.teacher_checkpoint if name == "teacher" else self.out / name / checkpoint))
+            info.update(_teacher_cost(self.teacher_checkpoints, self.configs["distill"], self.data_root)
+                        if name == "teacher" else _cost(self.out / name / checkpoint))
         self.stages[name] = {"wall_s": time.time() - t0, **info}
         self.save()
 
@@ -165,14 +176,14 @@ class Pipeline:
 
     def teacher(self) -> dict:
         if self.trained_teacher is not None:
-            return {"from": str(self.trained_teacher)}
+            return {"from": teacher_record(self.trained_teacher)}
         cfg, planned = self.stage_config("teacher", "teacher")
         return _trained(train_teacher(cfg, self.data_root, self.out / "teacher", resume=self.resume,
                                       progress=self.progress), planned)
 
     def student(self) -> dict:
         cfg, planned = self.stage_config("student", "distill")
-        return _trained(distill(cfg, self.data_root, self.out / "student", self.teacher_checkpoint,
+        return _trained(distill(cfg, self.data_root, self.out / "student", self.teacher_checkpoints,
                                 resume=self.resume, progress=self.progress), planned)
 
     def pruned(self) -> dict:
@@ -182,7 +193,7 @@ class Pipeline:
         with_teacher = finetune_under_teacher(self.finetune_kd, self.stages["teacher"].get("val_fscore"),
                                               self.stages["student"].get("val_fscore"))
         result = prune_and_finetune(cfg, self.data_root, self.out / "pruned", self.out / "student" / "best.pt",
-                                    self.teacher_checkpoint if with_teacher else None, target_params=target,
+                                    self.teacher_checkpoints if with_teacher else None, target_params=target,
                                     resume=self.resume, progress=self.progress)
         return {"target_params": target, "finetune_kd": with_teacher, "pruning": result["report"]["pruning"],
                 **_trained(result, planned)}
@@ -211,7 +222,7 @@ def _trained(result: dict, planned_s: float | None) -> dict:
 def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file: str | None = None,
                  resume: bool = False, progress: bool = True, audit: bool = True,
                  budget_minutes: float | None = None, assignments: list[str] | None = None,
-                 prune_from: str = "student", teacher: str | Path | None = None,
+                 prune_from: str = "student", teacher: str | Path | list | None = None,
                  finetune_kd: str = "auto", seed: int | None = None) -> dict:
     if distributed.is_distributed():
         # audit, export and packaging would run once per rank; the stages themselves are torchrun-ready
@@ -220,8 +231,10 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
     if prune_from not in PRUNE_FROM:
         raise ValueError(f"--prune-from must be one of {PRUNE_FROM}, got {prune_from!r}")
     finetune_under_teacher(finetune_kd, None, None)  # refuses an unknown policy before any training
-    if teacher is not None and not Path(teacher).is_file():
-        raise FileNotFoundError(f"--teacher {teacher}: no such checkpoint")
+    teachers = teacher_paths(teacher)
+    for path in teachers:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--teacher {path}: no such checkpoint")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"{out} already holds a pipeline; pass --resume to continue it or choose another --out")
@@ -237,7 +250,7 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"preset": preset, "stages": {}}
     if summary.setdefault("prune_from", prune_from) != prune_from:
         raise ValueError(f"{out} was started with --prune-from {summary['prune_from']}; resume it with that")
-    teacher = str(teacher) if teacher is not None else None
+    teacher = teacher_record(teachers) if teachers else None
     if summary.setdefault("teacher_from", teacher) != teacher:
         started = f"--teacher {summary['teacher_from']}" if summary["teacher_from"] else "its own teacher stage"
         raise ValueError(f"{out} was started with {started}; resume it with that")
@@ -249,7 +262,7 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
         # a resumed pipeline has already spent what its finished stages took
         budget.resume(sum(s["wall_s"] for s in summary["stages"].values()), None)
     pipeline = Pipeline(Path(data_root), out, preset, Path(images), configs, budget, summary, prune_from, resume,
-                        progress, finetune_kd, Path(teacher) if teacher else None)
+                        progress, finetune_kd, [Path(p) for p in teachers] or None)
     if audit:
         pipeline.run_stage("audit", checkpoint=None)
         pipeline.data_root = out / "audit" / "data"  # every later stage trains on the fixed copy

@@ -8,25 +8,27 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from facekd.app.models import load_model
+from facekd.app.models import load_models
 from facekd.distributed import pick_device
 from facekd.inference import InputError, check_mask_jobs, list_images, load_rgb, predict_mask, save_mask
 
 
 def predict_paths(weights, inputs, output_dir, flip_tta: bool = True, progress: bool = True) -> dict:
-    """Write <output_dir>/<stem>.png for each input image. Outputs that would overwrite an
-    input or be shared by two inputs are refused before anything is predicted; unreadable
-    inputs are reported, skipped and counted, and never leave a partial file."""
+    """Write <output_dir>/<stem>.png for each input image, predicted by one checkpoint or, for
+    a list of several, by their ensemble. Outputs that would overwrite an input or be shared
+    by two inputs are refused before anything is predicted; unreadable inputs are reported,
+    skipped and counted, and never leave a partial file."""
+    weights = [weights] if isinstance(weights, (str, Path)) else list(weights)
     jobs = [(p, Path(output_dir) / f"{p.stem}.png") for p in list_images(inputs)]
     if not jobs:
         raise InputError(f"{inputs}: no images")
-    check_mask_jobs(jobs, protected=(Path(weights),))
-    model, ckpt = load_model(weights, pick_device())
+    check_mask_jobs(jobs, protected=tuple(Path(w) for w in weights))
+    model, _ = load_models(weights, pick_device())
     model.to(memory_format=torch.channels_last)
     failed, t0 = [], time.time()
     for image, mask in tqdm(jobs, desc="predict", disable=not progress):
         try:
-            save_mask(predict_mask(model, load_rgb(image), ckpt["model_cfg"]["input_size"], flip_tta), mask)
+            save_mask(predict_mask(model, load_rgb(image), model.input_size, flip_tta), mask)
         except InputError as e:
             failed.append(str(e))
     seconds = time.time() - t0

@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from facekd import distributed
-from facekd.app.models import is_teacher, load_model
+from facekd.app.models import is_teacher, load_model, load_models
 from facekd.challenge import PARAM_LIMIT
 from facekd.data import CachedSplit, load_split
 from facekd.engine import colourise, evaluate
@@ -151,21 +151,41 @@ def score_models(runs: list[tuple[str, Path]], run_dirs, data_root=None,
     entries = []
     for label, run in tqdm(runs, desc="report: scoring models", disable=not progress):
         model, ckpt = load_model(run / "best.pt", device)
-        cfg = ckpt["model_cfg"]
-        summary, preds = evaluate(model, val, cfg["input_size"], ckpt.get("config", {}).get("flip_tta", True),
-                                  return_preds=True)
-        cost = model_cost(model)  # latency at the input size the model predicts at
         result = run / "result.json"
-        entries.append(Entry(
-            label=label, run_dir=run, stage=ckpt.get("stage", "?"), arch=cfg["arch"], teacher=is_teacher(cfg),
-            input_size=cfg["input_size"], params=cost["params"], macs=count_macs(model, 512),
-            latency_ms=cost["latency_ms"], fscore=summary["fscore"], per_class=summary["per_class"],
-            swap_rate=summary["left_right_swap_rate"],
-            train_seconds=_read_json(result).get("train_seconds") if result.is_file() else None,
-            records=metrics[run][0], preds=preds, shipped=run in shipped))
+        entries.append(_entry(label, run, model, ckpt.get("stage", "?"), ckpt["model_cfg"]["arch"],
+                              is_teacher(ckpt["model_cfg"]), ckpt.get("config", {}).get("flip_tta", True), val,
+                              train_seconds=_read_json(result).get("train_seconds") if result.is_file() else None,
+                              records=metrics[run][0], shipped=run in shipped))
+    for label, run, paths in _ensembles(runs):
+        model, _ = load_models(paths, device)
+        entries.append(_entry(label, run, model, "ensemble", "ensemble", True, True, val))
     for note in notes:
         print(f"facekd report: warning: {note}", file=sys.stderr)
     return entries, notes, root, val
+
+
+def _entry(label: str, run: Path, model, stage: str, arch: str, teacher: bool, flip_tta: bool, val: CachedSplit,
+           train_seconds: float | None = None, **extra) -> Entry:
+    """A model's Entry: its cost (latency at the input size it predicts at) and its val scores."""
+    summary, preds = evaluate(model, val, model.input_size, flip_tta, return_preds=True)
+    cost = model_cost(model)
+    return Entry(label=label, run_dir=run, stage=stage, arch=arch, teacher=teacher, input_size=model.input_size,
+                 params=cost["params"], macs=count_macs(model, 512), latency_ms=cost["latency_ms"],
+                 fscore=summary["fscore"], per_class=summary["per_class"],
+                 swap_rate=summary["left_right_swap_rate"], preds=preds, train_seconds=train_seconds, **extra)
+
+
+def _ensembles(runs: list[tuple[str, Path]]) -> list[tuple[str, Path, list[str]]]:
+    """(label, run, member paths) for each distinct ensemble teacher the runs' config.json name,
+    so that an ensemble, which no best.pt holds, is scored beside the students it taught."""
+    found, seen = [], set()
+    for label, run in runs:
+        config = run / "config.json"
+        teacher = _read_json(config).get("teacher") if config.is_file() else None
+        if isinstance(teacher, list) and tuple(sorted(teacher)) not in seen:
+            seen.add(tuple(sorted(teacher)))
+            found.append((f"{label}: teacher ensemble of {len(teacher)}", run, teacher))
+    return found
 
 
 def pick_focus(entries: list[Entry], focus: str | None) -> Entry:
