@@ -374,3 +374,50 @@ def test_unsafe_weights_are_refused_without_torchs_advice(tmp_path):
                   "--weights", tmp_path / "unsafe.pt", cwd=tmp_path)
     assert proc.returncode == 1
     one_line_error(proc.stderr, "unsafe.pt")
+
+
+# Issue 28: faults from the bad-input battery
+
+def _evil_checkpoint(path: Path, marker: Path) -> Path:
+    """A checkpoint whose unpickling would run code (it would create `marker`)."""
+    class RunsCode:
+        def __reduce__(self):
+            return (marker.write_text, ("ran",))
+    torch.save({"model": RunsCode(), "model_cfg": {}}, path)
+    return path
+
+
+def test_a_text_file_is_not_called_pickled_objects(tmp_path):
+    """Fault 10: every UnpicklingError used to get the 'pickled Python objects' diagnosis."""
+    (tmp_path / "notes.pt").write_text("not a checkpoint at all\n")
+    with pytest.raises(InputError) as e:
+        load_weights(tmp_path / "notes.pt")
+    assert str(e.value) == f"{tmp_path / 'notes.pt'}: not a PyTorch checkpoint (torch.save writes a zip archive)"
+    marker = tmp_path / "ran"
+    with pytest.raises(InputError, match="evil.pt: holds pickled Python objects"):
+        load_weights(_evil_checkpoint(tmp_path / "evil.pt", marker))
+    assert not marker.exists()
+
+
+def test_no_command_passes_on_torchs_advice_to_load_unsafely(tmp_path, tiny_solution, capsys):
+    """Fault 12: check-submission (hence package) and the soft-target cache reader quoted
+    torch's "Re-running torch.load with weights_only set to False will likely succeed"."""
+    marker = tmp_path / "ran"
+    evil = _evil_checkpoint(tmp_path / "evil.pt", marker)
+    zip_path = tmp_path / "s.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for p in tiny_solution.rglob("*"):
+            if p.is_file() and p.name != "ckpt.pth":
+                zf.write(p, f"solution/{p.relative_to(tiny_solution).as_posix()}")
+        zf.write(evil, "solution/ckpt.pth")
+        zf.write(next(iter(list_images(VAL_IMAGES))), "masks/x.png")
+    assert main(["check-submission", str(zip_path)]) == 1
+    out = capsys.readouterr().out
+    assert "solution/ckpt.pth: holds pickled Python objects" in out
+    assert "weights_only" not in out and "Re-running" not in out
+
+    from distill.soft_targets import _read_cache
+    _read_cache(evil, {})
+    out = capsys.readouterr().out
+    assert "evil.pt: holds pickled Python objects" in out and "weights_only" not in out
+    assert not marker.exists()
