@@ -421,3 +421,18 @@ def test_no_command_passes_on_torchs_advice_to_load_unsafely(tmp_path, tiny_solu
     out = capsys.readouterr().out
     assert "evil.pt: holds pickled Python objects" in out and "weights_only" not in out
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--budget", "inf"], "--budget"), (["--budget", "1e300"], "--budget"), (["--budget", "nan"], "--budget"),
+    (["--set", "budget_minutes=inf"], "budget_minutes"), (["--set", "lr=inf"], "lr"),
+    (["--set", "kd_weight=inf"], "kd_weight"), (["--set", "warmup_epochs=nan"], "warmup_epochs"),
+    (["--set", "scale_max=inf"], "scale_max"), (["--set", "soft_target_scales=[1.0, inf]"], "soft_target_scales")])
+def test_non_finite_numbers_are_refused_up_front_naming_the_key(tmp_path, capsys, argv, named):
+    """Faults 1, 6 and 8: inf and nan passed every range check (nan < 0 is False), and then
+    crashed in format_seconds or random_theta, or trained a NaN model with exit 0."""
+    for command in (["distill", "--teacher", "none"], ["pipeline"]):
+        out = tmp_path / command[0]
+        err = cli_error(capsys, *command, "--out", out, *argv)
+        assert named in err, err
+        assert not out.exists()
