@@ -436,3 +436,40 @@ def test_non_finite_numbers_are_refused_up_front_naming_the_key(tmp_path, capsys
         err = cli_error(capsys, *command, "--out", out, *argv)
         assert named in err, err
         assert not out.exists()
+
+
+def test_export_refuses_non_finite_weights(tmp_path):
+    """Fault 7: an all-NaN best.pt was exported with exit 0 (its masks all background)."""
+    ckpt = torch.load(make_checkpoint(tmp_path / "best.pt", {**STUDENTS["tiny"], "input_size": 64}),
+                      weights_only=True)
+    name = next(k for k, t in ckpt["model"].items() if t.is_floating_point())
+    ckpt["model"][name].fill_(float("nan"))
+    save_checkpoint(ckpt, tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match=f"nan.pt: 1 weight tensor\\(s\\) hold inf or NaN \\(e.g. {name}\\)"):
+        export(tmp_path / "nan.pt", tmp_path / "solution")
+    assert not (tmp_path / "solution" / "ckpt.pth").exists()
+
+
+@pytest.mark.parametrize("classes", [5, 21])
+def test_a_teacher_with_another_class_count_is_refused_when_loaded(tmp_path, capsys, classes):
+    """Fault 9: a 5- or 21-class teacher failed in the KD loss with a traceback."""
+    from facekd.app.models import build_model, named_config
+    cfg = {**named_config("teacher_tiny", 64), "num_classes": classes}
+    save_checkpoint({"model": build_model(cfg).state_dict(), "model_cfg": cfg}, tmp_path / "t.pt")
+    for argv in (["distill", "--teacher", tmp_path / "t.pt", "--out", tmp_path / "run"],
+                 ["pipeline", "--teacher", tmp_path / "t.pt", "--out", tmp_path / "pipe"]):
+        err = cli_error(capsys, *argv)
+        assert f"t.pt: predicts {classes} classes" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "pipe").exists()
+
+
+def test_a_pipeline_resumed_with_another_audit_setting_is_refused(tmp_path, capsys, monkeypatch):
+    """Fault 13: a finished --no-audit pipeline resumed without it ran the audit after the fact."""
+    import facekd.app.pipeline as pipeline
+    out = tmp_path / "pipe"
+    monkeypatch.setattr(pipeline.Pipeline, "run_stage", lambda self, name, checkpoint="best.pt": None)
+    assert main(["pipeline", "--no-audit", "--out", str(out)]) == 0
+    capsys.readouterr()
+    err = cli_error(capsys, "pipeline", "--resume", "--out", out)
+    assert "was started without the label audit; resume it with --no-audit" in err
+    assert main(["pipeline", "--no-audit", "--resume", "--out", str(out)]) == 0
