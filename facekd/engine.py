@@ -127,8 +127,10 @@ class TrainingRun:
             self.writer = SummaryWriter(str(self.dir))
 
     def log(self, record: dict) -> None:
+        # standard JSON, which has no NaN or Infinity: a value that is not finite is logged as null
+        record = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()}
         with (self.dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
 
 
 @dataclass
@@ -165,6 +167,7 @@ class Loop:
     config_record: dict = field(default_factory=dict)
     logged_start: bool = False
     last_progress: float = 0.0           # the reading that set the lr; stopping must use the same one
+    finished: bool = False               # the last epoch (or the budget's end) was reached; resuming is a no-op
 
     @property
     def main(self) -> bool:
@@ -195,6 +198,7 @@ def train_step(loop: Loop, images: torch.Tensor, masks: torch.Tensor, soft: torc
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=loop.device.type == "cuda"):
         logits = loop.net(images)
         terms = loop.loss_fn(logits.float(), images, labels, soft)
+    check_finite(loop, terms["loss"])
     loop.optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
     if loop.cfg.grad_clip > 0:
@@ -205,6 +209,22 @@ def train_step(loop: Loop, images: torch.Tensor, masks: torch.Tensor, soft: torc
     if loop.ema is not None:
         loop.ema.update(loop.model, step=loop.step)
     return {k: float(v.detach()) for k, v in terms.items()}
+
+
+class NonFiniteLossError(ValueError):
+    """The loss went to inf or NaN: training stops before the step that would spoil the weights."""
+
+
+def check_finite(loop: Loop, loss: torch.Tensor) -> None:
+    """Stop, before the optimiser step, on a loss that is inf or NaN on any rank (every rank
+    must stop together); last.pt and best.pt keep the last good epoch."""
+    bad = torch.tensor(0.0 if torch.isfinite(loss.detach()) else 1.0)
+    if loop.world > 1:
+        bad = distributed.all_reduce(bad, "max")
+    if bad.item():
+        kept = f"last.pt keeps epoch {loop.epoch - 1}" if loop.epoch > 0 else "no epoch had finished"
+        raise NonFiniteLossError(f"[{loop.stage}] epoch {loop.epoch}, step {loop.step + 1}: the loss is "
+                                 f"{float(loss.detach()):g}; training stopped ({kept}); lower lr or the loss weights")
 
 
 def train_one_epoch(loop: Loop, data: CachedSplit, order: torch.Tensor, size: int) -> tuple[dict, int, bool]:
@@ -286,7 +306,7 @@ def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: boo
 
 def save_training_state(loop: Loop, rng_gens: list) -> None:
     progress = {"epoch": loop.epoch, "step": loop.step, "best_metric": loop.best,
-                "train_seconds": loop.train_seconds, "images_seen": loop.images_seen}
+                "train_seconds": loop.train_seconds, "images_seen": loop.images_seen, "finished": loop.finished}
     if loop.budget:
         progress.update(budget_spent=loop.budget.spent(), budget_train_start=loop.budget.train_start)
     save_checkpoint(training_state(model=loop.model, model_cfg=loop.model_cfg, stage=loop.stage,
@@ -402,6 +422,8 @@ def fit(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_
                                           extra_config, progress, budget, soft_targets)
     loop.reference_scores = reference_scores or {}
     epochs = itertools.count(loop.epoch + 1) if loop.budget else range(loop.epoch + 1, cfg.epochs)
+    if loop.finished:  # a budgeted run resumed after its end would otherwise spend its reserve again
+        epochs = ()
     total = None if loop.budget else cfg.epochs
     for epoch in tqdm(epochs, desc=f"{stage} epochs", disable=not loop.progress_bars, initial=loop.epoch + 1,
                       total=total):
@@ -415,6 +437,7 @@ def fit(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_
         elapsed = time.time() - t0
         loop.train_seconds += elapsed
         is_last = spent if loop.budget else epoch == cfg.epochs - 1
+        loop.finished = is_last
         end_of_epoch(loop, size, sums, seen, elapsed, is_last)
         if is_last:
             break
@@ -520,6 +543,7 @@ def _restore(loop: Loop, state: dict) -> None:
                                       ema=loop.ema, generator=loop.generator, rank=loop.rank)
     loop.epoch, loop.step, loop.best = counters["epoch"], counters["step"], counters["best_metric"]
     loop.train_seconds, loop.images_seen = counters["train_seconds"], counters["images_seen"]
+    loop.finished = counters["finished"]
     if loop.budget is not None:
         loop.budget.resume(counters["budget_spent"], counters["budget_train_start"])
     loop.run.open(loop.cfg, loop.config_record)  # the run exists already; its snapshot is rewritten

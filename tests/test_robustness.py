@@ -473,3 +473,34 @@ def test_a_pipeline_resumed_with_another_audit_setting_is_refused(tmp_path, caps
     err = cli_error(capsys, "pipeline", "--resume", "--out", out)
     assert "was started without the label audit; resume it with --no-audit" in err
     assert main(["pipeline", "--no-audit", "--resume", "--out", str(out)]) == 0
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, sample_root):
+    """Fault 6: every epoch logged a NaN loss, metrics.jsonl held NaN, best.pt was all NaN."""
+    from facekd.app.models import build_model, named_config
+    from facekd.checkpoint import load_checkpoint
+    from facekd.config import RunConfig, apply_overrides
+    cfg = apply_overrides(RunConfig(), dict(model="tiny", resolutions=[[64, 3]], batch_size=8, warmup_epochs=0.5))
+    model_cfg = named_config("tiny", 64)
+    supervised = engine.supervised_loss(cfg)
+    calls = []
+
+    def diverges_at_step_3(logits, images, labels, soft_targets=None):
+        terms = supervised(logits, images, labels)
+        calls.append(1)
+        if len(calls) >= 3:  # 2 steps an epoch: the first step of epoch 1
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+    with pytest.raises(engine.NonFiniteLossError, match=r"\[teacher\] epoch 1, step 3: the loss is nan; .*epoch 0"):
+        engine.fit(build_model(model_cfg), model_cfg, diverges_at_step_3, cfg, tmp_path / "run",
+                   data_root=sample_root, stage="teacher", progress=False)
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["epoch"] == 0 and all(t.isfinite().all() for t in last["model"].values() if t.is_floating_point())
+    assert all(t.isfinite().all() for t in load_checkpoint(tmp_path / "run" / "best.pt")["model"].values()
+               if t.is_floating_point())
+    import json
+
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON: {constant}")
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line, parse_constant=refuse)["epoch"] for line in lines] == [0]
