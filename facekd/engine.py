@@ -165,6 +165,7 @@ class Loop:
     images_seen: int = 0
     evals_done: int = 0
     config_record: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)  # run_inputs: saved with the config, for resume checks
     logged_start: bool = False
     last_progress: float = 0.0           # the reading that set the lr; stopping must use the same one
     finished: bool = False               # the last epoch (or the budget's end) was reached; resuming is a no-op
@@ -311,7 +312,8 @@ def save_training_state(loop: Loop, rng_gens: list) -> None:
         progress.update(budget_spent=loop.budget.spent(), budget_train_start=loop.budget.train_start)
     save_checkpoint(training_state(model=loop.model, model_cfg=loop.model_cfg, stage=loop.stage,
                                    optimizer=loop.optimizer, scheduler=loop.scheduler, ema=loop.ema,
-                                   progress=progress, config=loop.cfg.to_dict(), params=loop.n_params,
+                                   progress=progress, config={**loop.cfg.to_dict(), **loop.inputs},
+                                   params=loop.n_params,
                                    rng_gens=rng_gens, world_size=loop.world), loop.run.dir / "last.pt")
 
 
@@ -377,7 +379,20 @@ def log_hparams(loop: Loop) -> None:
         loop.run.writer.add_scalar(name, value)
 
 
-def _resume_state(run_dir: Path, resume: bool, device, world: int, cfg: RunConfig, model_cfg: dict) -> dict | None:
+def run_inputs(data_root, extra_config: dict | None) -> dict:
+    """What a resumed run must share with the run it continues, beside its config: the data it
+    trains and validates on, and its teacher(s) (a path, a list of paths, or "none"), as absolute
+    paths so that the same files given from another folder still match."""
+    def absolute(value):
+        if isinstance(value, (list, tuple)):
+            return [absolute(v) for v in value]
+        return value if value == "none" else str(Path(value).resolve())
+    inputs = {"data_root": data_root, **{k: v for k, v in (extra_config or {}).items() if k == "teacher"}}
+    return {k: absolute(v) for k, v in inputs.items()}
+
+
+def _resume_state(run_dir: Path, resume: bool, device, world: int, cfg: RunConfig, model_cfg: dict,
+                  inputs: dict) -> dict | None:
     """last.pt when resuming, after checking that it can continue with this model and config."""
     last_path = Path(run_dir) / "last.pt"
     if not resume:
@@ -390,7 +405,7 @@ def _resume_state(run_dir: Path, resume: bool, device, world: int, cfg: RunConfi
     if state.get("world_size", 1) != world:  # before anything is written
         raise ValueError(f"{last_path} was trained by {state.get('world_size', 1)} process(es); resume it "
                          f"with the same number (torchrun --nproc_per_node), not {world}")
-    conflicts = resume_conflicts(state.get("config", {}), cfg.to_dict())
+    conflicts = resume_conflicts(state.get("config", {}), {**cfg.to_dict(), **inputs})
     if state["model_cfg"] != model_cfg:
         conflicts.insert(0, f"model_cfg: {state['model_cfg']} != {model_cfg}")
     if conflicts:
@@ -494,7 +509,8 @@ def _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, 
     budget = budget or Budget.from_minutes(cfg.budget_minutes)
     input_size = cfg.resolutions[-1][0]
     model_cfg = {**model_cfg, "input_size": input_size}
-    resumed = _resume_state(run_dir, resume, device, world, cfg, model_cfg)
+    inputs = run_inputs(data_root, extra_config)
+    resumed = _resume_state(run_dir, resume, device, world, cfg, model_cfg, inputs)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -530,7 +546,7 @@ def _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, 
                 model_cfg=model_cfg, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, ema=ema,
                 augment=augment, generator=generator, device=device, run=run, val=val, budget=budget,
                 soft_targets=soft_targets, reference_scores={}, n_params=count_params(model), world=world, rank=rank,
-                progress_bars=progress and rank == 0, config_record=record)
+                progress_bars=progress and rank == 0, config_record=record, inputs=inputs)
     if resumed is not None:
         _restore(loop, resumed)
     if budget is not None:

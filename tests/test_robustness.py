@@ -504,3 +504,26 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
         raise AssertionError(f"non-standard JSON: {constant}")
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line, parse_constant=refuse)["epoch"] for line in lines] == [0]
+
+
+def test_resume_with_another_teacher_or_data_is_refused(tmp_path, sample_root, data_copy, capsys, kill_after_epoch):
+    """Faults 3 and 4: the resumed run dropped its KD terms, or chose best.pt across two val sets,
+    and config.json lost the record of the first teacher."""
+    from facekd.app.models import build_model, named_config
+    cfg = named_config("teacher_tiny", 64)
+    for name in ("t.pt", "other.pt"):
+        save_checkpoint({"model": build_model(cfg).state_dict(), "model_cfg": cfg}, tmp_path / name)
+    run = tmp_path / "run"
+    argv = ["distill", "--out", str(run), "--set", "resolutions=[[64, 2]]", "--set", "batch_size=8"]
+    kill_after_epoch(0)
+    assert main(argv + ["--teacher", str(tmp_path / "t.pt")]) == 130  # interrupted
+    kill_after_epoch(None)
+    capsys.readouterr()
+    record = (run / "config.json").read_text()
+    for other in (["--teacher", "none"], ["--teacher", str(tmp_path / "other.pt")],
+                  ["--teacher", str(tmp_path / "t.pt"), "--data", str(data_copy)]):
+        err = cli_error(capsys, *argv, "--resume", *other)
+        assert "cannot be resumed" in err and ("teacher:" in err or "data_root:" in err), err
+    assert (run / "config.json").read_text() == record
+    os.chdir(tmp_path)  # the same teacher, given by a relative path, still resumes
+    assert main(argv + ["--resume", "--teacher", "t.pt"]) == 0
