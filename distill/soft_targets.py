@@ -25,10 +25,10 @@ from tqdm import tqdm
 from facekd.config import RunConfig
 from facekd.data import find_pairs, load_split
 from facekd.distributed import pick_device
-from facekd.inference import atomic_write, predict_logits
+from facekd.inference import InputError, atomic_write, load_weights, predict_logits
 from teachers.ensemble import Ensemble
 
-CACHE_FORMAT = 1  # bump when what is stored changes, so that older cache files miss
+CACHE_FORMAT = 2  # bump when what is stored changes, so that older cache files miss
 
 
 @torch.no_grad()
@@ -109,15 +109,27 @@ def cache_file(cache_dir: str | Path, key: dict) -> Path:
     return Path(cache_dir) / f"soft_targets_{digest}.pt"
 
 
+def targets_sha256(targets: torch.Tensor) -> str:
+    """A checksum of the stored maps' bytes: torch reads a tensor's bytes from its zip without
+    checking them, so bytes overwritten in a cache file would otherwise be trained on."""
+    return hashlib.sha256(targets.contiguous().view(torch.uint8).numpy()).hexdigest()
+
+
 def _read_cache(path: Path, key: dict) -> torch.Tensor | None:
+    """The cached maps, or None (a miss) for a missing, unreadable, foreign or damaged file,
+    which is then recomputed and replaced."""
     if not path.is_file():
         return None
     try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file is recomputed and replaced, not fatal
-        tqdm.write(f"soft targets: ignoring unreadable cache file {path} ({type(e).__name__}: {e})")
+        stored = load_weights(path)
+    except InputError as e:
+        tqdm.write(f"soft targets: ignoring unreadable cache file ({e})")
         return None
     if not isinstance(stored, dict) or stored.get("key") != key:
+        return None
+    if stored.get("targets_sha256") != targets_sha256(stored["targets"]):
+        tqdm.write(f"soft targets: {path}: its maps do not match their checksum (the file was damaged); "
+                   "recomputing them")
         return None
     return stored["targets"]
 
@@ -150,7 +162,8 @@ def offline_soft_targets(cfg: RunConfig, teacher: nn.Module, teacher_paths: list
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as f:
-            torch.save({"key": key, "stems": split.stems, "targets": targets}, f)
+            torch.save({"key": key, "stems": split.stems, "targets": targets,
+                        "targets_sha256": targets_sha256(targets)}, f)
     record.update(cache="miss" if path else "off", shape=list(targets.shape),
                   seconds=round(time.perf_counter() - t0, 2), **({"file": str(path)} if path else {}))
     tqdm.write(f"soft targets: {len(targets)} maps of {size}x{size} from the teacher at "

@@ -21,6 +21,18 @@ class BudgetError(ValueError):
     """A budget that cannot work: not positive, or too small for one step and one validation."""
 
 
+# A week: a longer budget is a typo (or inf), and would never end.
+MAX_BUDGET_MINUTES = 7 * 24 * 60
+
+
+def check_minutes(minutes: float) -> float:
+    """A --budget in minutes, refused unless positive and at most MAX_BUDGET_MINUTES (inf and nan too)."""
+    if not 0 < minutes <= MAX_BUDGET_MINUTES:
+        raise BudgetError(f"--budget must be a positive number of minutes, at most {MAX_BUDGET_MINUTES} "
+                          f"(a week), got {minutes:g}")
+    return minutes
+
+
 def format_seconds(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     return f"{seconds // 60}m{seconds % 60:02d}s"
@@ -31,9 +43,7 @@ class Budget:
     run had used (from its last.pt), so a resumed run spends only what is left."""
 
     def __init__(self, minutes: float, spent_before: float = 0.0):
-        if not minutes > 0:
-            raise BudgetError(f"--budget must be a positive number of minutes, got {minutes:g}")
-        self.seconds = 60.0 * minutes
+        self.seconds = 60.0 * check_minutes(minutes)
         self.spent_before = spent_before
         self._t0 = time.monotonic()
         self.reserve = 0.0        # seconds held back for the final validation and checkpoint

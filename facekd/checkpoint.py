@@ -57,4 +57,4 @@ def restore_training_state(state: dict, *, model, optimizer, scheduler, ema, gen
     generator.set_state((state["rng_gen_ranks"][rank] if "rng_gen_ranks" in state else state["rng_gen"]).cpu())
     return {k: state.get(k, default) for k, default in
             (("epoch", -1), ("step", 0), ("best_metric", -1.0), ("train_seconds", 0.0), ("images_seen", 0),
-             ("budget_spent", 0.0), ("budget_train_start", None))}
+             ("budget_spent", 0.0), ("budget_train_start", None), ("finished", False))}

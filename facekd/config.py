@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from facekd.budget import MAX_BUDGET_MINUTES
 
 
 @dataclass
@@ -68,6 +71,12 @@ class RunConfig:
     sync_bn: bool = False               # under torchrun on GPUs: BatchNorm statistics over all ranks' batches
 
     def __post_init__(self):
+        # inf and nan pass every comparison below that they should fail (nan < 0 is False)
+        infinite = [f.name for f in dataclasses.fields(self)
+                    if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]
+        if infinite:
+            raise ValueError("; ".join(f"{name} must be a finite number, got {getattr(self, name)}"
+                                       for name in infinite))
         problems = [f"{name} {why}" for name, bad, why in (
             ("batch_size", self.batch_size < 2, "must be at least 2 (BatchNorm cannot train on one image)"),
             ("lr", not self.lr > 0, "must be positive"),
@@ -77,6 +86,8 @@ class RunConfig:
             ("grad_clip", self.grad_clip < 0, "must not be negative (0 turns clipping off)"),
             ("ema_decay", not 0 <= self.ema_decay < 1, "must be in [0, 1)"),
             ("budget_minutes", self.budget_minutes < 0, "must not be negative (0 means fixed epochs)"),
+            ("budget_minutes", self.budget_minutes > MAX_BUDGET_MINUTES,
+             f"must be at most {MAX_BUDGET_MINUTES} minutes (a week)"),
             ("train_limit", self.train_limit < 0, "must not be negative (0 means all pairs)"),
             ("flip", not 0 <= self.flip <= 1, "must be a probability in [0, 1]"),
             ("scale_min", not 0 < self.scale_min <= self.scale_max, "must be positive and at most scale_max"),
@@ -85,8 +96,8 @@ class RunConfig:
             ("dice_scope", self.dice_scope not in ("batch", "image"), "must be 'batch' or 'image'"),
             ("distill_mode", self.distill_mode not in ("online", "offline"), "must be 'online' or 'offline'"),
             ("soft_target_scales", not (isinstance(self.soft_target_scales, list) and self.soft_target_scales and all(
-                isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in self.soft_target_scales)),
-             "must be a non-empty list of positive numbers"),
+                isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < math.inf
+                for s in self.soft_target_scales)), "must be a non-empty list of positive finite numbers"),
             ("eval_every", self.eval_every < 1, "must be at least 1"),
             ("panel_every", self.panel_every < 1, "must be at least 1"),
             ("threads", self.threads < 0, "must not be negative (0 means torch's default)"),

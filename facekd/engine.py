@@ -127,8 +127,10 @@ class TrainingRun:
             self.writer = SummaryWriter(str(self.dir))
 
     def log(self, record: dict) -> None:
+        # standard JSON, which has no NaN or Infinity: a value that is not finite is logged as null
+        record = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()}
         with (self.dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
 
 
 @dataclass
@@ -163,8 +165,10 @@ class Loop:
     images_seen: int = 0
     evals_done: int = 0
     config_record: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)  # run_inputs: saved with the config, for resume checks
     logged_start: bool = False
     last_progress: float = 0.0           # the reading that set the lr; stopping must use the same one
+    finished: bool = False               # the last epoch (or the budget's end) was reached; resuming is a no-op
 
     @property
     def main(self) -> bool:
@@ -195,6 +199,7 @@ def train_step(loop: Loop, images: torch.Tensor, masks: torch.Tensor, soft: torc
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=loop.device.type == "cuda"):
         logits = loop.net(images)
         terms = loop.loss_fn(logits.float(), images, labels, soft)
+    check_finite(loop, terms["loss"])
     loop.optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
     if loop.cfg.grad_clip > 0:
@@ -205,6 +210,22 @@ def train_step(loop: Loop, images: torch.Tensor, masks: torch.Tensor, soft: torc
     if loop.ema is not None:
         loop.ema.update(loop.model, step=loop.step)
     return {k: float(v.detach()) for k, v in terms.items()}
+
+
+class NonFiniteLossError(ValueError):
+    """The loss went to inf or NaN: training stops before the step that would spoil the weights."""
+
+
+def check_finite(loop: Loop, loss: torch.Tensor) -> None:
+    """Stop, before the optimiser step, on a loss that is inf or NaN on any rank (every rank
+    must stop together); last.pt and best.pt keep the last good epoch."""
+    bad = torch.tensor(0.0 if torch.isfinite(loss.detach()) else 1.0)
+    if loop.world > 1:
+        bad = distributed.all_reduce(bad, "max")
+    if bad.item():
+        kept = f"last.pt keeps epoch {loop.epoch - 1}" if loop.epoch > 0 else "no epoch had finished"
+        raise NonFiniteLossError(f"[{loop.stage}] epoch {loop.epoch}, step {loop.step + 1}: the loss is "
+                                 f"{float(loss.detach()):g}; training stopped ({kept}); lower lr or the loss weights")
 
 
 def train_one_epoch(loop: Loop, data: CachedSplit, order: torch.Tensor, size: int) -> tuple[dict, int, bool]:
@@ -288,12 +309,13 @@ def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: boo
 
 def save_training_state(loop: Loop, rng_gens: list) -> None:
     progress = {"epoch": loop.epoch, "step": loop.step, "best_metric": loop.best,
-                "train_seconds": loop.train_seconds, "images_seen": loop.images_seen}
+                "train_seconds": loop.train_seconds, "images_seen": loop.images_seen, "finished": loop.finished}
     if loop.budget:
         progress.update(budget_spent=loop.budget.spent(), budget_train_start=loop.budget.train_start)
     save_checkpoint(training_state(model=loop.model, model_cfg=loop.model_cfg, stage=loop.stage,
                                    optimizer=loop.optimizer, scheduler=loop.scheduler, ema=loop.ema,
-                                   progress=progress, config=loop.cfg.to_dict(), params=loop.n_params,
+                                   progress=progress, config={**loop.cfg.to_dict(), **loop.inputs},
+                                   params=loop.n_params,
                                    rng_gens=rng_gens, world_size=loop.world), loop.run.dir / "last.pt")
 
 
@@ -360,7 +382,20 @@ def log_hparams(loop: Loop) -> None:
         loop.run.writer.add_scalar(name, value)
 
 
-def _resume_state(run_dir: Path, resume: bool, device, world: int, cfg: RunConfig, model_cfg: dict) -> dict | None:
+def run_inputs(data_root, extra_config: dict | None) -> dict:
+    """What a resumed run must share with the run it continues, beside its config: the data it
+    trains and validates on, and its teacher(s) (a path, a list of paths, or "none"), as absolute
+    paths so that the same files given from another folder still match."""
+    def absolute(value):
+        if isinstance(value, (list, tuple)):
+            return [absolute(v) for v in value]
+        return value if value == "none" else str(Path(value).resolve())
+    inputs = {"data_root": data_root, **{k: v for k, v in (extra_config or {}).items() if k == "teacher"}}
+    return {k: absolute(v) for k, v in inputs.items()}
+
+
+def _resume_state(run_dir: Path, resume: bool, device, world: int, cfg: RunConfig, model_cfg: dict,
+                  inputs: dict) -> dict | None:
     """last.pt when resuming, after checking that it can continue with this model and config."""
     last_path = Path(run_dir) / "last.pt"
     if not resume:
@@ -373,7 +408,7 @@ def _resume_state(run_dir: Path, resume: bool, device, world: int, cfg: RunConfi
     if state.get("world_size", 1) != world:  # before anything is written
         raise ValueError(f"{last_path} was trained by {state.get('world_size', 1)} process(es); resume it "
                          f"with the same number (torchrun --nproc_per_node), not {world}")
-    conflicts = resume_conflicts(state.get("config", {}), cfg.to_dict())
+    conflicts = resume_conflicts(state.get("config", {}), {**cfg.to_dict(), **inputs})
     if state["model_cfg"] != model_cfg:
         conflicts.insert(0, f"model_cfg: {state['model_cfg']} != {model_cfg}")
     if conflicts:
@@ -405,6 +440,8 @@ def fit(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_
                                           extra_config, progress, budget, soft_targets)
     loop.reference_scores = reference_scores or {}
     epochs = itertools.count(loop.epoch + 1) if loop.budget else range(loop.epoch + 1, cfg.epochs)
+    if loop.finished:  # a budgeted run resumed after its end would otherwise spend its reserve again
+        epochs = ()
     total = None if loop.budget else cfg.epochs
     for epoch in tqdm(epochs, desc=f"{stage} epochs", disable=not loop.progress_bars, initial=loop.epoch + 1,
                       total=total):
@@ -418,6 +455,7 @@ def fit(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_
         elapsed = time.time() - t0
         loop.train_seconds += elapsed
         is_last = spent if loop.budget else epoch == cfg.epochs - 1
+        loop.finished = is_last
         end_of_epoch(loop, size, sums, seen, elapsed, is_last)
         if is_last:
             break
@@ -474,7 +512,8 @@ def _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, 
     budget = budget or Budget.from_minutes(cfg.budget_minutes)
     input_size = cfg.resolutions[-1][0]
     model_cfg = {**model_cfg, "input_size": input_size}
-    resumed = _resume_state(run_dir, resume, device, world, cfg, model_cfg)
+    inputs = run_inputs(data_root, extra_config)
+    resumed = _resume_state(run_dir, resume, device, world, cfg, model_cfg, inputs)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -510,7 +549,7 @@ def _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, 
                 model_cfg=model_cfg, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, ema=ema,
                 augment=augment, generator=generator, device=device, run=run, val=val, budget=budget,
                 soft_targets=soft_targets, reference_scores={}, n_params=count_params(model), world=world, rank=rank,
-                progress_bars=progress and rank == 0, config_record=record)
+                progress_bars=progress and rank == 0, config_record=record, inputs=inputs)
     if resumed is not None:
         _restore(loop, resumed)
     if budget is not None:
@@ -523,6 +562,7 @@ def _restore(loop: Loop, state: dict) -> None:
                                       ema=loop.ema, generator=loop.generator, rank=loop.rank)
     loop.epoch, loop.step, loop.best = counters["epoch"], counters["step"], counters["best_metric"]
     loop.train_seconds, loop.images_seen = counters["train_seconds"], counters["images_seen"]
+    loop.finished = counters["finished"]
     if loop.budget is not None:
         loop.budget.resume(counters["budget_spent"], counters["budget_train_start"])
     loop.run.open(loop.cfg, loop.config_record)  # the run exists already; its snapshot is rewritten

@@ -6,10 +6,12 @@ Depends only on torch, numpy and pillow, because the export ships this file.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import uuid
 import warnings
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -104,23 +106,47 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(lines[:2])}{more}"
 
 
-def load_weights(path: str | os.PathLike):
-    """torch.load(weights_only=True) on the CPU, with a one-line InputError naming the file.
+def _is_torch_file(f) -> bool:
+    """Whether a file object holds what torch.save writes: a zip archive, or (before torch
+    1.6) a pickle stream, which starts with the protocol opcode 0x80."""
+    start = f.tell()
+    try:
+        return f.read(1) == b"\x80" or zipfile.is_zipfile(f)
+    finally:
+        f.seek(start)
+
+
+def load_weights(source: str | os.PathLike | io.BytesIO, name: str | None = None):
+    """torch.load(weights_only=True) on the CPU of a file (or an in-memory copy of one, named
+    `name`), with a one-line InputError naming it.
 
     Torch's advice for a file that holds pickled objects (load it with weights_only=False)
-    would run code from the file, so it is not passed on."""
-    path = Path(path)
+    would run code from the file, so it is never passed on."""
+    if isinstance(source, io.BytesIO):
+        return _load_safely(source, name or "weights")
+    path = Path(source)
     if not path.is_file():
         raise InputError(f"{path}: no such weights file")
+    with path.open("rb") as f:
+        return _load_safely(f, name or str(path))
+
+
+def _load_safely(f, name: str):
+    if not _is_torch_file(f):
+        raise InputError(f"{name}: not a PyTorch checkpoint (torch.save writes a zip archive)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about a file's pickle protocol before refusing it
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise InputError(f"{path}: holds pickled Python objects, not only tensors; refusing to load it, "
+        if "Unsupported global" not in str(e):  # a damaged file, not one that asks for objects
+            raise InputError(f"{name}: not a readable weights file (damaged pickle data)") from e
+        raise InputError(f"{name}: holds pickled Python objects, not only tensors; refusing to load it, "
                          "since that could run code from the file") from e
     except Exception as e:  # a corrupt or foreign file raises many types
-        raise InputError(f"{path}: not a readable weights file ({one_line(e)})") from e
+        advice = "weights_only" in str(e)  # torch's advice to load it unsafely is never passed on
+        raise InputError(f"{name}: not a readable weights file "
+                         f"({type(e).__name__ if advice else one_line(e)})") from e
 
 
 def normalize(images_uint8: torch.Tensor) -> torch.Tensor:

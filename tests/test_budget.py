@@ -161,3 +161,16 @@ def test_budgeted_smoke_pipeline_lands_on_its_budget(tmp_path):
         assert abs(stage["wall_s"] - stage["planned_s"]) < 6, (name, stage)
     assert torch.tensor([summary["stages"][n]["planned_s"] for n in ("teacher", "student", "pruned")]).sum() \
         < 60 * minutes
+
+
+def test_resuming_a_finished_budgeted_run_is_a_no_op(tmp_path, sample_root):
+    """Issue 28, fault 2: the resumed run trained another epoch and overspent its budget, where a
+    finished fixed-epoch run resumes as a no-op."""
+    cfg = tiny(budget_minutes=0.15)
+    distill(cfg, sample_root, tmp_path / "run", None, progress=False)
+    before = records(tmp_path / "run")
+    step = load_checkpoint(tmp_path / "run" / "last.pt")["step"]
+    result, wall = timed(distill, cfg, sample_root, tmp_path / "run", None, resume=True, progress=False)
+    assert records(tmp_path / "run") == before
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == step
+    assert result["budget_spent_s"] <= 60 * 0.15 + SLACK_S and wall < SLACK_S

@@ -374,3 +374,156 @@ def test_unsafe_weights_are_refused_without_torchs_advice(tmp_path):
                   "--weights", tmp_path / "unsafe.pt", cwd=tmp_path)
     assert proc.returncode == 1
     one_line_error(proc.stderr, "unsafe.pt")
+
+
+# Issue 28: faults from the bad-input battery
+
+def _evil_checkpoint(path: Path, marker: Path) -> Path:
+    """A checkpoint whose unpickling would run code (it would create `marker`)."""
+    class RunsCode:
+        def __reduce__(self):
+            return (marker.write_text, ("ran",))
+    torch.save({"model": RunsCode(), "model_cfg": {}}, path)
+    return path
+
+
+def test_a_text_file_is_not_called_pickled_objects(tmp_path):
+    """Fault 10: every UnpicklingError used to get the 'pickled Python objects' diagnosis."""
+    (tmp_path / "notes.pt").write_text("not a checkpoint at all\n")
+    with pytest.raises(InputError) as e:
+        load_weights(tmp_path / "notes.pt")
+    assert str(e.value) == f"{tmp_path / 'notes.pt'}: not a PyTorch checkpoint (torch.save writes a zip archive)"
+    marker = tmp_path / "ran"
+    with pytest.raises(InputError, match="evil.pt: holds pickled Python objects"):
+        load_weights(_evil_checkpoint(tmp_path / "evil.pt", marker))
+    assert not marker.exists()
+
+
+def test_no_command_passes_on_torchs_advice_to_load_unsafely(tmp_path, tiny_solution, capsys):
+    """Fault 12: check-submission (hence package) and the soft-target cache reader quoted
+    torch's "Re-running torch.load with weights_only set to False will likely succeed"."""
+    marker = tmp_path / "ran"
+    evil = _evil_checkpoint(tmp_path / "evil.pt", marker)
+    zip_path = tmp_path / "s.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for p in tiny_solution.rglob("*"):
+            if p.is_file() and p.name != "ckpt.pth":
+                zf.write(p, f"solution/{p.relative_to(tiny_solution).as_posix()}")
+        zf.write(evil, "solution/ckpt.pth")
+        zf.write(next(iter(list_images(VAL_IMAGES))), "masks/x.png")
+    assert main(["check-submission", str(zip_path)]) == 1
+    out = capsys.readouterr().out
+    assert "solution/ckpt.pth: holds pickled Python objects" in out
+    assert "weights_only" not in out and "Re-running" not in out
+
+    from distill.soft_targets import _read_cache
+    _read_cache(evil, {})
+    out = capsys.readouterr().out
+    assert "evil.pt: holds pickled Python objects" in out and "weights_only" not in out
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--budget", "inf"], "--budget"), (["--budget", "1e300"], "--budget"), (["--budget", "nan"], "--budget"),
+    (["--set", "budget_minutes=inf"], "budget_minutes"), (["--set", "lr=inf"], "lr"),
+    (["--set", "kd_weight=inf"], "kd_weight"), (["--set", "warmup_epochs=nan"], "warmup_epochs"),
+    (["--set", "scale_max=inf"], "scale_max"), (["--set", "soft_target_scales=[1.0, inf]"], "soft_target_scales")])
+def test_non_finite_numbers_are_refused_up_front_naming_the_key(tmp_path, capsys, argv, named):
+    """Faults 1, 6 and 8: inf and nan passed every range check (nan < 0 is False), and then
+    crashed in format_seconds or random_theta, or trained a NaN model with exit 0."""
+    for command in (["distill", "--teacher", "none"], ["pipeline"]):
+        out = tmp_path / command[0]
+        err = cli_error(capsys, *command, "--out", out, *argv)
+        assert named in err, err
+        assert not out.exists()
+
+
+def test_export_refuses_non_finite_weights(tmp_path):
+    """Fault 7: an all-NaN best.pt was exported with exit 0 (its masks all background)."""
+    ckpt = torch.load(make_checkpoint(tmp_path / "best.pt", {**STUDENTS["tiny"], "input_size": 64}),
+                      weights_only=True)
+    name = next(k for k, t in ckpt["model"].items() if t.is_floating_point())
+    ckpt["model"][name].fill_(float("nan"))
+    save_checkpoint(ckpt, tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match=f"nan.pt: 1 weight tensor\\(s\\) hold inf or NaN \\(e.g. {name}\\)"):
+        export(tmp_path / "nan.pt", tmp_path / "solution")
+    assert not (tmp_path / "solution" / "ckpt.pth").exists()
+
+
+@pytest.mark.parametrize("classes", [5, 21])
+def test_a_teacher_with_another_class_count_is_refused_when_loaded(tmp_path, capsys, classes):
+    """Fault 9: a 5- or 21-class teacher failed in the KD loss with a traceback."""
+    from facekd.app.models import build_model, named_config
+    cfg = {**named_config("teacher_tiny", 64), "num_classes": classes}
+    save_checkpoint({"model": build_model(cfg).state_dict(), "model_cfg": cfg}, tmp_path / "t.pt")
+    for argv in (["distill", "--teacher", tmp_path / "t.pt", "--out", tmp_path / "run"],
+                 ["pipeline", "--teacher", tmp_path / "t.pt", "--out", tmp_path / "pipe"]):
+        err = cli_error(capsys, *argv)
+        assert f"t.pt: predicts {classes} classes" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "pipe").exists()
+
+
+def test_a_pipeline_resumed_with_another_audit_setting_is_refused(tmp_path, capsys, monkeypatch):
+    """Fault 13: a finished --no-audit pipeline resumed without it ran the audit after the fact."""
+    import facekd.app.pipeline as pipeline
+    out = tmp_path / "pipe"
+    monkeypatch.setattr(pipeline.Pipeline, "run_stage", lambda self, name, checkpoint="best.pt": None)
+    assert main(["pipeline", "--no-audit", "--out", str(out)]) == 0
+    capsys.readouterr()
+    err = cli_error(capsys, "pipeline", "--resume", "--out", out)
+    assert "was started without the label audit; resume it with --no-audit" in err
+    assert main(["pipeline", "--no-audit", "--resume", "--out", str(out)]) == 0
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, sample_root):
+    """Fault 6: every epoch logged a NaN loss, metrics.jsonl held NaN, best.pt was all NaN."""
+    from facekd.app.models import build_model, named_config
+    from facekd.checkpoint import load_checkpoint
+    from facekd.config import RunConfig, apply_overrides
+    cfg = apply_overrides(RunConfig(), dict(model="tiny", resolutions=[[64, 3]], batch_size=8, warmup_epochs=0.5))
+    model_cfg = named_config("tiny", 64)
+    supervised = engine.supervised_loss(cfg)
+    calls = []
+
+    def diverges_at_step_3(logits, images, labels, soft_targets=None):
+        terms = supervised(logits, images, labels)
+        calls.append(1)
+        if len(calls) >= 3:  # 2 steps an epoch: the first step of epoch 1
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+    with pytest.raises(engine.NonFiniteLossError, match=r"\[teacher\] epoch 1, step 3: the loss is nan; .*epoch 0"):
+        engine.fit(build_model(model_cfg), model_cfg, diverges_at_step_3, cfg, tmp_path / "run",
+                   data_root=sample_root, stage="teacher", progress=False)
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["epoch"] == 0 and all(t.isfinite().all() for t in last["model"].values() if t.is_floating_point())
+    assert all(t.isfinite().all() for t in load_checkpoint(tmp_path / "run" / "best.pt")["model"].values()
+               if t.is_floating_point())
+    import json
+
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON: {constant}")
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line, parse_constant=refuse)["epoch"] for line in lines] == [0]
+
+
+def test_resume_with_another_teacher_or_data_is_refused(tmp_path, sample_root, data_copy, capsys, kill_after_epoch):
+    """Faults 3 and 4: the resumed run dropped its KD terms, or chose best.pt across two val sets,
+    and config.json lost the record of the first teacher."""
+    from facekd.app.models import build_model, named_config
+    cfg = named_config("teacher_tiny", 64)
+    for name in ("t.pt", "other.pt"):
+        save_checkpoint({"model": build_model(cfg).state_dict(), "model_cfg": cfg}, tmp_path / name)
+    run = tmp_path / "run"
+    argv = ["distill", "--out", str(run), "--set", "resolutions=[[64, 2]]", "--set", "batch_size=8"]
+    kill_after_epoch(0)
+    assert main(argv + ["--teacher", str(tmp_path / "t.pt")]) == 130  # interrupted
+    kill_after_epoch(None)
+    capsys.readouterr()
+    record = (run / "config.json").read_text()
+    for other in (["--teacher", "none"], ["--teacher", str(tmp_path / "other.pt")],
+                  ["--teacher", str(tmp_path / "t.pt"), "--data", str(data_copy)]):
+        err = cli_error(capsys, *argv, "--resume", *other)
+        assert "cannot be resumed" in err and ("teacher:" in err or "data_root:" in err), err
+    assert (run / "config.json").read_text() == record
+    os.chdir(tmp_path)  # the same teacher, given by a relative path, still resumes
+    assert main(argv + ["--resume", "--teacher", "t.pt"]) == 0

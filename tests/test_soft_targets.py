@@ -5,6 +5,7 @@ of the batch, the on-disk cache hits and misses when it should, and `facekd dist
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -199,3 +200,24 @@ def test_cli_distill_offline_end_to_end(tmp_path, capsys):
     assert main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "bad"),
                  "--set", "distill_mode=sometimes"]) == 2
     assert "distill_mode must be 'online' or 'offline'" in capsys.readouterr().err
+
+
+def test_a_cache_file_with_overwritten_bytes_is_recomputed(tmp_path, sample_root, capsys):
+    """Issue 28, fault 16: torch reads a tensor's bytes without checking them, so bytes
+    overwritten in the middle of a cache file used to be a "hit" and trained on."""
+    from distill.train import load_teacher
+    path = _teacher_file(tmp_path / "teacher.pt", 0)
+    cfg = RunConfig(soft_target_cache=str(tmp_path / "cache"))
+    teacher, _ = load_teacher(path)
+    first, rec = offline_soft_targets(cfg, teacher, path, sample_root, 16, progress=False)
+    cache = Path(rec["file"])
+    data = bytearray(cache.read_bytes())
+    middle = data.index(first.contiguous().view(torch.uint8).numpy().tobytes()[:64]) + 1000
+    data[middle:middle + 64] = b"\xff" * 64  # float16 NaNs, where the maps' bytes lie
+    cache.write_bytes(bytes(data))
+    capsys.readouterr()
+    again, rec = offline_soft_targets(cfg, teacher, path, sample_root, 16, progress=False)
+    assert rec["cache"] == "miss" and torch.equal(again, first)
+    assert "do not match their checksum" in capsys.readouterr().out
+    _, rec = offline_soft_targets(cfg, teacher, path, sample_root, 16, progress=False)
+    assert rec["cache"] == "hit"

@@ -179,3 +179,33 @@ def test_param_limit_is_strict_at_the_boundary(good_zip, monkeypatch):
     assert len(faults) == 1 and f"{n:,} trainable parameters" in faults[0]
     monkeypatch.setattr(challenge, "PARAM_LIMIT", n + 1)
     assert check_submission(good_zip).faults == []
+
+
+# issue 28, faults 17 and 18: what unzip would turn into a link, or which copy it keeps
+
+def test_symlink_members_are_refused(tmp_path, good_zip):
+    out = tmp_path / "links.zip"
+    with zipfile.ZipFile(good_zip) as zin, zipfile.ZipFile(out, "w") as zout:
+        for name in zin.namelist():
+            zout.writestr(name, zin.read(name))
+        for name, target in (("solution/escape", "../../../../etc/passwd"), ("solution/extra.py", "run.py")):
+            link = zipfile.ZipInfo(name)
+            link.external_attr = (0o120777 << 16)  # S_IFLNK: unzip creates a symbolic link
+            zout.writestr(link, target)
+    faults = check_submission(out).faults
+    assert [f for f in faults if "symbolic link" in f] == [
+        "solution/escape: a symbolic link; a submission must hold plain files only",
+        "solution/extra.py: a symbolic link; a submission must hold plain files only"]
+
+
+def test_duplicate_member_names_are_refused(tmp_path, good_zip):
+    out = tmp_path / "twice.zip"
+    with zipfile.ZipFile(good_zip) as zin, zipfile.ZipFile(out, "w") as zout:
+        names = zin.namelist()
+        for name in names:
+            zout.writestr(name, zin.read(name))
+        first_mask = next(n for n in names if n.startswith("masks/"))
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            zout.writestr(first_mask, _mask_as(first_mask, zin.read(first_mask), fill=3))
+    faults = check_submission(out, VAL_IMAGES).faults
+    assert faults == [f"{first_mask}: stored 2 times; every member name must be unique"]

@@ -26,9 +26,8 @@ def _add_run_args(p: argparse.ArgumentParser, default_out: str) -> None:
 
 
 def _budget(args) -> float | None:
-    if args.budget is not None and not args.budget > 0:
-        raise ValueError(f"--budget must be a positive number of minutes, got {args.budget:g}")
-    return args.budget
+    from facekd.budget import check_minutes
+    return None if args.budget is None else check_minutes(args.budget)
 
 
 def _config(stage: str, args, **extra):

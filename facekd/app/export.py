@@ -43,6 +43,10 @@ def shippable_student(ckpt: dict, source: str | Path) -> tuple[nn.Module, int]:
     if "input_size" not in cfg:
         raise ValueError(f"{source}: model_cfg has no input_size, which run.py needs")
     model, _ = load_model(ckpt, source=source)
+    broken = [name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+    if broken:
+        raise ValueError(f"{source}: {len(broken)} weight tensor(s) hold inf or NaN (e.g. {broken[0]}); "
+                         "its training diverged, so it cannot be shipped")
     n = challenge.count_params(model)
     if n >= challenge.PARAM_LIMIT:
         raise ValueError(f"{source}: {arch} has {n:,} trainable parameters; the challenge needs fewer than "

@@ -14,6 +14,7 @@ import teachers
 from teachers.ensemble import Ensemble
 from facekd.checkpoint import load_checkpoint
 from facekd.inference import one_line
+from facekd.labels import NUM_CLASSES
 
 
 def named_config(name: str, input_size: int) -> dict:
@@ -46,6 +47,10 @@ def load_model(checkpoint: str | Path | dict, device: torch.device | str | None 
         ckpt, source = checkpoint, source or "checkpoint"
     else:
         ckpt, source = load_checkpoint(checkpoint), source or checkpoint
+    classes = ckpt["model_cfg"].get("num_classes", NUM_CLASSES) if isinstance(ckpt["model_cfg"], dict) else None
+    if classes != NUM_CLASSES:
+        raise ValueError(f"{source}: predicts {classes} classes; facekd models predict the {NUM_CLASSES} "
+                         "CelebAMask-HQ classes")
     try:
         model = build_model(ckpt["model_cfg"], allow_over_budget=True)
     except (KeyError, TypeError, ValueError) as e:  # an unknown arch or a field its class does not take

@@ -235,6 +235,7 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
     for path in teachers:
         if not Path(path).is_file():
             raise FileNotFoundError(f"--teacher {path}: no such checkpoint")
+    load_teacher(teachers)  # an unsafe, foreign or mis-sized teacher is refused before the audit, not after
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"{out} already holds a pipeline; pass --resume to continue it or choose another --out")
@@ -254,6 +255,10 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
     if summary.setdefault("teacher_from", teacher) != teacher:
         started = f"--teacher {summary['teacher_from']}" if summary["teacher_from"] else "its own teacher stage"
         raise ValueError(f"{out} was started with {started}; resume it with that")
+    # an older summary has no "audit" key: its stages say whether it audited
+    if summary.setdefault("audit", "audit" in summary["stages"] or not summary["stages"] and audit) != audit:
+        raise ValueError(f"{out} was started {'with' if summary['audit'] else 'without'} the label audit; "
+                         f"resume it {'without' if summary['audit'] else 'with'} --no-audit")
     if summary.setdefault("finetune_kd", finetune_kd) != finetune_kd:
         raise ValueError(f"{out} was started with --finetune-kd {summary['finetune_kd']}; resume it with that")
     budget = Budget(budget_minutes) if budget_minutes is not None else None

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import io
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
 from facekd.app.models import load_model
 from facekd import challenge
-from facekd.inference import atomic_write, check_output_file, list_images
+from facekd.inference import atomic_write, check_output_file, list_images, load_weights
 from facekd.labels import NUM_CLASSES
 
 MASK_SIZE = (512, 512)  # (width, height) of every challenge image, hence of every mask
@@ -46,6 +47,16 @@ def _unsafe_name(name: str) -> bool:
     """Absolute or parent-relative members can escape the folder they are unzipped into."""
     p = PurePosixPath(name.replace("\\", "/"))
     return p.is_absolute() or ".." in p.parts or (len(name) > 1 and name[1] == ":")
+
+
+def _member_faults(members: list[zipfile.ZipInfo]) -> list[str]:
+    """Symbolic links (unzip recreates them, pointing anywhere, /etc/passwd included) and names
+    stored twice (which copy an unzip keeps depends on the tool)."""
+    faults = [f"{m.filename}: a symbolic link; a submission must hold plain files only"
+              for m in members if stat.S_ISLNK(m.external_attr >> 16)]
+    counts = Counter(m.filename for m in members)
+    return faults + [f"{name}: stored {n} times; every member name must be unique"
+                     for name, n in counts.items() if n > 1]
 
 
 def _root_prefix(names: list[str], report: CheckReport) -> str:
@@ -91,7 +102,7 @@ def count_shipped_params(data: bytes) -> int:
     load_model rebuilds it as trained, so an over-limit model is counted and reported rather
     than refused at build time, and loads the weights strictly, because run.py would fail on
     weights that do not match the config."""
-    ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    ckpt = load_weights(io.BytesIO(data), "solution/ckpt.pth")
     model, _ = load_model(ckpt, source="solution/ckpt.pth")
     return challenge.count_params(model)
 
@@ -112,6 +123,7 @@ def check_submission(zip_path: str | Path, images: str | Path | None = None) -> 
         report.faults += [f"{n}: unsafe member name (absolute path or '..')" for n in names if _unsafe_name(n)]
         # a zip's separator is '/': a member a Windows tool stored as masks\x.png unzips as one oddly named file
         report.faults += [f"{n}: backslash in member name; zip paths must use '/'" for n in names if "\\" in n]
+        report.faults += _member_faults(zf.infolist())
         root = _root_prefix(names, report)
 
         solution = f"{root}solution/"
