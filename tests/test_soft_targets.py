@@ -205,8 +205,8 @@ def test_cli_distill_offline_end_to_end(tmp_path, capsys):
 def test_a_cache_file_with_overwritten_bytes_is_recomputed(tmp_path, sample_root, capsys):
     """Issue 28, fault 16: torch reads a tensor's bytes without checking them, so bytes
     overwritten in the middle of a cache file used to be a "hit" and trained on."""
-    from distill.train import load_teacher
-    path = _teacher_file(tmp_path / "teacher.pt", 0)
+    from distill.teacher import load_teacher
+    path = [str(_teacher_file(tmp_path / "teacher.pt", 0))]
     cfg = RunConfig(soft_target_cache=str(tmp_path / "cache"))
     teacher, _ = load_teacher(path)
     first, rec = offline_soft_targets(cfg, teacher, path, sample_root, 16, progress=False)
