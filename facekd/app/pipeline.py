@@ -43,7 +43,7 @@ from facekd.challenge import PARAM_LIMIT
 from facekd.config import resolve_config
 from facekd.inference import list_images
 from facekd.app.export import export
-from facekd.app.models import load_model
+from facekd.app.models import load_model, load_models
 from facekd.app.report import write_report
 from facekd.profile import model_cost
 from facekd.app.submission import package as package_submission
@@ -69,10 +69,9 @@ def _cost(checkpoint: Path) -> dict:
 
 
 def _teacher_cost(checkpoints: list[Path], cfg, data_root) -> dict:
-    """_cost of the teacher, which may be an ensemble: its val F-score is then scored here."""
-    if len(checkpoints) == 1:
-        return _cost(checkpoints[0])
-    teacher, info = load_teacher(checkpoints)
+    """_cost of the teacher, which may be an ensemble: its val F-score is then scored here.
+    Loaded unfrozen, as _cost loads a model, so that its parameters are counted."""
+    teacher, info = load_models(checkpoints)
     return {"val_fscore": teacher_val_fscore(teacher, info, cfg, data_root), **model_cost(teacher)}
 
 
