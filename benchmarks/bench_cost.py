@@ -12,7 +12,9 @@ import argparse
 
 import torch
 
-from facekd.app.models import load_model
+import students  # noqa: F401  (fills the registry load_model builds from)
+from facekd.checkpoint import load_checkpoint
+from facekd.models import load_model
 from facekd.profile import model_cost
 
 
@@ -23,7 +25,8 @@ def main():
     print(f"threads={torch.get_num_threads()}")
     print(f"{'checkpoint':<40} {'params':>10} {'size':>5} {'GMACs':>6} {'ms':>7} {'GMACs@512':>9} {'ms@512':>7} {'val F':>7}")
     for path in args.checkpoints:
-        model, ckpt = load_model(path, torch.device("cpu"))
+        ckpt = load_checkpoint(path)
+        model = load_model(ckpt, path)
         own, at512 = model_cost(model), model_cost(model, 512)
         val = ckpt.get("val_fscore")
         print(f"{path:<40} {own['params']:>10,} {own['size']:>5} {own['macs'] / 1e9:>6.2f} {own['latency_ms']:>7.1f} "

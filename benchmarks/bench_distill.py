@@ -21,8 +21,8 @@ from timm.scheduler import CosineLRScheduler
 from bench_infer import matmul_gflops
 from distill.soft_targets import offline_soft_targets, output_stride, stored_size
 from distill.teacher import load_teacher, teacher_paths
-from distill.train import distillation_loss
-from facekd.app.models import build_model, named_config
+from facekd.losses import training_loss
+from facekd.models import build_model, named_config
 from facekd.challenge import count_params
 from facekd.config import PRESETS, RunConfig
 from facekd.data import load_split
@@ -66,7 +66,7 @@ def offline_added_ms(cfg: RunConfig, split, targets: torch.Tensor, out_side: int
     """(ms, ms): what offline adds to a scratch step, timed alone, which a busy machine disturbs
     far less than whole steps: warping the stored maps with the batch, and the distillation
     terms' forward and backward."""
-    b, loss_fn, augment = cfg.batch_size, distillation_loss(cfg, None), AugmentConfig.from_run_config(cfg)
+    b, loss_fn, augment = cfg.batch_size, training_loss(cfg, None), AugmentConfig.from_run_config(cfg)
     images, masks, soft = split.images[:b], split.masks[:b], targets[:b]
     batch = lambda scores: train_batch(images, masks, augment, torch.Generator().manual_seed(0), scores)
     _, labels, warped = batch(soft)
@@ -76,6 +76,29 @@ def offline_added_ms(cfg: RunConfig, split, targets: torch.Tensor, out_side: int
         loss_fn(logits, None, labels, scores)["loss"].backward()
     return (added_ms(lambda: batch(None), lambda: batch(soft)),
             added_ms(lambda: loss_step(None), lambda: loss_step(warped)))
+
+
+def bench_size(cfg, args, size: int, kinds: dict, student, targets) -> None:
+    """Median step time of each kind of step at one training size, interleaved step by step."""
+    split = load_split(args.data, "train", size, args.images, progress=False)
+    loops = {k: make_loop(cfg, student(), loss_fn, soft) for k, (loss_fn, soft) in kinds.items()}
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))
+    times = {k: [] for k in kinds}
+    for step in range(args.steps + 1):  # step 0 warms up
+        idx = order.roll(-step * cfg.batch_size)[:cfg.batch_size]
+        for kind, loop in loops.items():
+            seconds = timed_step(loop, split, idx)
+            if step:
+                times[kind].append(seconds)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    for kind in kinds:
+        print(f"@{size} {kind:<8} {median[kind]:6.3f} s/step (median of {args.steps}; "
+              f"min {min(times[kind]):.3f}, max {max(times[kind]):.3f}) {cfg.batch_size / median[kind]:5.2f} img/s "
+              f"{median[kind] / median['scratch']:5.2f}x scratch "
+              f"(by min {min(times[kind]) / min(times['scratch']):.2f}x)")
+    warp_ms, loss_ms = offline_added_ms(cfg, split, targets, size // output_stride(student()))
+    print(f"@{size} offline adds {warp_ms:.0f} ms (warping the stored maps) + {loss_ms:.0f} ms (distillation "
+          f"terms, forward and backward) = {(warp_ms + loss_ms) / 10 / median['scratch']:.1f}% of a scratch step")
 
 
 def main():
@@ -115,30 +138,11 @@ def main():
           f"ce + dice {cfg.dice_weight:g} + cwd {cfg.cwd_weight:g} + kd {cfg.kd_weight:g}")
     print(f"one-time soft targets: {record['seconds']:.1f} s for {record['shape'][0]} maps of "
           f"{record['size']}x{record['size']} (teacher at {record['teacher_input_sizes']}, flip TTA, decode included)")
-    kinds = {"scratch": (distillation_loss(cfg, None), None),
-             "online": (distillation_loss(cfg, teacher), None),
-             "offline": (distillation_loss(cfg, None), targets)}
+    kinds = {"scratch": (training_loss(cfg, None), None),
+             "online": (training_loss(cfg, teacher), None),
+             "offline": (training_loss(cfg, None), targets)}
     for size in args.sizes:
-        split = load_split(args.data, "train", size, args.images, progress=False)
-        loops = {k: make_loop(cfg, student(), loss_fn, soft) for k, (loss_fn, soft) in kinds.items()}
-        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))
-        times = {k: [] for k in kinds}
-        for step in range(args.steps + 1):  # step 0 warms up
-            idx = order.roll(-step * cfg.batch_size)[:cfg.batch_size]
-            for kind, loop in loops.items():
-                seconds = timed_step(loop, split, idx)
-                if step:
-                    times[kind].append(seconds)
-        median = {k: statistics.median(v) for k, v in times.items()}
-        for kind in kinds:
-            print(f"@{size} {kind:<8} {median[kind]:6.3f} s/step (median of {args.steps}; "
-                  f"min {min(times[kind]):.3f}, max {max(times[kind]):.3f}) {cfg.batch_size / median[kind]:5.2f} img/s "
-                  f"{median[kind] / median['scratch']:5.2f}x scratch "
-                  f"(by min {min(times[kind]) / min(times['scratch']):.2f}x)")
-        warp_ms, loss_ms = offline_added_ms(cfg, split, targets, size // output_stride(student()))
-        print(f"@{size} offline adds {warp_ms:.0f} ms (warping the stored maps) + {loss_ms:.0f} ms (distillation "
-              f"terms, forward and backward) = {(warp_ms + loss_ms) / 10 / median['scratch']:.1f}% of a scratch step")
-
+        bench_size(cfg, args, size, kinds, student, targets)
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,9 @@ import time
 
 import torch
 
-from facekd.app.models import load_model
+import students  # noqa: F401  (fills the registry load_model builds from)
+from facekd.checkpoint import load_checkpoint
+from facekd.models import load_model
 from facekd.app.predict import predict_paths
 from facekd.profile import count_macs, cpu_latency_ms
 
@@ -32,7 +34,8 @@ def main():
     parser.add_argument("--weights", default="solution/ckpt.pth")
     parser.add_argument("--images", default="data/celebamask-mini/val/images")
     args = parser.parse_args()
-    model, ckpt = load_model(args.weights, torch.device("cpu"))
+    ckpt = load_checkpoint(args.weights)
+    model = load_model(ckpt, args.weights)
     size = ckpt["model_cfg"]["input_size"]  # a 512 image is resized to this before the forward pass
     macs = count_macs(model, size)
     latency = cpu_latency_ms(model, size, repeats=10)

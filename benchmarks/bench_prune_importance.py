@@ -4,10 +4,12 @@ import json, sys, time
 import torch
 from compress.prune import prune_to_target
 from compress.train import taylor_gradients
-from facekd.app.models import load_model
+import students  # noqa: F401  (fills the registry load_model builds from)
+from facekd.checkpoint import load_checkpoint
+from facekd.models import load_model
 from facekd.challenge import count_params
 from facekd.data import load_split
-from facekd.engine import evaluate
+from facekd.evaluation import evaluate
 
 torch.set_num_threads(1)
 data, target = "data/celebamask-mini", int(sys.argv[1])
@@ -15,7 +17,8 @@ val = load_split(data, "val", None, progress=False)
 out = {"target_params": target, "val_images": len(val)}
 for importance in ("magnitude", "taylor"):
     torch.manual_seed(0)
-    model, ckpt = load_model("solution/ckpt.pth")
+    ckpt = load_checkpoint("solution/ckpt.pth")
+    model = load_model(ckpt, "solution/ckpt.pth")
     size = ckpt["model_cfg"]["input_size"]
     if importance == "magnitude":
         out["before"] = {"params": count_params(model), "val_fscore": evaluate(model, val, size, True)["fscore"]}

@@ -18,10 +18,10 @@ from PIL import Image, ImageEnhance
 
 from facekd.config import RunConfig
 from facekd.data import find_pairs, load_split
-from facekd.engine import supervised_loss
+from facekd.losses import training_loss
 from facekd.inference import normalize
 from facekd.labels import FLIP_PERMUTATION
-from facekd.app.models import build_model, named_config
+from facekd.models import build_model, named_config
 from facekd.transforms import AugmentConfig, train_batch
 
 
@@ -49,6 +49,21 @@ def bench(step, batches: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def make_update(args, loss_fn, channels_last: bool):
+    """A function that takes one optimiser step of a fresh model on (images, labels)."""
+    model = build_model(named_config(args.model, args.size), allow_over_budget=True).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def update(images, labels):
+        loss = loss_fn(model(images), images, labels)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return update
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/celebamask-mini")
@@ -60,26 +75,13 @@ def main():
     torch.manual_seed(0)
     random.seed(0)
     cfg = RunConfig(dice_weight=0.5)
-    loss_fn = supervised_loss(cfg)
+    loss_fn = training_loss(cfg)
     n_images = args.batch_size * (args.batches + 1)
-
-    def trainer(channels_last: bool):
-        model = build_model(named_config(args.model, args.size), allow_over_budget=True).train()
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-        def update(images, labels):
-            loss = loss_fn(model(images), images, labels)["loss"]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return update
 
     t0 = time.perf_counter()
     split = load_split(args.data, "train", args.size, limit=n_images, progress=False)
     decode_s = time.perf_counter() - t0
-    fast_update, augment = trainer(True), AugmentConfig()
+    fast_update, augment = make_update(args, loss_fn, True), AugmentConfig()
 
     def fast_step(i):
         idx = torch.arange(i * args.batch_size, (i + 1) * args.batch_size)
@@ -87,7 +89,7 @@ def main():
         return args.batch_size
 
     pairs = find_pairs(args.data, "train")[:n_images]
-    naive_update = trainer(False)
+    naive_update = make_update(args, loss_fn, False)
 
     def naive_step(i):
         samples = [naive_sample(p, args.size) for p in pairs[i * args.batch_size:(i + 1) * args.batch_size]]

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import torch
 
-from facekd.app.models import load_model
+import students  # noqa: F401  (fills the registry load_model builds from)
+from facekd.checkpoint import load_checkpoint
+from facekd.models import load_model
 from facekd.data import load_split
-from facekd.engine import evaluate
+from facekd.evaluation import evaluate
 
 WATCHED = ["ear_r", "neck_l", "l_ear", "r_ear", "l_brow", "r_brow"]
 RUN_NAME = re.compile(r"(?P<arm>[a-z_]+)_s(?P<seed>\d+)$")  # kd_image_s0 is arm kd_image, seed 0
@@ -70,7 +72,8 @@ def main():
             targets = s.get("soft_targets_s")
             print(f"| {run.name} | {name} | {s['val_fscore']:.4f} | {s['params']:,} | {s['wall_s'] / 60:.1f} | "
                   f"{s.get('epochs', '')} | {'' if targets is None else f'{targets / 60:.1f}'} |")
-        model, ckpt = load_model(info["shipped"] / "best.pt")
+        ckpt = load_checkpoint(info["shipped"] / "best.pt")
+        model = load_model(ckpt, info["shipped"] / "best.pt")
         scored = evaluate(model, val, ckpt["model_cfg"]["input_size"], flip_tta=True)
         if abs(scored["fscore"] - ckpt["val_fscore"]) > 1e-6:
             print(f"  MISMATCH: {info['shipped']} records {ckpt['val_fscore']:.6f}, scores {scored['fscore']:.6f}")

@@ -16,7 +16,7 @@ import dataclasses
 
 from distill.soft_targets import offline_soft_targets, stored_size
 from distill.teacher import load_teacher, teacher_paths
-from distill.train import build_student
+from facekd.models import init_model
 from facekd.config import resolve_config
 
 
@@ -35,7 +35,7 @@ def main():
     cfg = dataclasses.replace(resolve_config(args.stage, args.preset, assignments=args.set), distill_mode="offline",
                               soft_target_cache=args.cache, threads=args.threads)
     teacher, _ = load_teacher(args.teacher)
-    student, _ = build_student(cfg)  # only its output stride is read
+    student, _ = init_model(cfg)  # only its output stride is read
     _, record = offline_soft_targets(cfg, teacher, teacher_paths(args.teacher), args.data, stored_size(cfg, student))
     print(record)
 

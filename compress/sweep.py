@@ -20,7 +20,8 @@ from compress.train import prune_and_finetune
 from distill.soft_targets import offline_soft_targets, stored_size
 from distill.teacher import load_teacher, names_teacher, teacher_paths, teacher_record
 from facekd import distributed
-from facekd.app.models import load_model, load_student
+from facekd.checkpoint import load_checkpoint
+from facekd.models import load_model
 from facekd.config import RunConfig
 
 # sweep kind -> prune_and_finetune's keyword for one target of that kind
@@ -42,7 +43,7 @@ def check_targets(student_path, kind: str, targets: list) -> dict:
     twice = sorted({t for t in targets if targets.count(t) > 1})
     if twice:
         raise ValueError(f"{flag}: {twice[0]} is listed twice")
-    model, _ = load_student(student_path, "sweep")
+    model = load_model(load_checkpoint(student_path), student_path, student_for="sweep")
     if kind == "ratio":
         bad = [r for r in targets if not 0 < r < 1]
         if bad:
@@ -104,7 +105,7 @@ def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: s
         # the same time to fine-tune rather than the first paying for the teacher's pass
         teacher, _ = load_teacher(teacher_path)
         offline_soft_targets(cfg, teacher, teacher_paths(teacher_path), data_root,
-                             stored_size(cfg, load_model(student_path)[0]), progress)
+                             stored_size(cfg, load_model(load_checkpoint(student_path), student_path)), progress)
     record = {"student": str(student_path), "teacher": teacher_record(teacher_path), "kind": kind,
               "importance": importance, **bounds, "targets": []}
     # largest model first: the mildest cut, and the first row a reader compares with the student

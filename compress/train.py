@@ -10,7 +10,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
-from compress.prune import prune_to_target, rebuild
+from compress.prune import IMPORTANCES, prune_to_target, rebuild
 from distill.train import distill
 from facekd import distributed
 from facekd.checkpoint import load_checkpoint, save_checkpoint
@@ -19,7 +19,7 @@ from facekd.config import RunConfig
 from facekd.data import load_split
 from facekd.engine import evaluate
 from facekd.inference import normalize
-from facekd.app.models import build_model, load_model, load_student
+from facekd.models import build_model, load_model
 from facekd.profile import model_cost
 
 
@@ -71,13 +71,14 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
                                               importance, progress)
         distributed.barrier()
         if not distributed.is_main():
-            model, pruned = load_model(out / "pruned.pt")
-            model_cfg = pruned["model_cfg"]
+            pruned = load_checkpoint(out / "pruned.pt")
+            model, model_cfg = load_model(pruned, out / "pruned.pt"), pruned["model_cfg"]
             report = json.loads(report_path.read_text())
     result = distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
                      model_cfg=model_cfg, stage="prune", budget=budget)
     if distributed.is_main():
-        tuned, best = load_model(out / "best.pt")
+        best = load_checkpoint(out / "best.pt")
+        tuned = load_model(best, out / "best.pt")
         report["after_finetune"] = {**model_cost(tuned), "val_fscore": best["val_fscore"]}
         report_path.write_text(json.dumps(report, indent=2) + "\n")
     distributed.barrier()
@@ -90,7 +91,8 @@ def finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, resume:
              progress: bool = True) -> dict:
     """Continue training a student checkpoint (pruned or not) with the prune stage's config,
     under the teacher or, with teacher_path None or 'none', from labels alone."""
-    model, ckpt = load_student(student_path, "fine-tune")
+    ckpt = load_checkpoint(student_path)
+    model = load_model(ckpt, student_path, student_for="fine-tune")
     return distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
                    model_cfg=ckpt["model_cfg"], stage="finetune")
 
@@ -98,11 +100,12 @@ def finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, resume:
 def _prune(cfg: RunConfig, data_root, out: Path, student_path, target_params, target_macs, ratio, importance,
            progress) -> tuple:
     """Prune the student, save pruned.pt and prune_report.json; returns (model, model_cfg, report)."""
-    model, ckpt = load_student(student_path, "prune")
+    ckpt = load_checkpoint(student_path)
+    model = load_model(ckpt, student_path, student_for="prune")
     input_size = ckpt["model_cfg"]["input_size"]
     val = load_split(data_root, "val", None, progress=progress)
     before = measure(model, val, input_size, cfg.flip_tta)
-    gradient_fn = taylor_gradients(data_root) if importance == "taylor" else None
+    gradient_fn = taylor_gradients(data_root) if IMPORTANCES[importance].needs_gradients else None
     pruning = prune_to_target(model, target_params=target_params, target_macs=target_macs, ratio=ratio,
                               importance=importance, gradient_fn=gradient_fn)
     model, model_cfg = rebuild(model)

@@ -25,7 +25,8 @@ from tqdm import tqdm
 from facekd.config import RunConfig
 from facekd.data import find_pairs, load_split
 from facekd.distributed import pick_device
-from facekd.inference import InputError, atomic_write, load_weights, predict_logits
+from facekd.files import InputError, atomic_write, read_torch_file
+from facekd.inference import predict_logits
 from teachers.ensemble import Ensemble
 
 CACHE_FORMAT = 2  # bump when what is stored changes, so that older cache files miss
@@ -121,7 +122,7 @@ def _read_cache(path: Path, key: dict) -> torch.Tensor | None:
     if not path.is_file():
         return None
     try:
-        stored = load_weights(path)
+        stored = read_torch_file(path)
     except InputError as e:
         tqdm.write(f"soft targets: ignoring unreadable cache file ({e})")
         return None

@@ -12,7 +12,7 @@ from facekd.config import RunConfig
 from facekd.data import load_split
 from facekd.distributed import pick_device
 from facekd.engine import evaluate
-from facekd.app.models import load_models
+from teachers.ensemble import model_or_ensemble
 
 
 def teacher_paths(value) -> list[str]:
@@ -43,7 +43,7 @@ def load_teacher(value) -> tuple[nn.Module | None, dict]:
     paths = teacher_paths(value)
     if not paths:
         return None, {}
-    teacher, info = load_models(paths)
+    teacher, info = model_or_ensemble(paths)
     teacher.requires_grad_(False)
     return teacher, info
 

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from facekd.data import find_pairs
-from facekd.inference import check_output_folder
+from facekd.files import check_output_folder
 from facekd.labels import NUM_CLASSES, PALETTE
 
 LR_PAIRS = {"eyes": (4, 5), "brows": (6, 7), "ears": (8, 9)}

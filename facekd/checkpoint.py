@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from facekd.inference import atomic_write, load_weights
+from facekd.files import atomic_write, read_torch_file
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -21,7 +21,7 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    ckpt = load_weights(path)
+    ckpt = read_torch_file(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_cfg" not in ckpt:
         raise ValueError(f"{path}: not a facekd checkpoint (expected a dict with 'model' and 'model_cfg')")
     return ckpt

@@ -18,8 +18,7 @@ from facekd.budget import MAX_BUDGET_MINUTES
 
 @dataclass
 class RunConfig:
-    # data
-    data: str = ""                      # "" = the embedded sample
+    # data (the root itself is the command's --data, recorded with the run beside this config)
     train_limit: int = 0                # use only the first N training pairs (0 = all)
     # model: a named teacher or student
     model: str = "resfpn"
@@ -101,8 +100,9 @@ class RunConfig:
             ("eval_every", self.eval_every < 1, "must be at least 1"),
             ("panel_every", self.panel_every < 1, "must be at least 1"),
             ("threads", self.threads < 0, "must not be negative (0 means torch's default)"),
-            *((f"{w}", getattr(self, w) < 0, "must not be negative")
-              for w in ("ce_weight", "dice_weight", "kd_weight", "cwd_weight", "dist_weight")),
+            # every loss weight, so that a new loss's weight is checked without an edit here
+            *((f.name, getattr(self, f.name) < 0, "must not be negative")
+              for f in dataclasses.fields(self) if f.name.endswith("_weight")),
         ) if bad]
         phases_ok = isinstance(self.resolutions, list) and self.resolutions and all(
             isinstance(x, list) and len(x) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
@@ -185,7 +185,7 @@ def parse_assignments(items: list[str] | None) -> dict:
 
 
 # Settings a resumed run may change: they do not alter what has been trained so far.
-RESUMABLE_CHANGES = {"threads", "eval_every", "panel_every", "budget_minutes", "data", "soft_target_cache"}
+RESUMABLE_CHANGES = {"threads", "eval_every", "panel_every", "budget_minutes", "soft_target_cache"}
 
 
 def resume_conflicts(saved: dict, new: dict) -> list[str]:

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from facekd.inference import InputError, list_images, load_rgb, resize_images
+from facekd.files import InputError
+from facekd.inference import list_images, load_rgb, resize_images
 from facekd.labels import NUM_CLASSES
 
 SAMPLE_DATA = Path(__file__).parent / "sample_data"

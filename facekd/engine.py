@@ -18,7 +18,6 @@ rank 0 alone validates and writes the run directory.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,110 +26,25 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from facekd import distributed
 from facekd.challenge import count_params
 from facekd.budget import Budget, BudgetError, format_seconds
 from facekd.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
-from facekd.config import RunConfig, resume_conflicts, save_config
+from facekd.config import RunConfig, resume_conflicts
 from facekd.data import CachedSplit, load_split
-from facekd.inference import predict_logits
-from facekd.labels import NUM_CLASSES, PALETTE
-from facekd.metric import FScoreMeter
+from facekd.evaluation import evaluate
+from facekd.labels import NUM_CLASSES, colourise
+from facekd.losses import LossFn
+from facekd.run_dir import TrainingRun
 from facekd.sampling import epoch_sampler
-from facekd.transforms import IGNORE_INDEX, AugmentConfig, train_batch
+from facekd.transforms import AugmentConfig, train_batch
 
-LossFn = Callable[..., dict]  # (logits, images, labels, soft_targets) -> {"loss": total, **terms}
 SCHEDULE_STEPS = 100_000  # under a budget the lr schedule runs on progress x this many ticks
-
-
-def dice_loss(logits: torch.Tensor, labels: torch.Tensor, per_image: bool = False) -> torch.Tensor:
-    """Soft multi-class Dice over the classes present in the labels; ignores padded pixels.
-
-    Pooled over the batch by default. With per_image, each image's Dice is averaged over the
-    classes its own labels hold and then over images: the shape of the challenge's score, in
-    which a necklace in one image weighs as much as that image's skin."""
-    valid = (labels != IGNORE_INDEX).unsqueeze(1)
-    probs = logits.float().softmax(1) * valid
-    onehot = F.one_hot(labels.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2) * valid
-    inter, probs_sum, pixels = (probs * onehot).sum((2, 3)), probs.sum((2, 3)), onehot.sum((2, 3))  # B x C
-    if not per_image:  # the whole batch scored as one image
-        inter, probs_sum, pixels = inter.sum(0, True), probs_sum.sum(0, True), pixels.sum(0, True)
-    dice = (2 * inter + 1) / (probs_sum + pixels + 1)
-    present = pixels > 0
-    counts = present.sum(1)
-    scored = counts > 0  # an image warped entirely into padding has nothing to score
-    return 1 - ((dice * present).sum(1)[scored] / counts[scored]).mean()
-
-
-def supervised_loss(cfg: RunConfig) -> LossFn:
-    """Cross-entropy plus optional Dice, on logits upsampled to the label resolution."""
-    def loss_fn(logits, images, labels, soft_targets=None):
-        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        terms = {"ce": F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)}
-        if cfg.dice_weight > 0:
-            terms["dice"] = dice_loss(logits, labels, per_image=cfg.dice_scope == "image")
-        terms["loss"] = cfg.ce_weight * terms["ce"] + cfg.dice_weight * terms.get("dice", 0.0)
-        return terms
-    return loss_fn
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, val: CachedSplit, input_size: int, flip_tta: bool, batch_size: int = 8,
-             device: torch.device | None = None, return_preds: bool = False):
-    """The challenge F-score on a cached split at its native size (512 for the real data)."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    meter, preds = FScoreMeter(), []
-    for i in range(0, len(val), batch_size):
-        images = val.images[i:i + batch_size].to(device)
-        pred = predict_logits(model, images, input_size, flip_tta=flip_tta).argmax(1)
-        meter.update(pred, val.masks[i:i + batch_size].to(device))
-        if return_preds:
-            preds.append(pred.to(torch.uint8).cpu())
-    model.train(was_training)
-    summary = meter.summary()
-    return (summary, torch.cat(preds)) if return_preds else summary
-
-
-def colourise(masks: torch.Tensor) -> torch.Tensor:
-    palette = torch.tensor(PALETTE, dtype=torch.uint8).view(-1, 3)
-    return palette[masks.long()].permute(0, 3, 1, 2)
-
-
-class TrainingRun:
-    """Owns a run directory: config snapshot, TensorBoard, metrics.jsonl and checkpoints.
-
-    Nothing is written until `open`, which the loop calls after its first step, so a run that
-    fails before it trained at all (bad data, a budget too small) leaves no folder behind.
-    With writes=False (torchrun ranks other than 0) it only checks the directory, so that
-    every rank refuses an existing run alike instead of rank 0 failing alone."""
-
-    def __init__(self, run_dir: Path, resume: bool, writes: bool = True):
-        self.dir = Path(run_dir)
-        if (self.dir / "last.pt").exists() and not resume:
-            raise FileExistsError(f"{self.dir} already holds a run; pass --resume to continue it "
-                                  f"or choose another --out")
-        self.writes, self.writer = writes, None
-
-    def open(self, cfg: RunConfig, config_record: dict) -> None:
-        if self.writes and self.writer is None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.dir, config_record)
-            self.writer = SummaryWriter(str(self.dir))
-
-    def log(self, record: dict) -> None:
-        # standard JSON, which has no NaN or Infinity: a value that is not finite is logged as null
-        record = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()}
-        with (self.dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record, allow_nan=False) + "\n")
 
 
 @dataclass
@@ -167,7 +81,6 @@ class Loop:
     config_record: dict = field(default_factory=dict)
     inputs: dict = field(default_factory=dict)  # run_inputs: saved with the config, for resume checks
     logged_start: bool = False
-    last_progress: float = 0.0           # the reading that set the lr; stopping must use the same one
     finished: bool = False               # the last epoch (or the budget's end) was reached; resuming is a no-op
 
     @property
@@ -181,20 +94,16 @@ class Loop:
             return self.budget.progress()
         return float(distributed.broadcast(torch.tensor(self.budget.progress(), dtype=torch.float64)))
 
-    def schedule_tick(self) -> int:
-        """The lr schedule's position: the step, or under a budget one progress reading, kept in
-        last_progress for the step's stop and phase checks."""
-        if not self.budget:
-            return self.step
-        self.last_progress = self.progress()
-        return int(self.last_progress * SCHEDULE_STEPS)
-
     def size_now(self, epoch: int) -> int:
         return self.cfg.size_at_progress(self.progress()) if self.budget else self.cfg.size_at(epoch)
 
 
-def train_step(loop: Loop, images: torch.Tensor, masks: torch.Tensor, soft: torch.Tensor | None) -> dict:
-    """One optimiser step on a uint8 batch; returns the detached loss terms."""
+def train_step(loop: Loop, images: torch.Tensor, masks: torch.Tensor,
+               soft: torch.Tensor | None) -> tuple[dict, float | None]:
+    """One optimiser step on a uint8 batch. Returns the detached loss terms and, under a budget,
+    the progress reading that set the next step's lr: the caller's stop and phase checks must
+    use that same reading, since a fresh one could pass 1.0 while the lr sat above its floor,
+    and the run would stop without a step at the floor."""
     images, labels, soft = train_batch(images, masks, loop.augment, loop.generator, soft)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=loop.device.type == "cuda"):
         logits = loop.net(images)
@@ -206,10 +115,11 @@ def train_step(loop: Loop, images: torch.Tensor, masks: torch.Tensor, soft: torc
         nn.utils.clip_grad_norm_(loop.model.parameters(), loop.cfg.grad_clip)
     loop.optimizer.step()
     loop.step += 1
-    loop.scheduler.step_update(loop.schedule_tick())
+    progress = loop.progress() if loop.budget else None
+    loop.scheduler.step_update(loop.step if progress is None else int(progress * SCHEDULE_STEPS))
     if loop.ema is not None:
         loop.ema.update(loop.model, step=loop.step)
-    return {k: float(v.detach()) for k, v in terms.items()}
+    return {k: float(v.detach()) for k, v in terms.items()}, progress
 
 
 class NonFiniteLossError(ValueError):
@@ -240,7 +150,7 @@ def train_one_epoch(loop: Loop, data: CachedSplit, order: torch.Tensor, size: in
             continue
         soft = None if loop.soft_targets is None else loop.soft_targets[idx].to(loop.device)
         t0 = time.perf_counter()
-        terms = train_step(loop, data.images[idx].to(loop.device), data.masks[idx].to(loop.device), soft)
+        terms, progress = train_step(loop, data.images[idx].to(loop.device), data.masks[idx].to(loop.device), soft)
         if not loop.run.writer and loop.main:  # the run's first step
             check_budget_fits(loop, step_seconds=time.perf_counter() - t0)
             loop.run.open(cfg, loop.config_record)
@@ -250,9 +160,6 @@ def train_one_epoch(loop: Loop, data: CachedSplit, order: torch.Tensor, size: in
         postfix = {"loss": f"{terms['loss']:.3f}"}
         if loop.budget:
             postfix["left"] = format_seconds(loop.budget.left())
-            # the reading that set this step's lr: a fresh one could pass 1.0 while the lr sat
-            # above its floor, and the run would stop without a step at the floor
-            progress = loop.last_progress
             spent = progress >= 1.0
             if spent or cfg.size_at_progress(progress) != size:
                 break
@@ -363,25 +270,6 @@ def end_of_epoch(loop: Loop, size: int, sums: dict, seen: int, elapsed: float, i
         loop.best = float(distributed.broadcast(torch.tensor(loop.best, dtype=torch.float64)))
 
 
-def log_hparams(loop: Loop) -> None:
-    """The run's main settings and final score on TensorBoard's HParams tab, written into the
-    run's own events file so each run stays one file."""
-    from torch.utils.tensorboard.summary import hparams
-    cfg = loop.cfg
-    params = {"stage": loop.stage, "model": cfg.model, "resolutions": json.dumps(cfg.resolutions),
-              "epochs": cfg.epochs, "budget_minutes": cfg.budget_minutes, "batch_size": cfg.batch_size,
-              "lr": cfg.lr, "weight_decay": cfg.weight_decay, "ema_decay": cfg.ema_decay, "seed": cfg.seed,
-              "ce_weight": cfg.ce_weight, "dice_weight": cfg.dice_weight, "dice_scope": cfg.dice_scope,
-              "kd_weight": cfg.kd_weight, "cwd_weight": cfg.cwd_weight, "dist_weight": cfg.dist_weight,
-              "temperature": cfg.temperature,
-              "repeat_threshold": cfg.repeat_threshold, "distill_mode": cfg.distill_mode, "params": loop.n_params}
-    metrics = {"hparam/val_fscore": loop.best, "hparam/train_seconds": loop.train_seconds}
-    for summary in hparams(params, metrics):
-        loop.run.writer.file_writer.add_summary(summary)
-    for name, value in metrics.items():
-        loop.run.writer.add_scalar(name, value)
-
-
 def run_inputs(data_root, extra_config: dict | None) -> dict:
     """What a resumed run must share with the run it continues, beside its config: the data it
     trains and validates on, and its teacher(s) (a path, a list of paths, or "none"), as absolute
@@ -436,8 +324,9 @@ def fit(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_
     `budget` is the stage's running budget when the stage did work of its own first (loading a
     teacher, pruning); otherwise cfg.budget_minutes starts one here. `soft_targets` are stored
     class scores (N x C x h x w) in the order of the training split."""
-    loop, train_split, sampler = _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume,
-                                          extra_config, progress, budget, soft_targets)
+    loop, train_split, sampler = _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root=data_root, stage=stage,
+                                          resume=resume, extra_config=extra_config or {}, progress=progress,
+                                          budget=budget, soft_targets=soft_targets)
     loop.reference_scores = reference_scores or {}
     epochs = itertools.count(loop.epoch + 1) if loop.budget else range(loop.epoch + 1, cfg.epochs)
     if loop.finished:  # a budgeted run resumed after its end would otherwise spend its reserve again
@@ -470,10 +359,7 @@ def _finish(loop: Loop) -> dict:
     if loop.budget:
         result.update(budget_s=loop.budget.seconds, budget_spent_s=loop.budget.spent())
     if loop.main and loop.run.writer:
-        log_hparams(loop)
-        loop.run.writer.flush()
-        loop.run.writer.close()
-        (loop.run.dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        loop.run.close(loop.cfg, loop.stage, result)
     return result
 
 
@@ -501,33 +387,52 @@ def _training_data(cfg: RunConfig, data_root, world: int, rank: int, progress: b
     return train_split, val, sampler
 
 
-def _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, extra_config, progress, budget,
-             soft_targets):
+def _prepare(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_dir: str | Path, *,
+             data_root: str | Path, stage: str, resume: bool, extra_config: dict, progress: bool,
+             budget: Budget | None, soft_targets: torch.Tensor | None) -> tuple[Loop, Callable, object]:
     """Everything before the first step: process set-up, resume checks, data, optimiser, state."""
     distributed.setup()
-    world, rank = distributed.world_size(), distributed.rank()
-    device = distributed.pick_device()
-    if cfg.sync_bn and world > 1 and device.type != "cuda":
-        raise ValueError("sync_bn needs CUDA: torch's SyncBatchNorm has no CPU kernel")
+    world, rank, device = distributed.world_size(), distributed.rank(), distributed.pick_device()
     budget = budget or Budget.from_minutes(cfg.budget_minutes)
-    input_size = cfg.resolutions[-1][0]
-    model_cfg = {**model_cfg, "input_size": input_size}
+    model_cfg = {**model_cfg, "input_size": cfg.resolutions[-1][0]}
     inputs = run_inputs(data_root, extra_config)
     resumed = _resume_state(run_dir, resume, device, world, cfg, model_cfg, inputs)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    # each rank draws its own augmentations; rank 0 (and a single process) keeps the plain seed
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + rank)
     # batch_size is per process, so one step sees batch_size x world images; the learning
     # rate is scaled linearly with it (Goyal et al., 2017), warm-up included
     lr = cfg.lr * world
-    record = {"data_root": str(data_root), **(extra_config or {}), "world_size": world,
+    record = {"data_root": str(data_root), **extra_config, "world_size": world,
               "effective_batch_size": cfg.batch_size * world, "effective_lr": lr}
     run = TrainingRun(Path(run_dir), resume, writes=rank == 0)
     if rank == 0 and world > 1:
         tqdm.write(f"[{stage}] {world} processes x batch {cfg.batch_size} = effective batch "
                    f"{record['effective_batch_size']}, lr {cfg.lr:g} x {world} = {lr:g}")
+    model = _place_model(model, cfg, model_cfg["input_size"], device, world)
+    train_split, val, sampler = _training_data(cfg, data_root, world, rank, progress, soft_targets)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    scheduler = _make_schedule(optimizer, cfg, lr, math.ceil(len(sampler) / cfg.batch_size), budget is not None)
+    loop = Loop(cfg=cfg, stage=stage, model=model, net=_wrap(model, cfg, device, world), model_cfg=model_cfg,
+                loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
+                # only rank 0 evaluates and saves, so only it keeps an EMA
+                ema=ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 and rank == 0 else None,
+                augment=AugmentConfig.from_run_config(cfg),
+                # each rank draws its own augmentations; rank 0 (and a single process) keeps the plain seed
+                generator=torch.Generator(device=device).manual_seed(cfg.seed + rank),
+                device=device, run=run, val=val, budget=budget, soft_targets=soft_targets, reference_scores={},
+                n_params=count_params(model), world=world, rank=rank, progress_bars=progress and rank == 0,
+                config_record=record, inputs=inputs)
+    if resumed is not None:
+        _restore(loop, resumed)
+    if budget is not None:
+        budget.start_training()
+    return loop, train_split, sampler
+
+
+def _place_model(model: nn.Module, cfg: RunConfig, input_size: int, device: torch.device, world: int) -> nn.Module:
+    if cfg.sync_bn and world > 1 and device.type != "cuda":
+        raise ValueError("sync_bn needs CUDA: torch's SyncBatchNorm has no CPU kernel")
     model.input_size = input_size
     model.to(device)
     if cfg.channels_last:
@@ -535,26 +440,15 @@ def _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, 
     if cfg.sync_bn and world > 1:
         # same parameter and buffer names, so checkpoints still load into plain BatchNorm
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    train_split, val, sampler = _training_data(cfg, data_root, world, rank, progress, soft_targets)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    scheduler = _make_schedule(optimizer, cfg, lr, math.ceil(len(sampler) / cfg.batch_size), budget is not None)
-    # only rank 0 evaluates and saves, so only it keeps an EMA
-    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 and rank == 0 else None
-    augment = AugmentConfig.from_run_config(cfg)
-    # DDP averages gradients across ranks and, before each forward, copies rank 0's buffers
-    # to the others; the teacher of a distillation lives in loss_fn and is never wrapped.
+    return model
+
+
+def _wrap(model: nn.Module, cfg: RunConfig, device: torch.device, world: int) -> nn.Module:
+    """What each step calls. DDP averages gradients across ranks and, before each forward, copies
+    rank 0's buffers to the others; the teacher of a distillation lives in loss_fn and is never wrapped."""
     net = model if world == 1 else DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
-    loop = Loop(cfg=cfg, stage=stage, model=model, net=torch.compile(net) if cfg.compile else net,
-                model_cfg=model_cfg, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, ema=ema,
-                augment=augment, generator=generator, device=device, run=run, val=val, budget=budget,
-                soft_targets=soft_targets, reference_scores={}, n_params=count_params(model), world=world, rank=rank,
-                progress_bars=progress and rank == 0, config_record=record, inputs=inputs)
-    if resumed is not None:
-        _restore(loop, resumed)
-    if budget is not None:
-        budget.start_training()
-    return loop, train_split, sampler
+    return torch.compile(net) if cfg.compile else net
 
 
 def _restore(loop: Loop, state: dict) -> None:

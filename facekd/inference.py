@@ -1,18 +1,13 @@
 """The one implementation of pre- and post-processing, shared by `facekd predict`,
-validation and the exported `solution/run.py`.
+validation and the exported `solution/run.py`: images in, logits, masks out.
 
 Depends only on torch, numpy and pillow, because the export ships this file.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
-import uuid
 import warnings
-import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from facekd.files import InputError, atomic_write
 from facekd.labels import FLIP_PERMUTATION, NUM_CLASSES, PALETTE
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
@@ -33,10 +29,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_PIXELS = 4096 * 4096
 # Modes that convert("RGB") does not take directly, or takes wrongly (palette transparency).
 _VIA = {"P": "RGBA", "PA": "RGBA", "La": "LA"}
-
-
-class InputError(ValueError):
-    """A bad input file, or an output that cannot or must not be written; the message names the path."""
 
 
 def list_images(path: str | os.PathLike) -> list[Path]:
@@ -98,57 +90,6 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{path}: unreadable image ({e})") from e
 
 
-def one_line(e: BaseException) -> str:
-    """An exception as one line of a user error: torch's state-dict errors, for one, put
-    each mismatch on a line of its own."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
-    return f"{type(e).__name__}: {' '.join(lines[:2])}{more}"
-
-
-def _is_torch_file(f) -> bool:
-    """Whether a file object holds what torch.save writes: a zip archive, or (before torch
-    1.6) a pickle stream, which starts with the protocol opcode 0x80."""
-    start = f.tell()
-    try:
-        return f.read(1) == b"\x80" or zipfile.is_zipfile(f)
-    finally:
-        f.seek(start)
-
-
-def load_weights(source: str | os.PathLike | io.BytesIO, name: str | None = None):
-    """torch.load(weights_only=True) on the CPU of a file (or an in-memory copy of one, named
-    `name`), with a one-line InputError naming it.
-
-    Torch's advice for a file that holds pickled objects (load it with weights_only=False)
-    would run code from the file, so it is never passed on."""
-    if isinstance(source, io.BytesIO):
-        return _load_safely(source, name or "weights")
-    path = Path(source)
-    if not path.is_file():
-        raise InputError(f"{path}: no such weights file")
-    with path.open("rb") as f:
-        return _load_safely(f, name or str(path))
-
-
-def _load_safely(f, name: str):
-    if not _is_torch_file(f):
-        raise InputError(f"{name}: not a PyTorch checkpoint (torch.save writes a zip archive)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about a file's pickle protocol before refusing it
-            return torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # a damaged file, not one that asks for objects
-            raise InputError(f"{name}: not a readable weights file (damaged pickle data)") from e
-        raise InputError(f"{name}: holds pickled Python objects, not only tensors; refusing to load it, "
-                         "since that could run code from the file") from e
-    except Exception as e:  # a corrupt or foreign file raises many types
-        advice = "weights_only" in str(e)  # torch's advice to load it unsafely is never passed on
-        raise InputError(f"{name}: not a readable weights file "
-                         f"({type(e).__name__ if advice else one_line(e)})") from e
-
-
 def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 Bx3xHxW -> float, ImageNet mean/std (a fixed affine map, not pretrained statistics)."""
     mean = torch.tensor(IMAGE_MEAN, device=images_uint8.device).view(1, 3, 1, 1) * 255
@@ -204,22 +145,6 @@ def mask_image(mask: np.ndarray) -> Image.Image:
     return im
 
 
-@contextmanager
-def atomic_write(path: str | os.PathLike):
-    """A binary file object that becomes `path` only when the block succeeds, so a crash or
-    a refused input never leaves a partial file and never replaces a previous good one.
-    Unlike mkstemp's owner-only 0600, the file gets the umask's usual mode (0644)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_mask(mask: np.ndarray, path: str | os.PathLike) -> None:
     """Write the mask atomically (see atomic_write); a path that cannot be written is an
     InputError naming it."""
@@ -232,49 +157,3 @@ def save_mask(mask: np.ndarray, path: str | os.PathLike) -> None:
         raise InputError(f"{path}: cannot write the mask ({e.strerror or e})") from e
 
 
-def _entry(path: Path) -> Path:
-    """The directory entry a write to `path` replaces: its folder resolved, its name kept."""
-    path = Path(path).absolute()
-    return path.parent.resolve() / path.name
-
-
-def check_output_folder(folder: str | os.PathLike) -> None:
-    """Refuse, before any work, an output folder that cannot be made or written: its nearest
-    existing ancestor must be a writable folder."""
-    folder = Path(folder).absolute()
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise InputError(f"{existing}: is a file, not a folder, so nothing can be written under it")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{existing}: folder is not writable")
-
-
-def check_output_file(path: str | os.PathLike) -> None:
-    """Refuse, before any work, a file output that cannot be written."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; give a file path")
-    check_output_folder(path.parent)
-
-
-def check_mask_jobs(jobs: list[tuple[Path, Path]], protected: tuple[Path, ...] = ()) -> None:
-    """Refuse, before anything is predicted, (image, mask) jobs whose masks would overwrite
-    an input image or a `protected` file (the weights), that two images would share, or that
-    cannot be written. The message names the clashing files."""
-    inputs = {}
-    for path in [image for image, _ in jobs] + [Path(p) for p in protected]:
-        inputs[_entry(path)] = inputs[Path(path).resolve()] = path  # the link and what it points to
-    by_mask: dict[Path, tuple[Path, list[Path]]] = {}
-    for image, mask in jobs:
-        by_mask.setdefault(_entry(mask), (mask, []))[1].append(image)
-    clashes = [f"{mask} would overwrite input {inputs[key]}" for key, (mask, _) in by_mask.items() if key in inputs]
-    clashes += [f"{' and '.join(map(str, images))} would share the mask {mask}"
-                for mask, images in by_mask.values() if len(images) > 1]
-    if clashes:
-        more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
-        raise InputError(f"refusing to write masks: {clashes[0]}{more}; choose another output")
-    for _, mask in jobs:
-        if mask.is_dir():
-            raise InputError(f"{mask}: is a folder, so the mask cannot be written there")
-    for folder in {mask.parent for _, mask in jobs}:
-        check_output_folder(folder)

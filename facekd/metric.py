@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facekd.inference import InputError
+from facekd.files import InputError
 from facekd.labels import CLASS_NAMES, FLIP_PERMUTATION, NUM_CLASSES
 
 EPS = 1e-7

@@ -3,8 +3,8 @@
     python3 run.py --input /path/img.jpg --output /path/mask.png [--weights ckpt.pth] [--no-tta]
 
 Standalone on purpose: it needs only torch, numpy, pillow and the modules shipped next to
-it (facekd/labels.py, facekd/inference.py, students/), so it runs where facekd is not
-installed and from any working directory. Generated folders come from `facekd export`;
+it (students/, facekd/models.py and the few core modules they import), so it runs where
+facekd is not installed and from any working directory. Generated folders come from `facekd export`;
 this file's canonical copy lives in the facekd repository at solution/run.py.
 """
 
@@ -21,21 +21,22 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
-from facekd.inference import (InputError, check_mask_jobs, list_images, load_rgb, load_weights,  # noqa: E402
-                              one_line, predict_mask, save_mask)
-from students import build_student  # noqa: E402
+from facekd.files import InputError, check_mask_jobs, one_line, read_torch_file  # noqa: E402
+from facekd.inference import list_images, load_rgb, predict_mask, save_mask  # noqa: E402
+from facekd.models import build_model  # noqa: E402
+import students  # noqa: E402,F401  (registers the student architectures build_model builds)
 
 
 def load_solution(weights: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, int]:
     """The student and the square size it expects, from an exported ckpt.pth. A file that
     is not a usable export is an InputError naming it."""
-    ckpt = load_weights(weights)
+    ckpt = read_torch_file(weights)
     try:
         cfg = ckpt["model_cfg"]
         # Built on the meta device, so no time goes into initialising weights that the
         # checkpoint's replace at once; assign=True adopts the loaded tensors as they are.
         with torch.device("meta"):
-            model = build_student(cfg)
+            model = build_model(cfg)
         model.load_state_dict(ckpt["model"], assign=True)
     except Exception as e:  # a missing key, an unknown arch, a state-dict mismatch...
         raise InputError(f"{weights}: not a usable facekd export ({one_line(e)})") from e

@@ -6,10 +6,12 @@ so a width vector produced by a pruner rebuilds the same architecture.
 
 import torch.nn as nn
 
+from facekd.registry import register_student_arch
 from students.blocks import conv_bn_act, make_stage, run_stages
 from students.fpn import FPNDecoder
 
 
+@register_student_arch("resfpn")
 class ResFPN(nn.Module):
     def __init__(self, stem=(16, 32), widths=(32, 64, 128, 160), depths=(2, 2, 2, 2), mid_widths=None,
                  fpn_dim=64, head_dim=64, num_classes=19, input_size=512):

@@ -21,6 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from facekd.checkpoint import load_checkpoint
+from facekd.models import load_model
+
 
 def member_size(batch_size: int, member_input: int, ensemble_input: int) -> int:
     """A member's input side for a batch of side batch_size, a multiple of 32 (the deepest stride)."""
@@ -45,3 +48,18 @@ class Ensemble(nn.Module):
         size = max((o.shape[-2:] for o in outs), key=lambda s: s[0] * s[1])
         return sum(o if o.shape[-2:] == size else F.interpolate(o, size=size, mode="bilinear", align_corners=False)
                    for o in outs) / len(outs)
+
+
+def model_or_ensemble(paths: list, device=None) -> tuple[nn.Module, dict]:
+    """One checkpoint's model (eval mode) and its dict or, for several, an Ensemble of them with
+    {"members": [...]} naming each member's file, arch, input size and recorded val F-score."""
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError("no checkpoint given")
+    ckpts = [load_checkpoint(p) for p in paths]
+    models = [load_model(c, p).to(device) for p, c in zip(paths, ckpts)]
+    if len(paths) == 1:
+        return models[0], ckpts[0]
+    members = [{"path": p, "arch": c["model_cfg"]["arch"], "input_size": m.input_size,
+                "val_fscore": c.get("val_fscore")} for p, c, m in zip(paths, ckpts, models)]
+    return Ensemble(models).eval(), {"members": members}

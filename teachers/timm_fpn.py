@@ -3,9 +3,11 @@
 import timm
 import torch.nn as nn
 
+from facekd.registry import register_teacher_arch
 from students.fpn import FPNDecoder
 
 
+@register_teacher_arch("timm_fpn")
 class TimmFPN(nn.Module):
     def __init__(self, encoder: str = "resnet18d", fpn_dim: int = 128, head_dim: int = 96,
                  num_classes: int = 19, input_size: int = 512):

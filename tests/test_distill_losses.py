@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from distill.losses import channel_wise_kd_loss, pixel_kd_loss
+from facekd.losses import channel_wise_kd_loss, pixel_kd_loss
 
 # Golden value worked out by hand: teacher logits (0, ln 3) against a uniform student at
 # T = 2. Softened teacher probabilities are a = 1/(1+sqrt 3) and 1 - a; KL to (1/2, 1/2),

@@ -8,15 +8,17 @@ import json
 import pytest
 import torch
 
-from distill.losses import DISTILLATION_LOSSES, dist_loss
+from facekd.losses import dist_loss
+from facekd.registry import LOSSES
 from distill.soft_targets import offline_soft_targets
 from distill.teacher import load_teacher, teacher_paths, teacher_record
 from facekd.app.cli import main
-from facekd.app.models import build_model, load_models, named_config
+from facekd.models import build_model, named_config
+from teachers.ensemble import model_or_ensemble
 from facekd.checkpoint import save_checkpoint, load_checkpoint
 from facekd.config import RunConfig
 from facekd.data import SAMPLE_DATA, load_split
-from facekd.engine import evaluate
+from facekd.evaluation import evaluate
 from facekd.labels import NUM_CLASSES
 from teachers.ensemble import Ensemble
 
@@ -75,7 +77,7 @@ def test_cache_misses_when_any_member_changes(tmp_path, members):
 
 
 def test_ensemble_forward_runs_each_member_at_its_share_of_the_input(members):
-    ensemble, _ = load_models(members)
+    ensemble, _ = model_or_ensemble(members)
     assert ensemble.input_size == 96
     x = torch.randn(2, 3, 96, 96)
     a, b = ensemble.members
@@ -93,7 +95,7 @@ def test_distill_with_two_teachers_uses_and_records_both(tmp_path, members, caps
     assert record["teacher"] == members
     assert [m["path"] for m in record["teacher_members"]] == members
     assert record["soft_targets"]["teacher_input_sizes"] == [64, 96]
-    ensemble, _ = load_models(members)
+    ensemble, _ = model_or_ensemble(members)
     val = load_split(SAMPLE_DATA, "val", None, progress=False)
     assert record["teacher_val_fscore"] == pytest.approx(evaluate(ensemble, val, 96, True)["fscore"], abs=1e-6)
     epoch = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
@@ -139,7 +141,7 @@ def test_best_checkpoint_records_training_cost_summed_over_resumes(tmp_path, kil
 # ---- DIST ------------------------------------------------------------------------------
 
 def test_dist_is_registered_with_its_weight():
-    assert DISTILLATION_LOSSES["dist"].weight == "dist_weight" and hasattr(RunConfig(), "dist_weight")
+    assert LOSSES["dist"].weight == "dist_weight" and hasattr(RunConfig(), "dist_weight")
 
 
 def test_dist_is_zero_for_identical_logits():

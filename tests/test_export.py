@@ -18,11 +18,10 @@ from facekd.data import SAMPLE_DATA
 from facekd.app.export import REPO_ROOT, REQUIREMENTS, export
 from facekd.inference import list_images, load_rgb, predict_mask
 from facekd.labels import NUM_CLASSES
-from facekd.app.models import build_model, named_config
+from facekd.models import build_model, named_config
 from facekd.app.predict import predict_paths
 import students
 from facekd.challenge import PARAM_LIMIT, count_params
-from students import STUDENTS, build_student
 
 VAL_IMAGES = SAMPLE_DATA / "val" / "images"
 
@@ -38,7 +37,7 @@ def make_checkpoint(path: Path, model_cfg: dict) -> Path:
 
 @pytest.fixture
 def tiny_ckpt(tmp_path) -> Path:
-    return make_checkpoint(tmp_path / "best.pt", {**STUDENTS["tiny"], "input_size": 64})
+    return make_checkpoint(tmp_path / "best.pt", named_config("tiny", 64))
 
 
 @pytest.fixture
@@ -90,15 +89,15 @@ def run_solution(run_py: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_export_writes_standalone_folder(tiny_ckpt, solution_dir):
     files = {p.relative_to(solution_dir).as_posix() for p in solution_dir.rglob("*") if p.is_file()}
-    assert {"run.py", "ckpt.pth", "requirements.txt", "facekd/__init__.py", "facekd/challenge.py", "facekd/labels.py",
-            "facekd/inference.py", "students/__init__.py", "students/resfpn.py"} <= files
-    assert not any(f.startswith("facekd/") and f not in {"facekd/__init__.py", "facekd/challenge.py", "facekd/labels.py",
-                                                           "facekd/inference.py"} for f in files)
+    shipped_core = {f"facekd/{name}" for name in ("__init__.py", "challenge.py", "labels.py", "files.py",
+                                                  "inference.py", "registry.py", "models.py")}
+    assert {"run.py", "ckpt.pth", "requirements.txt", "students/__init__.py", "students/resfpn.py"} | shipped_core <= files
+    assert not any(f.startswith("facekd/") and f not in shipped_core for f in files)
     assert (solution_dir / "run.py").read_text() == (REPO_ROOT / "solution" / "run.py").read_text()
     assert (solution_dir / "requirements.txt").read_text().split() == list(REQUIREMENTS)
 
     ckpt = torch.load(solution_dir / "ckpt.pth", weights_only=True)
-    model = build_student(ckpt["model_cfg"])
+    model = build_model(ckpt["model_cfg"])
     model.load_state_dict(ckpt["model"])
     assert ckpt["params"] == count_params(model) < PARAM_LIMIT
     assert ckpt["model_cfg"]["input_size"] == 64
@@ -107,7 +106,7 @@ def test_export_writes_standalone_folder(tiny_ckpt, solution_dir):
 
 
 def test_export_refuses_over_limit_student(tmp_path):
-    ckpt = make_checkpoint(tmp_path / "wide.pt", {**STUDENTS["resfpn_wide"], "input_size": 64})
+    ckpt = make_checkpoint(tmp_path / "wide.pt", named_config("resfpn_wide", 64))
     with pytest.raises(ValueError, match="trainable parameters"):
         export(ckpt, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # refused before writing anything
@@ -155,7 +154,7 @@ def test_run_py_standalone_from_another_cwd(tmp_path, solution_dir):
 def solution_model(solution_dir: Path) -> torch.nn.Module:
     """The exported student as run.py loads it, built here from facekd's own code."""
     ckpt = torch.load(solution_dir / "ckpt.pth", weights_only=True)
-    model = build_student(ckpt["model_cfg"])
+    model = build_model(ckpt["model_cfg"])
     model.load_state_dict(ckpt["model"])
     return model.eval().to(memory_format=torch.channels_last)
 

@@ -1,4 +1,4 @@
-"""The supervised Dice term against the challenge's score."""
+"""The training losses: the supervised Dice term against the challenge's score, and every registered loss."""
 
 import numpy as np
 import pytest
@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from facekd.config import RunConfig
-from facekd.engine import dice_loss, supervised_loss
+from facekd.losses import dice_loss, training_loss
 from facekd.labels import NUM_CLASSES
 from facekd.metric import read_mask
+from facekd.registry import LOSSES
 from facekd.transforms import IGNORE_INDEX
 from tests.reference import perturb, reference_fscore
 
@@ -47,11 +48,34 @@ def test_config_switches_the_supervised_dice_to_per_image():
     logits = torch.randn(2, NUM_CLASSES, 8, 8, requires_grad=True)
     labels = torch.randint(0, NUM_CLASSES, (2, 8, 8))
     labels[1] = 0
-    per_image = supervised_loss(RunConfig(dice_weight=1.0, dice_scope="image"))(logits, None, labels)
-    pooled = supervised_loss(RunConfig(dice_weight=1.0))(logits, None, labels)
+    per_image = training_loss(RunConfig(dice_weight=1.0, dice_scope="image"))(logits, None, labels)
+    pooled = training_loss(RunConfig(dice_weight=1.0))(logits, None, labels)
     assert per_image["dice"].item() == pytest.approx(dice_loss(logits, labels, per_image=True).item())
     assert per_image["dice"].item() != pytest.approx(pooled["dice"].item(), abs=1e-3)
     per_image["loss"].backward()
     assert logits.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="dice_scope"):
         RunConfig(dice_scope="pixel")
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_registered_loss_runs_forward_and_backward_through_training_loss(name):
+    """Weighing one loss alone in the config turns it on, and only it; its gradient reaches the
+    student's logits, with the teacher's side taken from stored soft targets."""
+    loss = LOSSES[name]
+    assert isinstance(getattr(RunConfig(), loss.weight), float), f"{loss.weight} is not a RunConfig float"
+    weights = {LOSSES[other].weight: 0.0 for other in LOSSES}
+    cfg = RunConfig(**{**weights, loss.weight: 1.0})
+    torch.manual_seed(0)
+    logits = torch.randn(2, NUM_CLASSES, 8, 8, requires_grad=True)
+    labels = torch.randint(0, NUM_CLASSES, (2, 32, 32))
+    soft = torch.randn(2, NUM_CLASSES, 8, 8) if loss.uses == "teacher" else None
+    terms = training_loss(cfg)(logits, None, labels, soft)
+    assert set(terms) == {name, "loss"} and torch.isfinite(terms["loss"])
+    terms["loss"].backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_a_config_that_weighs_no_loss_is_refused():
+    with pytest.raises(ValueError, match="every loss weight is 0"):
+        training_loss(RunConfig(ce_weight=0.0))

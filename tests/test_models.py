@@ -1,42 +1,55 @@
+"""Every registered student and teacher, and the layering that keeps the core below the stages."""
+
 import ast
 from pathlib import Path
 
 import pytest
 import torch
 
-import students
+from compress.prune import prune_to_target, rebuild
 from facekd import challenge
-import teachers
-from facekd.app.models import build_model, named_config
+from facekd.app.export import export
+from facekd.checkpoint import save_checkpoint
+from facekd.models import build_model, load_model, named_config
+from facekd.registry import STUDENTS, TEACHERS
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["resfpn", "unet"])
-def test_shipped_students_fit_the_budget_and_predict_at_stride_4(name):
-    model = students.build_student(students.STUDENTS[name])
-    assert challenge.count_params(model) < challenge.PARAM_LIMIT
-    out = model(torch.randn(1, 3, 128, 128))
-    assert out.shape == (1, 19, 32, 32)
+@pytest.mark.parametrize("name", STUDENTS.names())
+def test_every_registered_student_prunes_rebuilds_and_exports(name, tmp_path):
+    """What the stages ask of a student: it counts, predicts at stride 4, prunes, rebuilds from
+    config_from_weights alone, and exports to a solution that run.py can load."""
+    model = build_model(named_config(name, 64), allow_over_budget=True).eval()
+    n = challenge.count_params(model)
+    assert (n >= challenge.PARAM_LIMIT) == named_config(name, 64).get("over_budget", False)
+    x = torch.randn(1, 3, 64, 64)
+    assert model(x).shape == (1, 19, 16, 16)
+    prune_to_target(model, target_params=int(n * 0.7), example_size=64)
+    model.eval()
+    fresh, cfg = rebuild(model)
+    assert torch.equal(fresh(x), model(x)) and challenge.count_params(fresh) <= n * 0.7
+    path = tmp_path / "best.pt"
+    save_checkpoint({"model": fresh.state_dict(), "model_cfg": cfg, "stage": "distill", "val_fscore": 0.5}, path)
+    if challenge.count_params(fresh) < challenge.PARAM_LIMIT:
+        export(path, tmp_path / "solution")
+        assert (tmp_path / "solution" / "ckpt.pth").is_file()
 
 
 def test_over_budget_student_is_refused_unless_its_config_or_the_caller_allows_it():
-    unmarked = {k: v for k, v in students.STUDENTS["resfpn_wide"].items() if k != "over_budget"}
+    unmarked = {k: v for k, v in named_config("resfpn_wide", 512).items() if k != "over_budget"}
     with pytest.raises(ValueError, match="over the challenge limit"):
-        students.build_student(unmarked)
-    assert challenge.count_params(students.build_student(unmarked, allow_over_budget=True)) >= challenge.PARAM_LIMIT
+        build_model(unmarked)
+    assert challenge.count_params(build_model(unmarked, allow_over_budget=True)) >= challenge.PARAM_LIMIT
     # the named wide student says it is meant to be pruned, so it needs no caller's permission
-    wide = students.build_student(students.STUDENTS["resfpn_wide"])
+    wide = build_model(named_config("resfpn_wide", 512))
     assert challenge.count_params(wide) >= challenge.PARAM_LIMIT
 
 
-@pytest.mark.parametrize("name", ["resfpn", "unet", "tiny"])
-def test_config_round_trip_rebuilds_identical_model(name):
-    model = students.build_student(students.STUDENTS[name], allow_over_budget=True).eval()
-    rebuilt = students.build_student(students.model_config(model), allow_over_budget=True).eval()
-    rebuilt.load_state_dict(model.state_dict())
-    x = torch.randn(1, 3, 64, 64)
-    assert torch.equal(model(x), rebuilt(x))
+def test_a_teacher_checkpoint_is_refused_where_a_student_is_needed():
+    cfg = named_config("teacher_tiny", 64)
+    with pytest.raises(ValueError, match="t.pt: is a teacher checkpoint; prune a student"):
+        load_model({"model": build_model(cfg).state_dict(), "model_cfg": cfg}, "t.pt", student_for="prune")
 
 
 def _imports(folder: Path):
@@ -49,11 +62,11 @@ def _imports(folder: Path):
                 yield path, node.module
 
 
-def test_students_import_nothing_but_torch_and_the_challenge_facts():
-    # students ship in the solution folder, which has torch and facekd/challenge.py only
+def test_students_import_nothing_but_torch_and_what_the_solution_ships():
+    # students ship in the solution folder, which has torch and these core modules only
     for path, name in _imports(REPO / "students"):
-        assert name.split(".")[0] in {"torch", "students", "__future__"} or name == "facekd.challenge", \
-            f"{path.name} imports {name}"
+        assert name.split(".")[0] in {"torch", "students", "__future__"} or name in {
+            "facekd.challenge", "facekd.registry"}, f"{path.name} imports {name}"
 
 
 STAGES = {"teachers", "students", "distill", "compress"}
@@ -67,11 +80,10 @@ def test_the_core_imports_no_stage_and_no_application_module():
         assert not name.startswith("facekd.app"), f"facekd/{path.name} (core) imports the application layer {name}"
 
 
-def test_stages_use_the_application_layer_only_for_its_model_registry():
+def test_no_stage_imports_the_application_layer():
     for stage in sorted(STAGES):
         for path, name in _imports(REPO / stage):
-            assert not name.startswith("facekd.app") or name == "facekd.app.models", \
-                f"{stage}/{path.name} imports {name}"
+            assert not name.startswith("facekd.app"), f"{stage}/{path.name} imports {name}"
 
 
 def test_teachers_never_download_or_load_pretrained_weights(monkeypatch):
@@ -84,7 +96,7 @@ def test_teachers_never_download_or_load_pretrained_weights(monkeypatch):
     monkeypatch.setattr(builder, "load_pretrained", refuse)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     monkeypatch.setattr("huggingface_hub.hf_hub_download", refuse, raising=False)
-    for name in teachers.TEACHERS:
+    for name in TEACHERS.names():
         if name == "teacher_gpu":
             continue  # same code path, just slow to build on CPU
         model = build_model(named_config(name, 64))

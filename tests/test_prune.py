@@ -8,14 +8,14 @@ from facekd import challenge
 from compress.prune import prune_to_target, rebuild
 from facekd.checkpoint import load_checkpoint, save_checkpoint
 from facekd.app.cli import main
-from facekd.app.models import build_model, named_config
+from facekd.models import build_model, named_config
 
 
 def small_student(name="unet"):
-    cfg = students.student_config(name, input_size=64)
+    cfg = named_config(name, 64)
     if name == "unet":
         cfg.update(stem=16, widths=[16, 32, 48, 64], decoder=[48, 32, 24])
-    return students.build_student(cfg, allow_over_budget=True)
+    return build_model(cfg, allow_over_budget=True)
 
 
 @pytest.mark.parametrize("name", ["unet", "resfpn"])
@@ -30,7 +30,7 @@ def test_prune_meets_param_target_and_rebuilds_identically(name, tmp_path):
     # through a weights_only checkpoint, exactly as the export and resume paths load it
     save_checkpoint({"model": fresh.state_dict(), "model_cfg": cfg}, tmp_path / "pruned.pt")
     ckpt = load_checkpoint(tmp_path / "pruned.pt")
-    loaded = students.build_student(ckpt["model_cfg"], allow_over_budget=True)
+    loaded = build_model(ckpt["model_cfg"], allow_over_budget=True)
     loaded.load_state_dict(ckpt["model"])
     loaded.eval()
     x = torch.randn(2, 3, 64, 64)
@@ -40,11 +40,11 @@ def test_prune_meets_param_target_and_rebuilds_identically(name, tmp_path):
 
 
 def test_wide_student_prunes_below_the_challenge_limit():
-    wide = students.build_student(students.STUDENTS["resfpn_wide"], allow_over_budget=True)
+    wide = build_model(named_config("resfpn_wide", 512), allow_over_budget=True)
     report = prune_to_target(wide, target_params=challenge.PARAM_LIMIT - 1, example_size=64)
     assert report["params_after"] < challenge.PARAM_LIMIT
     fresh, cfg = rebuild(wide)
-    students.build_student(cfg)  # no longer needs allow_over_budget
+    build_model(cfg)  # no longer needs allow_over_budget
 
 
 def test_mac_target_and_ratio_and_bad_arguments():

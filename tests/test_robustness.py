@@ -26,10 +26,13 @@ from facekd.app.predict import predict_paths
 from facekd.app.submission import check_submission
 from facekd.checkpoint import save_checkpoint
 from facekd.data import load_split
-from facekd.inference import MAX_PIXELS, InputError, list_images, load_rgb, load_weights, save_mask
+from facekd.evaluation import evaluate
+from facekd.losses import training_loss
+from facekd.files import InputError, read_torch_file
+from facekd.inference import MAX_PIXELS, list_images, load_rgb, save_mask
 from facekd.labels import NUM_CLASSES, PALETTE
 from facekd.metric import FScoreMeter, read_mask
-from students import STUDENTS
+from facekd.models import named_config
 from tests.reference import reference_fscore
 from tests.test_export import VAL_IMAGES, make_checkpoint
 
@@ -60,7 +63,7 @@ def cli_error(capsys, *argv) -> str:
 @pytest.fixture(scope="module")
 def tiny_solution(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("solution")
-    export(make_checkpoint(tmp / "best.pt", {**STUDENTS["tiny"], "input_size": 64}), tmp / "solution")
+    export(make_checkpoint(tmp / "best.pt", named_config("tiny", 64)), tmp / "solution")
     return tmp / "solution"
 
 
@@ -109,7 +112,7 @@ def test_invalid_predicted_ids_score_as_misses_like_the_reference(sample_root):
 
 
 def test_training_validation_scores_invalid_ids_like_the_reference(sample_root):
-    """engine.evaluate, the training-time path: a model with more output channels than
+    """facekd.evaluation.evaluate, the training-time path: a model with more output channels than
     classes predicts ids >= 19 for some pixels."""
     class TooManyClasses(nn.Module):
         def __init__(self):
@@ -121,7 +124,7 @@ def test_training_validation_scores_invalid_ids_like_the_reference(sample_root):
 
     torch.manual_seed(0)
     val = load_split(sample_root, "val", size=64, progress=False)
-    summary, preds = engine.evaluate(TooManyClasses(), val, 64, flip_tta=False, return_preds=True)
+    summary, preds = evaluate(TooManyClasses(), val, 64, flip_tta=False, return_preds=True)
     assert (preds >= NUM_CLASSES).any() and (preds < NUM_CLASSES).any()
     expected = np.mean([reference_fscore(g.numpy(), p.numpy()) for g, p in zip(val.masks, preds)])
     assert summary["fscore"] == pytest.approx(expected, abs=1e-9)
@@ -161,7 +164,7 @@ def _png_images(folder: Path, n: int = 2) -> list[Path]:
 
 
 def test_predict_refuses_to_overwrite_inputs_or_share_masks(tmp_path, capsys):
-    weights = make_checkpoint(tmp_path / "best.pt", {**STUDENTS["tiny"], "input_size": 64})
+    weights = make_checkpoint(tmp_path / "best.pt", named_config("tiny", 64))
     images = _png_images(tmp_path / "images")
     before = {p: p.read_bytes() for p in images}
     err = cli_error(capsys, "predict", "--weights", weights, "--input", tmp_path / "images",
@@ -247,7 +250,7 @@ def test_oversized_image_costs_one_mask(tmp_path, size):
     bomb = png_claiming(images / "bomb.png", *size)
     with pytest.raises(InputError, match=rf"bomb.png: image too large.*{MAX_PIXELS:,} pixels \(4096x4096\)"):
         load_rgb(bomb)
-    weights = make_checkpoint(tmp_path / "best.pt", {**STUDENTS["tiny"], "input_size": 64})
+    weights = make_checkpoint(tmp_path / "best.pt", named_config("tiny", 64))
     result = predict_paths(weights, images, tmp_path / "masks", progress=False)
     assert result["written"] == 1 and len(result["failed"]) == 1 and "bomb.png" in result["failed"][0]
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [f"{good.stem}.png"]
@@ -330,7 +333,7 @@ def test_masks_zips_and_exports_are_world_readable(tmp_path, tiny_solution):
 # 10. weights that do not fit their model config
 
 def test_predict_with_mismatched_weights_is_one_line(tmp_path, capsys):
-    ckpt = torch.load(make_checkpoint(tmp_path / "best.pt", {**STUDENTS["tiny"], "input_size": 64}),
+    ckpt = torch.load(make_checkpoint(tmp_path / "best.pt", named_config("tiny", 64)),
                       weights_only=True)
     ckpt["model_cfg"] = {**ckpt["model_cfg"], "head_dim": 16}
     save_checkpoint(ckpt, tmp_path / "mismatch.pt")
@@ -367,7 +370,7 @@ def test_check_submission_flags_backslashes(tmp_path, tiny_solution):
 def test_unsafe_weights_are_refused_without_torchs_advice(tmp_path):
     torch.save({"model": Path("x"), "model_cfg": {}}, tmp_path / "unsafe.pt")  # a pickled object, not a tensor
     with pytest.raises(InputError) as e:
-        load_weights(tmp_path / "unsafe.pt")
+        read_torch_file(tmp_path / "unsafe.pt")
     one_line_error(str(e.value), "unsafe.pt")
     assert "weights_only" not in str(e.value)
     proc = run_py("--input", next(iter(list_images(VAL_IMAGES))), "--output", tmp_path / "m.png",
@@ -391,11 +394,11 @@ def test_a_text_file_is_not_called_pickled_objects(tmp_path):
     """Fault 10: every UnpicklingError used to get the 'pickled Python objects' diagnosis."""
     (tmp_path / "notes.pt").write_text("not a checkpoint at all\n")
     with pytest.raises(InputError) as e:
-        load_weights(tmp_path / "notes.pt")
+        read_torch_file(tmp_path / "notes.pt")
     assert str(e.value) == f"{tmp_path / 'notes.pt'}: not a PyTorch checkpoint (torch.save writes a zip archive)"
     marker = tmp_path / "ran"
     with pytest.raises(InputError, match="evil.pt: holds pickled Python objects"):
-        load_weights(_evil_checkpoint(tmp_path / "evil.pt", marker))
+        read_torch_file(_evil_checkpoint(tmp_path / "evil.pt", marker))
     assert not marker.exists()
 
 
@@ -440,7 +443,7 @@ def test_non_finite_numbers_are_refused_up_front_naming_the_key(tmp_path, capsys
 
 def test_export_refuses_non_finite_weights(tmp_path):
     """Fault 7: an all-NaN best.pt was exported with exit 0 (its masks all background)."""
-    ckpt = torch.load(make_checkpoint(tmp_path / "best.pt", {**STUDENTS["tiny"], "input_size": 64}),
+    ckpt = torch.load(make_checkpoint(tmp_path / "best.pt", named_config("tiny", 64)),
                       weights_only=True)
     name = next(k for k, t in ckpt["model"].items() if t.is_floating_point())
     ckpt["model"][name].fill_(float("nan"))
@@ -453,7 +456,7 @@ def test_export_refuses_non_finite_weights(tmp_path):
 @pytest.mark.parametrize("classes", [5, 21])
 def test_a_teacher_with_another_class_count_is_refused_when_loaded(tmp_path, capsys, classes):
     """Fault 9: a 5- or 21-class teacher failed in the KD loss with a traceback."""
-    from facekd.app.models import build_model, named_config
+    from facekd.models import build_model, named_config
     cfg = {**named_config("teacher_tiny", 64), "num_classes": classes}
     save_checkpoint({"model": build_model(cfg).state_dict(), "model_cfg": cfg}, tmp_path / "t.pt")
     for argv in (["distill", "--teacher", tmp_path / "t.pt", "--out", tmp_path / "run"],
@@ -477,12 +480,12 @@ def test_a_pipeline_resumed_with_another_audit_setting_is_refused(tmp_path, caps
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, sample_root):
     """Fault 6: every epoch logged a NaN loss, metrics.jsonl held NaN, best.pt was all NaN."""
-    from facekd.app.models import build_model, named_config
+    from facekd.models import build_model, named_config
     from facekd.checkpoint import load_checkpoint
     from facekd.config import RunConfig, apply_overrides
     cfg = apply_overrides(RunConfig(), dict(model="tiny", resolutions=[[64, 3]], batch_size=8, warmup_epochs=0.5))
     model_cfg = named_config("tiny", 64)
-    supervised = engine.supervised_loss(cfg)
+    supervised = training_loss(cfg)
     calls = []
 
     def diverges_at_step_3(logits, images, labels, soft_targets=None):
@@ -509,7 +512,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
 def test_resume_with_another_teacher_or_data_is_refused(tmp_path, sample_root, data_copy, capsys, kill_after_epoch):
     """Faults 3 and 4: the resumed run dropped its KD terms, or chose best.pt across two val sets,
     and config.json lost the record of the first teacher."""
-    from facekd.app.models import build_model, named_config
+    from facekd.models import build_model, named_config
     cfg = named_config("teacher_tiny", 64)
     for name in ("t.pt", "other.pt"):
         save_checkpoint({"model": build_model(cfg).state_dict(), "model_cfg": cfg}, tmp_path / name)

@@ -13,9 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from distill.soft_targets import offline_soft_targets
-from distill.train import distillation_loss
+from facekd.losses import training_loss
 from facekd.app.cli import main
-from facekd.app.models import build_model, named_config
+from facekd.models import build_model, named_config
 from facekd.checkpoint import save_checkpoint
 from facekd.config import RunConfig
 from facekd.data import CachedSplit, load_split
@@ -103,7 +103,7 @@ def test_stored_targets_follow_every_flip_and_warp(aligned, flip):
 
 def test_offline_loss_uses_the_stored_targets_and_ignores_outside_pixels():
     cfg = RunConfig(kd_weight=1.0, cwd_weight=1.0)
-    loss_fn = distillation_loss(cfg, teacher=None)
+    loss_fn = training_loss(cfg, teacher=None)
     logits = torch.randn(2, NUM_CLASSES, 8, 8)
     labels = torch.randint(0, NUM_CLASSES, (2, 32, 32))
     assert set(loss_fn(logits, None, labels)) == {"ce", "loss"}  # no teacher, no targets: scratch
@@ -124,13 +124,13 @@ def test_offline_loss_uses_the_stored_targets_and_ignores_outside_pixels():
 def test_online_loss_is_unchanged_and_keeps_cwd_on_the_padding():
     """Online, the teacher runs on the batch, KD leaves out IGNORE pixels and CWD keeps them,
     as before offline targets existed."""
-    from distill.losses import channel_wise_kd_loss, pixel_kd_loss
+    from facekd.losses import channel_wise_kd_loss, pixel_kd_loss
     cfg = RunConfig(kd_weight=1.0, cwd_weight=1.0)
     teacher = build_model(named_config("teacher_tiny", 64)).eval().requires_grad_(False)
     images, logits = torch.randn(2, 3, 64, 64), torch.randn(2, NUM_CLASSES, 16, 16)
     labels = torch.randint(0, NUM_CLASSES, (2, 64, 64))
     labels[:, :, :12] = IGNORE_INDEX
-    terms = distillation_loss(cfg, teacher)(logits, images, labels)
+    terms = training_loss(cfg, teacher)(logits, images, labels)
     target = F.interpolate(teacher(images), size=(16, 16), mode="bilinear", align_corners=False)
     small = F.interpolate(labels[:, None].float(), size=(16, 16), mode="nearest")[:, 0]
     assert float(terms["kd"]) == pytest.approx(float(pixel_kd_loss(logits, target, 4.0, small != IGNORE_INDEX)))

@@ -13,14 +13,14 @@ from PIL import Image
 from facekd.app.cli import main
 from facekd.app.export import export
 from facekd.app.submission import check_submission
-from students import STUDENTS
+from facekd.models import named_config
 from tests.test_export import VAL_IMAGES, make_checkpoint
 
 
 @pytest.fixture(scope="module")
 def solution_dir(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("solution")
-    export(make_checkpoint(tmp / "best.pt", {**STUDENTS["tiny"], "input_size": 64}), tmp / "solution")
+    export(make_checkpoint(tmp / "best.pt", named_config("tiny", 64)), tmp / "solution")
     return tmp / "solution"
 
 
@@ -74,7 +74,7 @@ def test_good_zip_passes(good_zip, capsys):
 def test_package_uses_the_solution_folders_own_code(tmp_path, solution_dir):
     """A doctored copy of the shipped inference module must be what runs, not facekd's."""
     doctored = tmp_path / "solution"
-    export(make_checkpoint(tmp_path / "best.pt", {**STUDENTS["tiny"], "input_size": 64}), doctored)
+    export(make_checkpoint(tmp_path / "best.pt", named_config("tiny", 64)), doctored)
     inference = doctored / "facekd" / "inference.py"
     inference.write_text(inference.read_text() + "\n\ndef predict_mask(model, rgb, input_size, flip_tta=True):\n"
                          "    return np.full(rgb.shape[:2], 7, dtype=np.uint8)\n")
@@ -141,7 +141,7 @@ def test_unsafe_member_names(tmp_path, good_zip):
 
 
 def test_over_limit_model(tmp_path, good_zip):
-    wide = make_checkpoint(tmp_path / "wide.pt", {**STUDENTS["resfpn_wide"], "input_size": 64})
+    wide = make_checkpoint(tmp_path / "wide.pt", named_config("resfpn_wide", 64))
     wide_bytes = wide.read_bytes()
     bad = rewrite_zip(good_zip, tmp_path / "bad.zip",
                       lambda n, d: (n, wide_bytes) if n == "solution/ckpt.pth" else (n, d))

@@ -115,7 +115,7 @@ def cmd_report(args) -> int:
 
 def cmd_audit(args) -> int:
     from facekd.audit import audit_split, check_fix_target, format_table, report_json, save_panel, write_fixed
-    from facekd.inference import check_output_file
+    from facekd.files import check_output_file
     if args.fix:  # output mistakes are refused before the audit's minutes, not after
         check_fix_target(args.fix)
     if args.panel:

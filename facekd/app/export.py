@@ -18,12 +18,15 @@ import facekd
 import students
 from facekd import challenge
 from facekd.checkpoint import load_checkpoint, save_checkpoint
-from facekd.inference import check_output_folder
-from facekd.app.models import is_teacher, load_model
+from facekd.files import check_output_folder
+from facekd.models import is_teacher, load_model
+from facekd.registry import STUDENT_ARCHS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_PY = REPO_ROOT / "solution" / "run.py"  # canonical source of every exported run.py
-FACEKD_RUNTIME = ("__init__.py", "challenge.py", "labels.py", "inference.py")  # what run.py transitively imports from facekd
+# what run.py transitively imports from facekd
+FACEKD_RUNTIME = ("__init__.py", "challenge.py", "labels.py", "files.py", "inference.py", "registry.py",
+                  "models.py")
 # Only what run.py's imports need, with lower bounds that exist on PyPI.
 REQUIREMENTS = ("torch>=2.1", "numpy>=1.24", "pillow>=10")
 
@@ -38,11 +41,11 @@ def shippable_student(ckpt: dict, source: str | Path) -> tuple[nn.Module, int]:
     arch = cfg.get("arch")
     if is_teacher(cfg):
         raise ValueError(f"{source}: is a teacher ({arch}); only a distilled student can be shipped")
-    if arch not in students.ARCHS:
-        raise ValueError(f"{source}: arch {arch!r} is not a student arch ({sorted(students.ARCHS)})")
+    if arch not in STUDENT_ARCHS:
+        raise ValueError(f"{source}: arch {arch!r} is not a student arch ({STUDENT_ARCHS.names()})")
     if "input_size" not in cfg:
         raise ValueError(f"{source}: model_cfg has no input_size, which run.py needs")
-    model, _ = load_model(ckpt, source=source)
+    model = load_model(ckpt, source=source)
     broken = [name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
     if broken:
         raise ValueError(f"{source}: {len(broken)} weight tensor(s) hold inf or NaN (e.g. {broken[0]}); "

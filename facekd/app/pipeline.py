@@ -43,7 +43,9 @@ from facekd.challenge import PARAM_LIMIT
 from facekd.config import resolve_config
 from facekd.inference import list_images
 from facekd.app.export import export
-from facekd.app.models import load_model, load_models
+from facekd.checkpoint import load_checkpoint
+from facekd.models import load_model
+from teachers.ensemble import model_or_ensemble
 from facekd.app.report import write_report
 from facekd.profile import model_cost
 from facekd.app.submission import package as package_submission
@@ -64,14 +66,15 @@ BUDGET_SHARES = {"smoke": {"teacher": 0.4, "student": 0.4, "pruned": 0.2},
 
 
 def _cost(checkpoint: Path) -> dict:
-    model, ckpt = load_model(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    model = load_model(ckpt, checkpoint)
     return {"val_fscore": ckpt.get("val_fscore"), **model_cost(model)}
 
 
 def _teacher_cost(checkpoints: list[Path], cfg, data_root) -> dict:
     """_cost of the teacher, which may be an ensemble: its val F-score is then scored here.
     Loaded unfrozen, as _cost loads a model, so that its parameters are counted."""
-    teacher, info = load_models(checkpoints)
+    teacher, info = model_or_ensemble(checkpoints)
     return {"val_fscore": teacher_val_fscore(teacher, info, cfg, data_root), **model_cost(teacher)}
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from facekd.app.models import load_models
+from teachers.ensemble import model_or_ensemble
 from facekd.distributed import pick_device
-from facekd.inference import InputError, check_mask_jobs, list_images, load_rgb, predict_mask, save_mask
+from facekd.files import InputError, check_mask_jobs
+from facekd.inference import list_images, load_rgb, predict_mask, save_mask
 
 
 def predict_paths(weights, inputs, output_dir, flip_tta: bool = True, progress: bool = True) -> dict:
@@ -23,7 +24,7 @@ def predict_paths(weights, inputs, output_dir, flip_tta: bool = True, progress: 
     if not jobs:
         raise InputError(f"{inputs}: no images")
     check_mask_jobs(jobs, protected=tuple(Path(w) for w in weights))
-    model, _ = load_models(weights, pick_device())
+    model, _ = model_or_ensemble(weights, pick_device())
     model.to(memory_format=torch.channels_last)
     failed, t0 = [], time.time()
     for image, mask in tqdm(jobs, desc="predict", disable=not progress):

@@ -23,7 +23,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from facekd import distributed
-from facekd.app.models import is_teacher, load_model, load_models
+from facekd.checkpoint import load_checkpoint
+from facekd.models import is_teacher, load_model
+from teachers.ensemble import model_or_ensemble
 from facekd.challenge import PARAM_LIMIT
 from facekd.data import CachedSplit, load_split
 from facekd.engine import colourise, evaluate
@@ -150,14 +152,15 @@ def score_models(runs: list[tuple[str, Path]], run_dirs, data_root=None,
     device = distributed.pick_device()
     entries = []
     for label, run in tqdm(runs, desc="report: scoring models", disable=not progress):
-        model, ckpt = load_model(run / "best.pt", device)
+        ckpt = load_checkpoint(run / "best.pt")
+        model = load_model(ckpt, run / "best.pt").to(device)
         result = run / "result.json"
         entries.append(_entry(label, run, model, ckpt.get("stage", "?"), ckpt["model_cfg"]["arch"],
                               is_teacher(ckpt["model_cfg"]), ckpt.get("config", {}).get("flip_tta", True), val,
                               train_seconds=_read_json(result).get("train_seconds") if result.is_file() else None,
                               records=metrics[run][0], shipped=run in shipped))
     for label, run, paths in _ensembles(runs):
-        model, _ = load_models(paths, device)
+        model, _ = model_or_ensemble(paths, device)
         entries.append(_entry(label, run, model, "ensemble", "ensemble", True, True, val))
     for note in notes:
         print(f"facekd report: warning: {note}", file=sys.stderr)

@@ -22,9 +22,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from facekd.app.models import load_model
+from facekd.models import load_model
+import students  # noqa: F401  (fills the registry load_model rebuilds the shipped student from)
 from facekd import challenge
-from facekd.inference import atomic_write, check_output_file, list_images, load_weights
+from facekd.files import atomic_write, check_output_file, read_torch_file
+from facekd.inference import list_images
 from facekd.labels import NUM_CLASSES
 
 MASK_SIZE = (512, 512)  # (width, height) of every challenge image, hence of every mask
@@ -102,8 +104,8 @@ def count_shipped_params(data: bytes) -> int:
     load_model rebuilds it as trained, so an over-limit model is counted and reported rather
     than refused at build time, and loads the weights strictly, because run.py would fail on
     weights that do not match the config."""
-    ckpt = load_weights(io.BytesIO(data), "solution/ckpt.pth")
-    model, _ = load_model(ckpt, source="solution/ckpt.pth")
+    ckpt = read_torch_file(io.BytesIO(data), "solution/ckpt.pth")
+    model = load_model(ckpt, source="solution/ckpt.pth")
     return challenge.count_params(model)
 
 

@@ -23,3 +23,10 @@ _SWAPS = ((4, 5), (6, 7), (8, 9))
 FLIP_PERMUTATION = list(range(NUM_CLASSES))
 for _a, _b in _SWAPS:
     FLIP_PERMUTATION[_a], FLIP_PERMUTATION[_b] = _b, _a
+
+
+def colourise(masks):
+    """Bx3xHxW uint8 colour images of a BxHxW tensor of class ids, in the challenge palette."""
+    import torch  # here, so that the label facts import without torch (the CLI's --help stays fast)
+    palette = torch.tensor(PALETTE, dtype=torch.uint8).view(-1, 3)
+    return palette[masks.long()].permute(0, 3, 1, 2)

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from facekd.registry import register_student_arch
 from students.blocks import conv_bn_act, make_stage, run_stages
 
 
@@ -20,6 +21,7 @@ class DecoderBlock(nn.Module):
         return self.conv(self.fuse(torch.cat([x, skip], 1)))
 
 
+@register_student_arch("unet")
 class UNetLite(nn.Module):
     def __init__(self, stem=24, widths=(32, 64, 128, 192), depths=(1, 2, 2, 1), mid_widths=None,
                  decoder=(96, 64, 48), decoder_fuse=None, num_classes=19, input_size=512):

@@ -1,0 +1,195 @@
+"""Every training loss, supervised and distillation alike, registered by name with the
+RunConfig weight that turns it on (torchdistill's pattern). A stage trains on
+`training_loss(cfg, teacher)`: the sum of the registered losses whose weight is above zero.
+
+Adding a loss is one decorated function here and a float field of its weight's name in
+facekd/config.py's RunConfig (docs/EXTENDING.md). A loss says what it compares the logits
+with:
+- "labels": fn(logits, labels, cfg), logits upsampled to the labels' size;
+- "teacher": fn(student, teacher, temperature, valid), both BxCxHxW at the student's output
+  size, `valid` an optional BxHxW mask of the pixels to compare. These run only when the stage
+  has a teacher, or its stored soft targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from facekd.registry import LOSSES
+from facekd.transforms import IGNORE_INDEX
+
+LossFn = Callable[..., dict]  # (logits, images, labels, soft_targets) -> {"loss": total, **terms}
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: str
+    weight: str                # the RunConfig field that weighs it; 0 turns it off
+    fn: Callable[..., torch.Tensor]
+    uses: str                  # "labels" or "teacher"
+    # Online, the teacher saw the padding a warp brought in, so a loss may keep those pixels;
+    # offline they hold zeros that no teacher produced, and every loss leaves them out.
+    masks_online: bool = True
+
+
+def register_loss(name: str, weight: str, uses: str = "teacher", masks_online: bool = True):
+    if uses not in ("labels", "teacher"):
+        raise ValueError(f"loss {name!r}: uses must be 'labels' or 'teacher', not {uses!r}")
+
+    def add(fn):
+        LOSSES.add(name, Loss(name, weight, fn, uses, masks_online))
+        return fn
+    return add
+
+
+def active_losses(cfg, uses: str | None = None) -> list[Loss]:
+    """The registered losses (of one kind, if given) that cfg weighs above zero, in registration order."""
+    return [LOSSES[name] for name in LOSSES
+            if getattr(cfg, LOSSES[name].weight) > 0 and uses in (None, LOSSES[name].uses)]
+
+
+def valid_pixels(labels: torch.Tensor, size, margin: int = 0) -> torch.Tensor:
+    """BxHxW mask of the pixels at `size` whose label is not IGNORE_INDEX (warped in from
+    outside), shrunk by `margin` pixels away from those."""
+    invalid = F.interpolate(labels[:, None].float(), size=size, mode="nearest") == IGNORE_INDEX
+    if margin:
+        invalid = F.max_pool2d(invalid.float(), 2 * margin + 1, 1, margin) > 0
+    return ~invalid[:, 0]
+
+
+def training_loss(cfg, teacher: nn.Module | None = None) -> LossFn:
+    """The weighted sum of cfg's active losses. The teacher's side is the teacher run on the
+    batch (online) or, when the engine passes them, the stored soft targets that followed the
+    batch's flip and warp (offline; then `teacher` is None). Without either, the teacher
+    losses are left out: the stage trains from labels alone."""
+    label_losses, teacher_losses = active_losses(cfg, "labels"), active_losses(cfg, "teacher")
+    if not label_losses and not teacher_losses:
+        raise ValueError("every loss weight is 0: give at least one of "
+                         + ", ".join(LOSSES[name].weight for name in LOSSES) + " a positive value")
+
+    def loss_fn(logits, images, labels, soft_targets=None):
+        upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        terms = {loss.name: loss.fn(upsampled, labels, cfg) for loss in label_losses}
+        if teacher_losses and (teacher is not None or soft_targets is not None):
+            terms.update(_teacher_terms(teacher_losses, cfg, teacher, logits, images, labels, soft_targets))
+        terms["loss"] = sum(getattr(cfg, LOSSES[name].weight) * value for name, value in terms.items())
+        return terms
+    return loss_fn
+
+
+def _teacher_terms(losses: list[Loss], cfg, teacher, logits, images, labels, soft_targets) -> dict:
+    offline = soft_targets is not None
+    if offline:
+        target = soft_targets.float()
+    else:
+        with torch.no_grad():  # the same augmented batch as the student sees
+            target = teacher(images).float()
+    target = F.interpolate(target, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+    # Offline, the pixels warped in from outside hold zeros that no teacher produced, and the
+    # bilinear warp blends those zeros into the first stored pixel inside: both are left out.
+    valid = valid_pixels(labels, logits.shape[-2:], margin=1 if offline else 0)
+    return {loss.name: loss.fn(logits, target, cfg.temperature, valid=valid if offline or loss.masks_online else None)
+            for loss in losses}
+
+
+# --- supervised ------------------------------------------------------------------------------
+
+@register_loss("ce", weight="ce_weight", uses="labels")
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, cfg) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+
+@register_loss("dice", weight="dice_weight", uses="labels")
+def dice_term(logits: torch.Tensor, labels: torch.Tensor, cfg) -> torch.Tensor:
+    return dice_loss(logits, labels, per_image=cfg.dice_scope == "image")
+
+
+def dice_loss(logits: torch.Tensor, labels: torch.Tensor, per_image: bool = False) -> torch.Tensor:
+    """Soft multi-class Dice over the classes present in the labels; ignores padded pixels.
+
+    Pooled over the batch by default. With per_image, each image's Dice is averaged over the
+    classes its own labels hold and then over images: the shape of the challenge's score, in
+    which a necklace in one image weighs as much as that image's skin."""
+    valid = (labels != IGNORE_INDEX).unsqueeze(1)
+    probs = logits.float().softmax(1) * valid
+    onehot = F.one_hot(labels.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2) * valid
+    inter, probs_sum, pixels = (probs * onehot).sum((2, 3)), probs.sum((2, 3)), onehot.sum((2, 3))  # B x C
+    if not per_image:  # the whole batch scored as one image
+        inter, probs_sum, pixels = inter.sum(0, True), probs_sum.sum(0, True), pixels.sum(0, True)
+    dice = (2 * inter + 1) / (probs_sum + pixels + 1)
+    present = pixels > 0
+    counts = present.sum(1)
+    scored = counts > 0  # an image warped entirely into padding has nothing to score
+    return 1 - ((dice * present).sum(1)[scored] / counts[scored]).mean()
+
+
+# --- distillation ----------------------------------------------------------------------------
+
+@register_loss("kd", weight="kd_weight")
+def pixel_kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                  valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-pixel KL(teacher || student) between temperature-softened class distributions,
+    averaged over valid pixels and scaled by T^2 so its gradient does not shrink with T."""
+    log_p_s = F.log_softmax(student / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher / temperature, dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1)  # BxHxW
+    if valid is not None:
+        kl = kl[valid]
+    return kl.mean() * temperature ** 2
+
+
+@register_loss("cwd", weight="cwd_weight", masks_online=False)
+def channel_wise_kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                         valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Channel-wise distillation (Shu et al., ICCV 2021): each class channel becomes a
+    distribution over spatial positions, and the student matches the teacher's by KL.
+    It stresses where each class is most confident rather than every pixel equally.
+    With a BxHxW `valid` mask the distributions are over the valid positions only."""
+    b, c = student.shape[:2]
+    student, teacher = student / temperature, teacher / temperature
+    if valid is not None:
+        # pushing a position's logits far below any real one gives it zero probability on both
+        # sides, hence zero KL and zero gradient there, without the NaNs that -inf would make;
+        # one broadcast add is cheaper on CPU than masked_fill's forward and backward
+        outside = (~valid).unsqueeze(1).to(student.dtype) * -1e4
+        student, teacher = student + outside, teacher + outside
+    log_p_s = F.log_softmax(student.reshape(b * c, -1), dim=1)
+    log_p_t = F.log_softmax(teacher.reshape(b * c, -1), dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1)  # one value per (sample, channel)
+    return kl.mean() * temperature ** 2
+
+
+def _unit(x: torch.Tensor, dim: int, eps: float = 1e-8) -> torch.Tensor:
+    """x centred and scaled to unit length along dim: dot products of such vectors are Pearson
+    correlations."""
+    x = x - x.mean(dim, keepdim=True)
+    return x / (x.norm(dim=dim, keepdim=True) + eps)
+
+
+@register_loss("dist", weight="dist_weight")
+def dist_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+    """DIST (Huang et al., NeurIPS 2022, "Knowledge Distillation from A Stronger Teacher"):
+    match the relations of the logits rather than their values. One minus the Pearson
+    correlation between student and teacher, across the classes of each pixel (inter-class)
+    plus across the pixels of each class (intra-class), each averaged; pixels of the whole
+    batch are the samples.
+
+    The paper correlates softmax(z / T). Here both relations are taken on the logits
+    standardised per pixel (centred and scaled over the classes), so the loss does not change
+    when a pixel's student logits are scaled by any positive factor or shifted: a student
+    need not match a stronger teacher's confidence, only how it ranks and spaces the classes
+    at each pixel and where each class is strong. The temperature is therefore not used."""
+    c = student.shape[1]
+    s, t = (x.permute(0, 2, 3, 1).reshape(-1, c) for x in (student, teacher))  # pixels x classes
+    if valid is not None:
+        s, t = s[valid.reshape(-1)], t[valid.reshape(-1)]
+    s, t = _unit(s.float(), 1), _unit(t.float(), 1)
+    inter = 1 - (s * t).sum(1).mean()
+    intra = 1 - (_unit(s, 0) * _unit(t, 0)).sum(0).mean()
+    return inter + intra

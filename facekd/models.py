@@ -1,0 +1,80 @@
+"""Models from plain config: build one by name or from its config, and turn a checkpoint's
+dict (facekd.checkpoint.load_checkpoint) into a model with its weights.
+
+The architectures come from the registry (facekd/registry.py), which the `students` and
+`teachers` packages fill when they are imported. This module ships with the exported
+solution, so it imports nothing beyond torch and the shipped core modules.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from facekd.challenge import PARAM_LIMIT, count_params
+from facekd.files import one_line
+from facekd.labels import NUM_CLASSES
+from facekd.registry import STUDENT_ARCHS, STUDENTS, TEACHER_ARCHS, TEACHERS
+
+
+def named_config(name: str, input_size: int) -> dict:
+    """The plain config of a registered student or teacher, predicting at input_size."""
+    if name in STUDENTS:
+        return {**STUDENTS[name](), "input_size": input_size}
+    if name in TEACHERS:
+        return {**TEACHERS[name](), "input_size": input_size}
+    raise ValueError(f"unknown model {name!r}; teachers: {TEACHERS.names()}, students: {STUDENTS.names()}")
+
+
+def init_model(cfg) -> tuple[nn.Module, dict]:
+    """The freshly initialised model a RunConfig names (cfg.model), predicting at its last
+    training size, and its plain config. The initial weights follow cfg.seed."""
+    model_cfg = named_config(cfg.model, cfg.resolutions[-1][0])
+    torch.manual_seed(cfg.seed)
+    return build_model(model_cfg), model_cfg
+
+
+def is_teacher(model_cfg: dict) -> bool:
+    return model_cfg.get("arch") in TEACHER_ARCHS
+
+
+def build_model(model_cfg: dict, allow_over_budget: bool = False) -> nn.Module:
+    """A freshly initialised model from its plain config. A student at or above the challenge
+    limit is refused unless its config says `over_budget=True` (a wide student meant to be
+    pruned) or the caller allows it (rebuilding a checkpoint as it was trained)."""
+    cfg = dict(model_cfg)
+    arch = cfg.pop("arch", None)
+    if arch in TEACHER_ARCHS:
+        return TEACHER_ARCHS[arch](**cfg)
+    allow_over_budget = cfg.pop("over_budget", False) or allow_over_budget
+    model = STUDENT_ARCHS[arch](**cfg)
+    n = count_params(model)
+    if n >= PARAM_LIMIT and not allow_over_budget:
+        raise ValueError(f"student {arch} has {n:,} trainable parameters, over the challenge limit "
+                         f"(< {PARAM_LIMIT:,}); mark a wide student to prune with over_budget=True")
+    return model
+
+
+def load_model(ckpt: dict, source="checkpoint", student_for: str | None = None) -> nn.Module:
+    """The model a checkpoint dict holds, in eval mode on the CPU, rebuilt as it was trained
+    (an over-limit student too: export is where the limit is enforced). A config or weights
+    that do not fit are an error naming `source`, the file they came from. A command that
+    works on a student names what it would do (`student_for`: "prune", "fine-tune", ...),
+    and a teacher checkpoint is then refused."""
+    cfg = ckpt["model_cfg"]
+    if student_for and isinstance(cfg, dict) and is_teacher(cfg):
+        raise ValueError(f"{source}: is a teacher checkpoint; {student_for} a student")
+    classes = cfg.get("num_classes", NUM_CLASSES) if isinstance(cfg, dict) else None
+    if classes != NUM_CLASSES:
+        raise ValueError(f"{source}: predicts {classes} classes; facekd models predict the {NUM_CLASSES} "
+                         "CelebAMask-HQ classes")
+    try:
+        model = build_model(cfg, allow_over_budget=True)
+    except (KeyError, TypeError, ValueError) as e:  # an unknown arch or a field its class does not take
+        raise ValueError(f"{source}: its model_cfg cannot be built ({one_line(e)})") from e
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{source}: weights do not match their model_cfg ({one_line(e)})") from e
+    return model.eval()
+
