@@ -98,3 +98,9 @@ def test_every_run_logs_its_settings_and_score_to_the_hparams_tab(tmp_path, samp
     acc.Reload()
     assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
     assert acc.Scalars("hparam/val_fscore")[-1].value == pytest.approx(result["val_fscore"])
+
+
+def test_the_data_root_is_an_argument_not_a_config_key():
+    # RunConfig.data was read by nothing, so `--set data=...` was accepted and ignored
+    with pytest.raises(ValueError, match="unknown config key 'data'"):
+        resolve_config("distill", "smoke", None, ["data='elsewhere'"])
