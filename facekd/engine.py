@@ -40,7 +40,7 @@ from facekd.budget import Budget, BudgetError, format_seconds
 from facekd.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from facekd.config import RunConfig, resume_conflicts, save_config
 from facekd.data import CachedSplit, load_split
-from facekd.inference import predict_logits
+from facekd.inference import model_device, predict_logits
 from facekd.labels import NUM_CLASSES, PALETTE
 from facekd.metric import FScoreMeter
 from facekd.sampling import epoch_sampler
@@ -85,7 +85,7 @@ def supervised_loss(cfg: RunConfig) -> LossFn:
 def evaluate(model: nn.Module, val: CachedSplit, input_size: int, flip_tta: bool, batch_size: int = 8,
              device: torch.device | None = None, return_preds: bool = False):
     """The challenge F-score on a cached split at its native size (512 for the real data)."""
-    device = device or next(model.parameters()).device
+    device = device or model_device(model)
     was_training = model.training
     model.eval()
     meter, preds = FScoreMeter(), []

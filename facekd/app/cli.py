@@ -175,6 +175,16 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from compress.quantize import quantize_checkpoint
+    meta = quantize_checkpoint(args.checkpoint, args.out, _data_root(args), args.calibration_images,
+                               flip_tta=not args.no_tta)
+    print(f"int8 {meta['model_cfg']['arch']} ({meta['params']:,} params) written to {args.out}; calibrated on "
+          f"{meta['quantized']['calibration']['images']} train images; val F {meta['fp32_val_fscore']:.4f} fp32 -> "
+          f"{meta['val_fscore']:.4f} int8")
+    return 0
+
+
 def _print_report(report, zip_path, failed: str = "") -> int:
     for fault in report.faults:
         print(f"FAULT: {fault}")
@@ -297,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "keeping its weights")
     p.add_argument("--out", required=True, help="solution folder to write")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="static int8 quantization of a student for the CPU, calibrated on train "
+                                        "images; predict, evaluate and report take the result")
+    p.add_argument("--checkpoint", required=True, help="a student's best.pt (under the parameter limit)")
+    p.add_argument("--out", required=True, help="int8 checkpoint file to write")
+    p.add_argument("--data", default=None, help="dataset root: calibrates on train/, scores on val/ "
+                                                "(default: the embedded sample)")
+    p.add_argument("--calibration-images", type=int, default=256, help="train images to calibrate on (default: 256)")
+    p.add_argument("--no-tta", action="store_true", help="score val without flip test-time augmentation")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("package", help="predict with a solution folder's run.py, zip masks/ + solution/, check it")
     p.add_argument("--images", required=True, help="folder of test images")

@@ -38,6 +38,9 @@ def shippable_student(ckpt: dict, source: str | Path) -> tuple[nn.Module, int]:
     arch = cfg.get("arch")
     if is_teacher(cfg):
         raise ValueError(f"{source}: is a teacher ({arch}); only a distilled student can be shipped")
+    if ckpt.get("quantized"):
+        raise ValueError(f"{source}: is an int8 checkpoint; run.py ships fp32 students, so export its fp32 "
+                         f"source ({ckpt.get('source')})")
     if arch not in students.ARCHS:
         raise ValueError(f"{source}: arch {arch!r} is not a student arch ({sorted(students.ARCHS)})")
     if "input_size" not in cfg:

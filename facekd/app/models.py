@@ -51,6 +51,9 @@ def load_model(checkpoint: str | Path | dict, device: torch.device | str | None 
     if classes != NUM_CLASSES:
         raise ValueError(f"{source}: predicts {classes} classes; facekd models predict the {NUM_CLASSES} "
                          "CelebAMask-HQ classes")
+    if ckpt.get("quantized"):
+        from compress.quantize import int8_model  # the int8 runtime belongs to the quantize stage
+        return int8_model(ckpt, source), ckpt  # on the CPU, whatever `device` asks: int8 kernels run there
     try:
         model = build_model(ckpt["model_cfg"], allow_over_budget=True)
     except (KeyError, TypeError, ValueError) as e:  # an unknown arch or a field its class does not take
@@ -85,4 +88,6 @@ def load_student(checkpoint: str | Path, purpose: str) -> tuple[nn.Module, dict]
     model, ckpt = load_model(checkpoint)
     if is_teacher(ckpt["model_cfg"]):
         raise ValueError(f"{checkpoint}: is a teacher checkpoint; {purpose} a student")
+    if ckpt.get("quantized"):
+        raise ValueError(f"{checkpoint}: is an int8 checkpoint; {purpose} its fp32 source ({ckpt.get('source')})")
     return model, ckpt
