@@ -165,6 +165,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_export(args) -> int:
     from facekd.app.export import export, refresh
+    if args.format == "onnx":
+        return _export_onnx(args)
     if args.checkpoint and len(args.checkpoint) > 1:
         raise ValueError(f"--checkpoint given {len(args.checkpoint)} times: an ensemble cannot be exported, the "
                          "solution is one model; distil it into a student (facekd distill --teacher A --teacher B) "
@@ -182,6 +184,19 @@ def cmd_quantize(args) -> int:
     print(f"int8 {meta['model_cfg']['arch']} ({meta['params']:,} params) written to {args.out}; calibrated on "
           f"{meta['quantized']['calibration']['images']} train images; val F {meta['fp32_val_fscore']:.4f} fp32 -> "
           f"{meta['val_fscore']:.4f} int8")
+    return 0
+
+
+def _export_onnx(args) -> int:
+    from facekd.app.onnx_export import export_onnx
+    if not args.checkpoint or len(args.checkpoint) > 1:
+        raise ValueError("--format onnx: give exactly one --checkpoint, a student's best.pt")
+    meta = export_onnx(args.checkpoint[0], args.out, _data_root(args), flip_tta=not args.no_tta)
+    check = meta["parity"]
+    print(f"exported {args.checkpoint[0]} ({meta['params']:,} params, opset {meta['opset']}, flip TTA "
+          f"{meta['flip_tta']}) to {args.out}/model.onnx; ONNX Runtime against torch on {check['images']} val "
+          f"images: {100 * check['pixel_agreement']:.3f}% of pixels equal, val F {check['val_fscore_torch']:.5f} "
+          f"torch, {check['val_fscore_onnx']:.5f} onnx; run it with python3 {args.out}/run_onnx.py")
     return 0
 
 
@@ -306,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a student's best.pt; leave out to refresh the code of the export already in --out, "
                         "keeping its weights")
     p.add_argument("--out", required=True, help="solution folder to write")
+    p.add_argument("--format", default="solution", choices=["solution", "onnx"],
+                   help="solution (default): ckpt.pth and run.py; onnx: model.onnx (opset 17, flip TTA inside the "
+                        "graph) and run_onnx.py, after a parity check against torch on val (needs the deploy extra)")
+    p.add_argument("--data", default=None, help="with --format onnx: dataset root whose val split the parity check "
+                                                "uses (default: the embedded sample)")
+    p.add_argument("--no-tta", action="store_true", help="with --format onnx: leave the flip TTA out of the graph")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quantize", help="static int8 quantization of a student for the CPU, calibrated on train "
