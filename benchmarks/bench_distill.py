@@ -18,7 +18,6 @@ import time
 import torch
 from timm.scheduler import CosineLRScheduler
 
-from bench_infer import matmul_gflops
 from distill.soft_targets import offline_soft_targets, output_stride, stored_size
 from distill.teacher import load_teacher, teacher_paths
 from facekd.losses import training_loss
@@ -27,6 +26,7 @@ from facekd.challenge import count_params
 from facekd.config import PRESETS, RunConfig
 from facekd.data import load_split
 from facekd.engine import Loop, train_step
+from facekd.latency import matmul_gflops
 from facekd.transforms import AugmentConfig, train_batch
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 import torch
 
@@ -17,16 +16,8 @@ import students  # noqa: F401  (fills the registry load_model builds from)
 from facekd.checkpoint import load_checkpoint
 from facekd.models import load_model
 from facekd.app.predict import predict_paths
+from facekd.latency import matmul_gflops
 from facekd.profile import count_macs, cpu_latency_ms
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
 def main():
@@ -38,7 +29,7 @@ def main():
     model = load_model(ckpt, args.weights)
     size = ckpt["model_cfg"]["input_size"]  # a 512 image is resized to this before the forward pass
     macs = count_macs(model, size)
-    latency = cpu_latency_ms(model, size, repeats=10)
+    latency = cpu_latency_ms(model, size, threads=torch.get_num_threads())
     achieved = 2 * macs / (latency / 1000) / 1e9
     peak = matmul_gflops()
     print(f"weights={args.weights} threads={torch.get_num_threads()} model input {size}")

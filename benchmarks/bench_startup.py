@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from bench_infer import matmul_gflops
+from facekd.latency import matmul_gflops
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = next((REPO / "facekd" / "sample_data" / "val" / "images").glob("*.jpg"))

@@ -17,7 +17,7 @@ from facekd.checkpoint import load_checkpoint, save_checkpoint
 from facekd.budget import Budget
 from facekd.config import RunConfig
 from facekd.data import load_split
-from facekd.engine import evaluate
+from facekd.evaluation import evaluate
 from facekd.inference import normalize
 from facekd.models import build_model, load_model
 from facekd.profile import model_cost

@@ -11,7 +11,7 @@ from facekd import distributed
 from facekd.config import RunConfig
 from facekd.data import load_split
 from facekd.distributed import pick_device
-from facekd.engine import evaluate
+from facekd.evaluation import evaluate
 from teachers.ensemble import model_or_ensemble
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from facekd.data import CachedSplit
-from facekd.inference import predict_logits
+from facekd.inference import model_device, predict_logits
 from facekd.metric import FScoreMeter
 
 
@@ -15,7 +15,7 @@ from facekd.metric import FScoreMeter
 def evaluate(model: nn.Module, val: CachedSplit, input_size: int, flip_tta: bool, batch_size: int = 8,
              device: torch.device | None = None, return_preds: bool = False):
     """The challenge F-score on a cached split at its native size (512 for the real data)."""
-    device = device or next(model.parameters()).device
+    device = device or model_device(model)
     was_training = model.training
     model.eval()
     meter, preds = FScoreMeter(), []

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from facekd.challenge import PARAM_LIMIT, count_params
+from facekd import challenge
 from facekd.files import one_line
 from facekd.labels import NUM_CLASSES
-from facekd.registry import STUDENT_ARCHS, STUDENTS, TEACHER_ARCHS, TEACHERS
+from facekd.registry import CHECKPOINT_FORMATS, STUDENT_ARCHS, STUDENTS, TEACHER_ARCHS, TEACHERS
 
 
 def named_config(name: str, input_size: int) -> dict:
@@ -48,10 +48,10 @@ def build_model(model_cfg: dict, allow_over_budget: bool = False) -> nn.Module:
         return TEACHER_ARCHS[arch](**cfg)
     allow_over_budget = cfg.pop("over_budget", False) or allow_over_budget
     model = STUDENT_ARCHS[arch](**cfg)
-    n = count_params(model)
-    if n >= PARAM_LIMIT and not allow_over_budget:
+    n = challenge.count_params(model)
+    if n >= challenge.PARAM_LIMIT and not allow_over_budget:
         raise ValueError(f"student {arch} has {n:,} trainable parameters, over the challenge limit "
-                         f"(< {PARAM_LIMIT:,}); mark a wide student to prune with over_budget=True")
+                         f"(< {challenge.PARAM_LIMIT:,}); mark a wide student to prune with over_budget=True")
     return model
 
 
@@ -64,6 +64,17 @@ def load_model(ckpt: dict, source="checkpoint", student_for: str | None = None) 
     cfg = ckpt["model_cfg"]
     if student_for and isinstance(cfg, dict) and is_teacher(cfg):
         raise ValueError(f"{source}: is a teacher checkpoint; {student_for} a student")
+    marked = [key for key in CHECKPOINT_FORMATS if ckpt.get(key)]
+    if marked and student_for:
+        raise ValueError(f"{source}: is a {marked[0]} checkpoint; {student_for} its fp32 source "
+                         f"({ckpt.get('source')})")
+    if marked:
+        return CHECKPOINT_FORMATS[marked[0]](ckpt, source)
+    return _fp32_model(ckpt, source)
+
+
+def _fp32_model(ckpt: dict, source) -> nn.Module:
+    cfg = ckpt["model_cfg"]
     classes = cfg.get("num_classes", NUM_CLASSES) if isinstance(cfg, dict) else None
     if classes != NUM_CLASSES:
         raise ValueError(f"{source}: predicts {classes} classes; facekd models predict the {NUM_CLASSES} "
@@ -78,3 +89,32 @@ def load_model(ckpt: dict, source="checkpoint", student_for: str | None = None) 
         raise ValueError(f"{source}: weights do not match their model_cfg ({one_line(e)})") from e
     return model.eval()
 
+
+def shippable_student(ckpt: dict, source) -> tuple[nn.Module, int]:
+    """Rebuild the checkpoint's model and refuse anything the challenge would reject.
+
+    An over-limit student is rebuilt so that it is reported with its exact count, and its
+    weights are loaded strictly so a config that does not match them fails here, not in run.py.
+    """
+    cfg = ckpt["model_cfg"]
+    arch = cfg.get("arch")
+    if is_teacher(cfg):
+        raise ValueError(f"{source}: is a teacher ({arch}); only a distilled student can be shipped")
+    marked = [key for key in CHECKPOINT_FORMATS if ckpt.get(key)]
+    if marked:
+        raise ValueError(f"{source}: is a {marked[0]} checkpoint; run.py ships fp32 students, so export its "
+                         f"fp32 source ({ckpt.get('source')})")
+    if arch not in STUDENT_ARCHS:
+        raise ValueError(f"{source}: arch {arch!r} is not a student arch ({STUDENT_ARCHS.names()})")
+    if "input_size" not in cfg:
+        raise ValueError(f"{source}: model_cfg has no input_size, which run.py needs")
+    model = _fp32_model(ckpt, source)
+    broken = [name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+    if broken:
+        raise ValueError(f"{source}: {len(broken)} weight tensor(s) hold inf or NaN (e.g. {broken[0]}); "
+                         "its training diverged, so it cannot be shipped")
+    n = challenge.count_params(model)
+    if n >= challenge.PARAM_LIMIT:
+        raise ValueError(f"{source}: {arch} has {n:,} trainable parameters; the challenge needs fewer than "
+                         f"{challenge.PARAM_LIMIT:,} (prune it first)")
+    return model, n

@@ -165,6 +165,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_export(args) -> int:
     from facekd.app.export import export, refresh
+    if args.format == "onnx":
+        return _export_onnx(args)
     if args.checkpoint and len(args.checkpoint) > 1:
         raise ValueError(f"--checkpoint given {len(args.checkpoint)} times: an ensemble cannot be exported, the "
                          "solution is one model; distil it into a student (facekd distill --teacher A --teacher B) "
@@ -172,6 +174,29 @@ def cmd_export(args) -> int:
     meta = export(args.checkpoint[0], args.out) if args.checkpoint else refresh(args.out)
     score = "n/a" if meta["val_fscore"] is None else f"{meta['val_fscore']:.4f}"
     print(f"exported {meta['model_cfg']['arch']} ({meta['params']:,} params, val F-score {score}) to {args.out}")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from compress.quantize import quantize_checkpoint
+    meta = quantize_checkpoint(args.checkpoint, args.out, _data_root(args), args.calibration_images,
+                               flip_tta=not args.no_tta)
+    print(f"int8 {meta['model_cfg']['arch']} ({meta['params']:,} params) written to {args.out}; calibrated on "
+          f"{meta['quantized']['calibration']['images']} train images; val F {meta['fp32_val_fscore']:.4f} fp32 -> "
+          f"{meta['val_fscore']:.4f} int8")
+    return 0
+
+
+def _export_onnx(args) -> int:
+    from facekd.app.onnx_export import export_onnx
+    if not args.checkpoint or len(args.checkpoint) > 1:
+        raise ValueError("--format onnx: give exactly one --checkpoint, a student's best.pt")
+    meta = export_onnx(args.checkpoint[0], args.out, _data_root(args), flip_tta=not args.no_tta)
+    check = meta["parity"]
+    print(f"exported {args.checkpoint[0]} ({meta['params']:,} params, opset {meta['opset']}, flip TTA "
+          f"{meta['flip_tta']}) to {args.out}/model.onnx; ONNX Runtime against torch on {check['images']} val "
+          f"images: {100 * check['pixel_agreement']:.3f}% of pixels equal, val F {check['val_fscore_torch']:.5f} "
+          f"torch, {check['val_fscore_onnx']:.5f} onnx; run it with python3 {args.out}/run_onnx.py")
     return 0
 
 
@@ -296,7 +321,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a student's best.pt; leave out to refresh the code of the export already in --out, "
                         "keeping its weights")
     p.add_argument("--out", required=True, help="solution folder to write")
+    p.add_argument("--format", default="solution", choices=["solution", "onnx"],
+                   help="solution (default): ckpt.pth and run.py; onnx: model.onnx (opset 17, flip TTA inside the "
+                        "graph) and run_onnx.py, after a parity check against torch on val (needs the deploy extra)")
+    p.add_argument("--data", default=None, help="with --format onnx: dataset root whose val split the parity check "
+                                                "uses (default: the embedded sample)")
+    p.add_argument("--no-tta", action="store_true", help="with --format onnx: leave the flip TTA out of the graph")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="static int8 quantization of a student for the CPU, calibrated on train "
+                                        "images; predict, evaluate and report take the result")
+    p.add_argument("--checkpoint", required=True, help="a student's best.pt (under the parameter limit)")
+    p.add_argument("--out", required=True, help="int8 checkpoint file to write")
+    p.add_argument("--data", default=None, help="dataset root: calibrates on train/, scores on val/ "
+                                                "(default: the embedded sample)")
+    p.add_argument("--calibration-images", type=int, default=256, help="train images to calibrate on (default: 256)")
+    p.add_argument("--no-tta", action="store_true", help="score val without flip test-time augmentation")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("package", help="predict with a solution folder's run.py, zip masks/ + solution/, check it")
     p.add_argument("--images", required=True, help="folder of test images")

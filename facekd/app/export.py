@@ -12,15 +12,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import torch.nn as nn
-
+import compress.quantize  # noqa: F401  (registers the int8 format, which export refuses by name)
 import facekd
 import students
-from facekd import challenge
 from facekd.checkpoint import load_checkpoint, save_checkpoint
 from facekd.files import check_output_folder
-from facekd.models import is_teacher, load_model
-from facekd.registry import STUDENT_ARCHS
+from facekd.models import shippable_student
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_PY = REPO_ROOT / "solution" / "run.py"  # canonical source of every exported run.py
@@ -29,32 +26,6 @@ FACEKD_RUNTIME = ("__init__.py", "challenge.py", "labels.py", "files.py", "infer
                   "models.py")
 # Only what run.py's imports need, with lower bounds that exist on PyPI.
 REQUIREMENTS = ("torch>=2.1", "numpy>=1.24", "pillow>=10")
-
-
-def shippable_student(ckpt: dict, source: str | Path) -> tuple[nn.Module, int]:
-    """Rebuild the checkpoint's model and refuse anything the challenge would reject.
-
-    An over-limit student is rebuilt so that it is reported with its exact count, and its
-    weights are loaded strictly so a config that does not match them fails here, not in run.py.
-    """
-    cfg = ckpt["model_cfg"]
-    arch = cfg.get("arch")
-    if is_teacher(cfg):
-        raise ValueError(f"{source}: is a teacher ({arch}); only a distilled student can be shipped")
-    if arch not in STUDENT_ARCHS:
-        raise ValueError(f"{source}: arch {arch!r} is not a student arch ({STUDENT_ARCHS.names()})")
-    if "input_size" not in cfg:
-        raise ValueError(f"{source}: model_cfg has no input_size, which run.py needs")
-    model = load_model(ckpt, source=source)
-    broken = [name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
-    if broken:
-        raise ValueError(f"{source}: {len(broken)} weight tensor(s) hold inf or NaN (e.g. {broken[0]}); "
-                         "its training diverged, so it cannot be shipped")
-    n = challenge.count_params(model)
-    if n >= challenge.PARAM_LIMIT:
-        raise ValueError(f"{source}: {arch} has {n:,} trainable parameters; the challenge needs fewer than "
-                         f"{challenge.PARAM_LIMIT:,} (prune it first)")
-    return model, n
 
 
 def git_commit() -> str | None:

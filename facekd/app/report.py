@@ -22,14 +22,15 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+import compress.quantize  # noqa: F401  (registers the int8 checkpoint format that load_model reads)
 from facekd import distributed
 from facekd.checkpoint import load_checkpoint
 from facekd.models import is_teacher, load_model
 from teachers.ensemble import model_or_ensemble
 from facekd.challenge import PARAM_LIMIT
 from facekd.data import CachedSplit, load_split
-from facekd.engine import colourise, evaluate
-from facekd.labels import CLASS_NAMES, FLIP_PERMUTATION, PALETTE
+from facekd.evaluation import evaluate
+from facekd.labels import CLASS_NAMES, FLIP_PERMUTATION, PALETTE, colourise
 from facekd.metric import confusion_matrices, per_class_f1
 from facekd.profile import count_macs, model_cost
 

@@ -111,6 +111,13 @@ def flip_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits.flip(-1).index_select(1, perm)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's weights live. An int8 model packs its weights and has no parameters;
+    its kernels run on the CPU."""
+    first = next(model.parameters(), None)
+    return torch.device("cpu") if first is None else first.device
+
+
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images_uint8: torch.Tensor, input_size: int,
                    out_size: tuple[int, int] | None = None, flip_tta: bool = True) -> torch.Tensor:
@@ -129,7 +136,7 @@ def predict_logits(model: torch.nn.Module, images_uint8: torch.Tensor, input_siz
 
 def predict_mask(model: torch.nn.Module, rgb: np.ndarray, input_size: int, flip_tta: bool = True) -> np.ndarray:
     """HxW uint8 class ids for one HxWx3 uint8 image, at the image's own size."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(device)
     logits = predict_logits(model, x, input_size, flip_tta=flip_tta)
     return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()

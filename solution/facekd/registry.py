@@ -53,6 +53,9 @@ STUDENTS = Registry("student")
 TEACHERS = Registry("teacher")
 # training losses, each with the RunConfig weight that turns it on (facekd/losses.py)
 LOSSES = Registry("loss")
+# checkpoints that do not hold plain fp32 weights are marked by a key, and the stage that
+# writes them registers a loader under it (compress/quantize.py: "quantized", int8 models)
+CHECKPOINT_FORMATS = Registry("checkpoint format")
 
 register_student_arch = STUDENT_ARCHS.register
 register_teacher_arch = TEACHER_ARCHS.register
