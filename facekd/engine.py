@@ -43,6 +43,7 @@ from facekd.data import CachedSplit, load_split
 from facekd.inference import predict_logits
 from facekd.labels import NUM_CLASSES, PALETTE
 from facekd.metric import FScoreMeter
+from facekd.run_folder import refuse_existing_run, run_folder_lock
 from facekd.sampling import epoch_sampler
 from facekd.transforms import IGNORE_INDEX, AugmentConfig, train_batch
 
@@ -115,9 +116,7 @@ class TrainingRun:
 
     def __init__(self, run_dir: Path, resume: bool, writes: bool = True):
         self.dir = Path(run_dir)
-        if (self.dir / "last.pt").exists() and not resume:
-            raise FileExistsError(f"{self.dir} already holds a run; pass --resume to continue it "
-                                  f"or choose another --out")
+        refuse_existing_run(self.dir, resume)
         self.writes, self.writer = writes, None
 
     def open(self, cfg: RunConfig, config_record: dict) -> None:
@@ -436,6 +435,13 @@ def fit(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_
     `budget` is the stage's running budget when the stage did work of its own first (loading a
     teacher, pruning); otherwise cfg.budget_minutes starts one here. `soft_targets` are stored
     class scores (N x C x h x w) in the order of the training split."""
+    with run_folder_lock(run_dir, enabled=distributed.is_main()):  # one process writes a run folder at a time
+        return _fit(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, extra_config,
+                    reference_scores, progress, budget, soft_targets)
+
+
+def _fit(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, extra_config, reference_scores,
+         progress, budget, soft_targets) -> dict:
     loop, train_split, sampler = _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume,
                                           extra_config, progress, budget, soft_targets)
     loop.reference_scores = reference_scores or {}
