@@ -84,13 +84,13 @@ def supervised_loss(cfg: RunConfig) -> LossFn:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, val: CachedSplit, input_size: int, flip_tta: bool, batch_size: int = 8,
-             device: torch.device | None = None, return_preds: bool = False):
+             device: torch.device | None = None, return_preds: bool = False, progress: bool = False):
     """The challenge F-score on a cached split at its native size (512 for the real data)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     meter, preds = FScoreMeter(), []
-    for i in range(0, len(val), batch_size):
+    for i in tqdm(range(0, len(val), batch_size), desc="validate", unit="batch", leave=False, disable=not progress):
         images = val.images[i:i + batch_size].to(device)
         pred = predict_logits(model, images, input_size, flip_tta=flip_tta).argmax(1)
         meter.update(pred, val.masks[i:i + batch_size].to(device))
@@ -168,6 +168,7 @@ class Loop:
     logged_start: bool = False
     last_progress: float = 0.0           # the reading that set the lr; stopping must use the same one
     finished: bool = False               # the last epoch (or the budget's end) was reached; resuming is a no-op
+    epoch_images: int = 1                # images in one epoch, over every rank
 
     @property
     def main(self) -> bool:
@@ -283,7 +284,8 @@ def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: boo
     """Score the (EMA) model on val, log it, and write best.pt when it improved."""
     cfg, writer = loop.cfg, loop.run.writer
     eval_model = loop.ema.module if loop.ema is not None else loop.model
-    summary, preds = evaluate(eval_model, val, size, cfg.flip_tta, cfg.batch_size, loop.device, return_preds=True)
+    summary, preds = evaluate(eval_model, val, size, cfg.flip_tta, cfg.batch_size, loop.device, return_preds=True,
+                              progress=loop.progress_bars)
     record["val_fscore"] = summary["fscore"]
     writer.add_scalar("val/fscore", summary["fscore"], loop.epoch)
     writer.add_scalar("val/left_right_swap_rate", summary["left_right_swap_rate"], loop.epoch)
@@ -470,8 +472,12 @@ def _fit(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, extr
 
 def _finish(loop: Loop) -> dict:
     distributed.dump_final_state(loop.model)
+    # "epochs" counts what was trained, in epochs of the training split: a budget that ends one
+    # early, or a resolution switch that cuts one short, leaves a fraction; epochs_started counts
+    # every epoch begun (what metrics.jsonl logs a line for)
     result = {"stage": loop.stage, "val_fscore": loop.best, "params": loop.n_params,
-              "train_seconds": loop.train_seconds, "epochs": loop.epoch + 1, "images_seen": loop.images_seen,
+              "train_seconds": loop.train_seconds, "epochs": round(loop.images_seen / loop.epoch_images, 2),
+              "epochs_started": loop.epoch + 1, "steps": loop.step, "images_seen": loop.images_seen,
               "run_dir": str(loop.run.dir)}
     if loop.budget:
         result.update(budget_s=loop.budget.seconds, budget_spent_s=loop.budget.spent())
@@ -555,7 +561,8 @@ def _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, 
                 model_cfg=model_cfg, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, ema=ema,
                 augment=augment, generator=generator, device=device, run=run, val=val, budget=budget,
                 soft_targets=soft_targets, reference_scores={}, n_params=count_params(model), world=world, rank=rank,
-                progress_bars=progress and rank == 0, config_record=record, inputs=inputs)
+                progress_bars=progress and rank == 0, config_record=record, inputs=inputs,
+                epoch_images=len(sampler) * world)
     if resumed is not None:
         _restore(loop, resumed)
     if budget is not None:
