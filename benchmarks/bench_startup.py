@@ -6,6 +6,12 @@ and the 2048^3 fp32 matmul rate of bench_infer.py places the machine.
 
     python benchmarks/bench_startup.py --rounds 9
     python benchmarks/bench_startup.py --run-py /tmp/old/solution/run.py   # another run.py, same image
+
+With --cli it times instead what a user waits for before the first line of `facekd --help`,
+`facekd distill --help` and a bad argument (target: under 1 s each, issue 28), beside a bare
+`import torch`, which the CLI must not wait for:
+
+    python benchmarks/bench_startup.py --cli --rounds 5
 """
 
 from __future__ import annotations
@@ -56,12 +62,37 @@ def wall(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+# what a user types, as fresh interpreters run it (python -m facekd is the console script's code)
+CLI_CASES = {"facekd --help": ["--help"], "facekd distill --help": ["distill", "--help"],
+             "facekd distill --bogus (an error)": ["distill", "--bogus"]}
+
+
+def cli_startup(rounds: int) -> None:
+    """Median wall time of each CLI_CASES command, and of `import torch` for scale."""
+    def run(argv: list[str]) -> float:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "facekd", *argv], capture_output=True, cwd=REPO)
+        return time.perf_counter() - t0
+    print(f"median of {rounds} fresh interpreters each (target: under 1 s)")
+    for name, argv in CLI_CASES.items():
+        run(argv)  # once untimed, for the page cache
+        times = [run(argv) for _ in range(rounds)]
+        print(f"  {name:<36} {statistics.median(times):.3f} s  (max {max(times):.3f})")
+    bare = [wall([sys.executable, "-c", "import torch"]) for _ in range(rounds)]
+    name = "python -c 'import torch' (for scale)"
+    print(f"  {name:<36} {statistics.median(bare):.3f} s")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9, help="alternating pairs of runs (default: 9)")
     parser.add_argument("--run-py", default=str(REPO / "solution" / "run.py"))
     parser.add_argument("--image", default=str(IMAGE))
+    parser.add_argument("--cli", action="store_true", help="time facekd --help and argument errors instead")
     args = parser.parse_args()
+    if args.cli:
+        cli_startup(args.rounds)
+        return
     bare, solution = [], []
     with tempfile.TemporaryDirectory() as tmp:
         run_py = [sys.executable, args.run_py, "--input", args.image, "--output", f"{tmp}/mask.png"]

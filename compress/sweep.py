@@ -18,11 +18,12 @@ from tqdm import tqdm
 from compress.prune import MAX_RATIO, prune_to_target
 from compress.train import prune_and_finetune
 from distill.soft_targets import offline_soft_targets, stored_size
-from distill.teacher import load_teacher, names_teacher, teacher_paths, teacher_record
+from distill.teacher import load_teacher, teacher_paths, teacher_record
 from facekd import distributed
 from facekd.checkpoint import load_checkpoint
 from facekd.models import load_model
 from facekd.config import RunConfig
+from facekd.run_folder import removed_if_budget_refused, run_folder_lock
 
 # sweep kind -> prune_and_finetune's keyword for one target of that kind
 KINDS = {"params": "target_params", "macs": "target_macs", "ratio": "ratio"}
@@ -95,32 +96,34 @@ def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: s
             raise ValueError(f"{sweep_path}: is a sweep of {previous['kind']} from {previous['student']}, "
                              f"not of {kind} from {student_path}")
     bounds = check_targets(student_path, kind, targets)
-    distils = names_teacher(teacher_path)
+    teacher, _ = load_teacher(teacher_path)  # an unsafe or foreign teacher is refused before any pruning
+    distils = teacher is not None
     if cfg.distill_mode == "offline" and not cfg.soft_target_cache and distils:
         # every target is fine-tuned on the same teacher maps: compute them once for the sweep
         cfg = dataclasses.replace(cfg, soft_target_cache=str(out / "soft_targets"))
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.soft_target_cache and distils:
-        # fill the cache before the first target, so that under --budget every target gets
-        # the same time to fine-tune rather than the first paying for the teacher's pass
-        teacher, _ = load_teacher(teacher_path)
-        offline_soft_targets(cfg, teacher, teacher_paths(teacher_path), data_root,
-                             stored_size(cfg, load_model(load_checkpoint(student_path), student_path)), progress)
     record = {"student": str(student_path), "teacher": teacher_record(teacher_path), "kind": kind,
               "importance": importance, **bounds, "targets": []}
-    # largest model first: the mildest cut, and the first row a reader compares with the student
-    for value in tqdm(sorted(targets, reverse=kind != "ratio"), desc="sweep", disable=not progress):
-        run = out / run_name(kind, value)
-        report = _finished(run / "prune_report.json") if resume else None
-        if report is not None:
-            tqdm.write(f"[sweep] {run.name}: done earlier, skipped")
-        else:
-            tqdm.write(f"[sweep] {run.name}: starting")
-            report = prune_and_finetune(cfg, data_root, run, student_path, teacher_path, importance=importance,
-                                        resume=resume, progress=progress, **{KINDS[kind]: value})["report"]
-        record["student_val_fscore"] = report["before"]["val_fscore"]
-        record["targets"].append(_row(kind, value, run, report))
-        sweep_path.write_text(json.dumps(record, indent=2) + "\n")  # after each target, for a sweep killed later
+    # a budget refused at the first target leaves nothing; finished targets are kept for --resume
+    with run_folder_lock(out), removed_if_budget_refused(out, keep=lambda: bool(record["targets"])):
+        if cfg.soft_target_cache and distils:
+            # fill the cache before the first target, so that under --budget every target gets
+            # the same time to fine-tune rather than the first paying for the teacher's pass
+            offline_soft_targets(cfg, teacher, teacher_paths(teacher_path), data_root,
+                                 stored_size(cfg, load_model(load_checkpoint(student_path), student_path)), progress)
+        del teacher  # the targets load it again, each in its own run
+        # largest model first: the mildest cut, and the first row a reader compares with the student
+        for value in tqdm(sorted(targets, reverse=kind != "ratio"), desc="sweep", disable=not progress):
+            run = out / run_name(kind, value)
+            report = _finished(run / "prune_report.json") if resume else None
+            if report is not None:
+                tqdm.write(f"[sweep] {run.name}: done earlier, skipped")
+            else:
+                tqdm.write(f"[sweep] {run.name}: starting")
+                report = prune_and_finetune(cfg, data_root, run, student_path, teacher_path, importance=importance,
+                                            resume=resume, progress=progress, **{KINDS[kind]: value})["report"]
+            record["student_val_fscore"] = report["before"]["val_fscore"]
+            record["targets"].append(_row(kind, value, run, report))
+            sweep_path.write_text(json.dumps(record, indent=2) + "\n")  # after each target, for a sweep killed later
     return record
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
 from compress.prune import IMPORTANCES, prune_to_target, rebuild
+from distill.teacher import load_teacher
 from distill.train import distill
 from facekd import distributed
 from facekd.checkpoint import load_checkpoint, save_checkpoint
@@ -21,6 +22,7 @@ from facekd.evaluation import evaluate
 from facekd.inference import normalize
 from facekd.models import build_model, load_model
 from facekd.profile import model_cost
+from facekd.run_folder import refuse_existing_run, removed_if_budget_refused, run_folder_lock
 
 
 def taylor_gradients(data_root, size: int = 256, n: int = 16):
@@ -53,29 +55,14 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
                        progress: bool = True) -> dict:
     budget = Budget.from_minutes(cfg.budget_minutes)  # pruning and its measurements count too
     out = Path(out)
-    report_path = out / "prune_report.json"
+    load_teacher(teacher_path)  # an unsafe, foreign or mis-sized teacher is refused before pruning, not after
     distributed.setup()  # under torchrun, for the barriers below
-    if resume and (out / "last.pt").exists() and report_path.exists():
-        # the architecture was already cut: rebuild it from the saved plain config
-        model_cfg = load_checkpoint(out / "last.pt")["model_cfg"]
-        model = build_model(model_cfg, allow_over_budget=True)  # last.pt's weights come back in fit
-        report = json.loads(report_path.read_text())
-    else:
-        if (out / "last.pt").exists():
-            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        # Under torchrun rank 0 alone prunes and the others rebuild its result from pruned.pt:
-        # Taylor importance comes from gradients, which need not agree bit for bit across
-        # GPUs, and one differing channel choice would give the ranks different models.
-        if distributed.is_main():
-            model, model_cfg, report = _prune(cfg, data_root, out, student_path, target_params, target_macs, ratio,
-                                              importance, progress)
-        distributed.barrier()
-        if not distributed.is_main():
-            pruned = load_checkpoint(out / "pruned.pt")
-            model, model_cfg = load_model(pruned, out / "pruned.pt"), pruned["model_cfg"]
-            report = json.loads(report_path.read_text())
-    result = distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
-                     model_cfg=model_cfg, stage="prune", budget=budget)
+    with run_folder_lock(out, enabled=distributed.is_main()), removed_if_budget_refused(out):
+        model, model_cfg, report = _pruned_model(cfg, data_root, out, student_path, target_params, target_macs,
+                                                 ratio, importance, resume, progress)
+        result = distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
+                         model_cfg=model_cfg, stage="prune", budget=budget)
+    report_path = out / "prune_report.json"
     if distributed.is_main():
         best = load_checkpoint(out / "best.pt")
         tuned = load_model(best, out / "best.pt")
@@ -85,6 +72,29 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
     if not distributed.is_main():
         report = json.loads(report_path.read_text())
     return {**result, "report": report}
+
+
+def _pruned_model(cfg: RunConfig, data_root, out: Path, student_path, target_params, target_macs, ratio,
+                  importance, resume, progress) -> tuple:
+    """(model, model_cfg, report): the student pruned here, or when resuming a run whose
+    architecture was already cut, rebuilt from last.pt's plain config."""
+    report_path = out / "prune_report.json"
+    if resume and (out / "last.pt").exists() and report_path.exists():
+        model_cfg = load_checkpoint(out / "last.pt")["model_cfg"]
+        model = build_model(model_cfg, allow_over_budget=True)  # last.pt's weights come back in fit
+        return model, model_cfg, json.loads(report_path.read_text())
+    refuse_existing_run(out, resume)
+    # Under torchrun rank 0 alone prunes and the others rebuild its result from pruned.pt:
+    # Taylor importance comes from gradients, which need not agree bit for bit across
+    # GPUs, and one differing channel choice would give the ranks different models.
+    if distributed.is_main():
+        pruned = _prune(cfg, data_root, out, student_path, target_params, target_macs, ratio, importance, progress)
+    distributed.barrier()
+    if distributed.is_main():
+        return pruned
+    pruned = load_checkpoint(out / "pruned.pt")
+    model = load_model(pruned, out / "pruned.pt")
+    return model, pruned["model_cfg"], json.loads(report_path.read_text())
 
 
 def finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, resume: bool = False,

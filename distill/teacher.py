@@ -25,11 +25,6 @@ def teacher_paths(value) -> list[str]:
     return paths
 
 
-def names_teacher(value) -> bool:
-    """Whether a --teacher value names at least one checkpoint."""
-    return bool(teacher_paths(value))
-
-
 def teacher_record(value) -> str | list[str]:
     """How a run's config records its teacher: "none" for labels alone, the checkpoint's path,
     or the list of an ensemble's paths."""
@@ -43,6 +38,9 @@ def load_teacher(value) -> tuple[nn.Module | None, dict]:
     paths = teacher_paths(value)
     if not paths:
         return None, {}
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--teacher {path}: no such checkpoint")
     teacher, info = model_or_ensemble(paths)
     teacher.requires_grad_(False)
     return teacher, info

@@ -53,6 +53,32 @@ shutil.copytree(REPO / "solution", T / "sol", ignore=shutil.ignore_patterns("__p
 with zipfile.ZipFile(T / "backslash.zip", "w") as zf:
     zf.writestr("masks\\x.png", b"")
 
+# issue 28's fixtures: a tiny student, a checkpoint whose unpickling would run code, a folder
+# holding a user's own run files, zips with a name stored twice or the code-running ckpt.pth,
+# and 40 images that a zip has no masks for
+sys.path.insert(0, str(REPO))
+from facekd.app.models import build_model, named_config
+from facekd.checkpoint import save_checkpoint
+tiny_cfg = named_config("tiny", 64)
+save_checkpoint({"model": build_model(tiny_cfg).state_dict(), "model_cfg": tiny_cfg, "stage": "distill"},
+                T / "tiny_student.pt")
+class RunsCode:
+    def __reduce__(self):
+        return (Path.write_text, (T / "ran", "ran"))
+torch.save({"model": RunsCode(), "model_cfg": {}}, T / "evil.pt")
+(T / "mine").mkdir(); (T / "mine/config.json").write_text('{"my": "own notes"}\n')
+with zipfile.ZipFile(T / "twice.zip", "w") as zf:
+    for fill in (0, 3):
+        zf.writestr(f"masks/{imgs[0].stem}.png", bytes([fill]))
+with zipfile.ZipFile(T / "evilsub.zip", "w") as zf:
+    zf.write(T / "evil.pt", "solution/ckpt.pth")
+(T / "many").mkdir()
+for i in range(40):
+    Image.new("RGB", (8, 8)).save(T / "many" / f"image_{i:03d}.jpg")
+HOLD = ("python -c \"import sys, time; from facekd.run_folder import run_folder_lock; "
+        "held = run_folder_lock(sys.argv[1]); held.__enter__(); print('held', flush=True); time.sleep(30)\"")
+SMALL = "--set 'resolutions=[[64, 1]]'"
+
 F = "facekd"
 R = f"python {REPO}/solution/run.py"
 I = f"{imgs[0]}"
@@ -100,6 +126,20 @@ cases = [
     ("check-submission: not a zip", f"{F} check-submission notes.txt"),
     ("export: --checkpoint missing", f"{F} export --checkpoint nope.pt --out out"),
     ("export: refresh an existing folder's code", f"{F} export --out sol"),
+    ("issue 28.5: prune, --budget too small", f"{F} prune --checkpoint tiny_student.pt --ratio 0.3 --budget 0.01 --out p5 {SMALL}; rc=$?; ls p5; exit $rc"),
+    ("issue 28.5: prune --sweep, --budget too small", f"{F} prune --checkpoint tiny_student.pt --ratio 0.3,0.5 --sweep --budget 0.01 --out s5 {SMALL}; rc=$?; ls s5; exit $rc"),
+    ("issue 28.5: pipeline, --budget 0.05", f"{F} pipeline --budget 0.05 --out pipe5; rc=$?; ls pipe5; exit $rc"),
+    ("issue 28.11: prune --teacher evil.pt", f"{F} prune --checkpoint tiny_student.pt --ratio 0.3 --teacher evil.pt --out p11; rc=$?; ls p11 ran; exit $rc"),
+    ("issue 28.12: check-submission, a ckpt.pth that would run code", f"{F} check-submission evilsub.zip | grep -e ckpt.pth -e weights_only; ls ran"),
+    ("issue 28.14: --out a folder holding my config.json", f"{F} distill --teacher none --out mine {SMALL}; rc=$?; cat mine/config.json; exit $rc"),
+    ("issue 28.15: --out a folder another run holds", f"{HOLD} busy & sleep 3; {F} distill --teacher none --out busy {SMALL}; rc=$?; kill %1; exit $rc"),
+    ("issue 28.15: the holder killed -9 (a stale lock)", f"{HOLD} stale & sleep 3; kill -9 $!; wait $! 2>/dev/null; ls stale; {F} distill --teacher none --out stale {SMALL} >/dev/null 2>&1; rc=$?; ls stale | tr '\\n' ' '; exit $rc"),
+    ("issue 28.18: check-submission, a mask stored twice", f"{F} check-submission twice.zip 2>/dev/null | grep 'stored'"),
+    ("issue 28 friction 2: facekd pipeline (the sample)", f"{F} pipeline --out pipe 2>/dev/null | tail -9"),
+    ("issue 28 friction 3: distill with no teacher trained", f"{F} distill --out runs/x"),
+    ("issue 28 friction 4: predict, old and new option names", f"{F} predict --weights {REPO}/solution/ckpt.pth --input {I} --output old && {F} predict --checkpoint {REPO}/solution/ckpt.pth --images {I} --out new"),
+    ("issue 28 friction 6: facekd --help, a bad argument", f"/usr/bin/time -f '%e s' {F} --help >/dev/null; /usr/bin/time -f '%e s' {F} distill --bogus 2>&1 | tail -2"),
+    ("issue 28 friction 10: check-submission, 40 masks missing", f"{F} check-submission twice.zip --images many 2>/dev/null | grep 'no mask'"),
     ("--debug: the same error with its traceback", f"{F} --debug export --checkpoint nope.pt --out out 2>&1 | tail -1; exit ${{PIPESTATUS[0]}}"),
 ]
 tmpl = str(T)

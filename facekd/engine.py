@@ -40,7 +40,7 @@ from facekd.data import CachedSplit, load_split
 from facekd.evaluation import evaluate
 from facekd.labels import NUM_CLASSES, colourise
 from facekd.losses import LossFn
-from facekd.run_dir import TrainingRun
+from facekd.run_folder import TrainingRun, run_folder_lock
 from facekd.sampling import epoch_sampler
 from facekd.transforms import AugmentConfig, train_batch
 
@@ -82,6 +82,7 @@ class Loop:
     inputs: dict = field(default_factory=dict)  # run_inputs: saved with the config, for resume checks
     logged_start: bool = False
     finished: bool = False               # the last epoch (or the budget's end) was reached; resuming is a no-op
+    epoch_images: int = 1                # images in one epoch, over every rank
 
     @property
     def main(self) -> bool:
@@ -191,7 +192,8 @@ def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: boo
     """Score the (EMA) model on val, log it, and write best.pt when it improved."""
     cfg, writer = loop.cfg, loop.run.writer
     eval_model = loop.ema.module if loop.ema is not None else loop.model
-    summary, preds = evaluate(eval_model, val, size, cfg.flip_tta, cfg.batch_size, loop.device, return_preds=True)
+    summary, preds = evaluate(eval_model, val, size, cfg.flip_tta, cfg.batch_size, loop.device, return_preds=True,
+                              progress=loop.progress_bars)
     record["val_fscore"] = summary["fscore"]
     writer.add_scalar("val/fscore", summary["fscore"], loop.epoch)
     writer.add_scalar("val/left_right_swap_rate", summary["left_right_swap_rate"], loop.epoch)
@@ -324,16 +326,23 @@ def fit(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_
     `budget` is the stage's running budget when the stage did work of its own first (loading a
     teacher, pruning); otherwise cfg.budget_minutes starts one here. `soft_targets` are stored
     class scores (N x C x h x w) in the order of the training split."""
-    loop, train_split, sampler = _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root=data_root, stage=stage,
-                                          resume=resume, extra_config=extra_config or {}, progress=progress,
-                                          budget=budget, soft_targets=soft_targets)
-    loop.reference_scores = reference_scores or {}
+    with run_folder_lock(run_dir, enabled=distributed.is_main()):  # one process writes a run folder at a time
+        loop, train_split, sampler = _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root=data_root,
+                                              stage=stage, resume=resume, extra_config=extra_config or {},
+                                              progress=progress, budget=budget, soft_targets=soft_targets)
+        loop.reference_scores = reference_scores or {}
+        _train_epochs(loop, train_split, sampler)
+        return _finish(loop)
+
+
+def _train_epochs(loop: Loop, train_split: Callable, sampler) -> None:
+    """Epochs until the last one (or the budget's end); a finished run resumed does nothing."""
+    cfg = loop.cfg
     epochs = itertools.count(loop.epoch + 1) if loop.budget else range(loop.epoch + 1, cfg.epochs)
     if loop.finished:  # a budgeted run resumed after its end would otherwise spend its reserve again
         epochs = ()
-    total = None if loop.budget else cfg.epochs
-    for epoch in tqdm(epochs, desc=f"{stage} epochs", disable=not loop.progress_bars, initial=loop.epoch + 1,
-                      total=total):
+    for epoch in tqdm(epochs, desc=f"{loop.stage} epochs", disable=not loop.progress_bars, initial=loop.epoch + 1,
+                      total=None if loop.budget else cfg.epochs):
         loop.epoch = epoch
         size = loop.size_now(epoch)
         data = train_split(size)
@@ -348,13 +357,16 @@ def fit(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_
         end_of_epoch(loop, size, sums, seen, elapsed, is_last)
         if is_last:
             break
-    return _finish(loop)
 
 
 def _finish(loop: Loop) -> dict:
     distributed.dump_final_state(loop.model)
+    # "epochs" counts what was trained, in epochs of the training split: a budget that ends one
+    # early, or a resolution switch that cuts one short, leaves a fraction; epochs_started counts
+    # every epoch begun (what metrics.jsonl logs a line for)
     result = {"stage": loop.stage, "val_fscore": loop.best, "params": loop.n_params,
-              "train_seconds": loop.train_seconds, "epochs": loop.epoch + 1, "images_seen": loop.images_seen,
+              "train_seconds": loop.train_seconds, "epochs": round(loop.images_seen / loop.epoch_images, 2),
+              "epochs_started": loop.epoch + 1, "steps": loop.step, "images_seen": loop.images_seen,
               "run_dir": str(loop.run.dir)}
     if loop.budget:
         result.update(budget_s=loop.budget.seconds, budget_spent_s=loop.budget.spent())
@@ -422,7 +434,7 @@ def _prepare(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig,
                 generator=torch.Generator(device=device).manual_seed(cfg.seed + rank),
                 device=device, run=run, val=val, budget=budget, soft_targets=soft_targets, reference_scores={},
                 n_params=count_params(model), world=world, rank=rank, progress_bars=progress and rank == 0,
-                config_record=record, inputs=inputs)
+                config_record=record, inputs=inputs, epoch_images=len(sampler) * world)
     if resumed is not None:
         _restore(loop, resumed)
     if budget is not None:

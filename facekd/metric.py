@@ -76,6 +76,12 @@ class FScoreMeter:
                 "invalid_pixels": int(self.confusion[:, -1].sum())}
 
 
+def name_some(names: list[str], shown: int = 5) -> str:
+    """The first few of a list of file names, for a one-line message: a hundred missing masks
+    are a count and an example or five, not 4 kB of names."""
+    return ", ".join(names[:shown]) + (f" ... ({len(names) - shown} more)" if len(names) > shown else "")
+
+
 def read_mask(path: Path) -> np.ndarray:
     """Read a mask exactly as the challenge's scorer does."""
     from PIL import Image

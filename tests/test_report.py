@@ -214,3 +214,30 @@ def test_report_renders_in_a_browser(report, tmp_path):
     (broken / "pareto.png").unlink()
     dom = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", (broken / "index.html").as_uri()).stdout
     assert f'data-figures="{n_images - 1}/{n_images}"' in dom
+
+
+@pytest.mark.parametrize("params", [[1.40e6, 1.55e6, 1.80e6], [8e3, 2e4, 4e5, 1.8e6]])
+def test_the_parameter_axis_labels_do_not_overlap(params):
+    """Issue 28, friction 11: models spanning a narrow range got overlapping tick labels."""
+    from facekd.app.report import _log_x_axis, _pyplot
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))  # one panel of the Pareto figure
+    ax.plot(params, [0.5] * len(params), "o")
+    _log_x_axis(ax)
+    fig.canvas.draw()
+    low, high = ax.get_xlim()
+    boxes = sorted(t.get_window_extent().x0 for t in ax.get_xticklabels() + ax.get_xticklabels(minor=True)
+                   if t.get_text() and t.get_visible() and low <= t.get_position()[0] <= high)
+    widths = {t.get_window_extent().x0: t.get_window_extent().width for t in ax.get_xticklabels()
+              + ax.get_xticklabels(minor=True) if t.get_text()}
+    plt.close(fig)
+    assert len(boxes) >= 2, "at least two labelled ticks"
+    assert all(b - a > widths[a] for a, b in zip(boxes, boxes[1:])), "labels overlap"
+
+
+def test_the_report_header_counts_in_english(runs, tmp_path):
+    """Issue 28, friction 11: "1 models from 1 run folder(s)"; and the page has a margin."""
+    root, _ = runs
+    page = write_report([root / "student"], tmp_path / "one", progress=False).read_text()
+    assert "1 model from 1 run folder," in page
+    assert "padding:0 24px" in page

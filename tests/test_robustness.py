@@ -530,3 +530,108 @@ def test_resume_with_another_teacher_or_data_is_refused(tmp_path, sample_root, d
     assert (run / "config.json").read_text() == record
     os.chdir(tmp_path)  # the same teacher, given by a relative path, still resumes
     assert main(argv + ["--resume", "--teacher", "t.pt"]) == 0
+
+
+# Issue 28, continued: faults 5, 11, 14 and 15
+
+def last_line_error(capsys, *argv) -> str:
+    """A user error that training met after its progress bars started: the error is the last line."""
+    assert main(list(map(str, argv))) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("facekd "), err
+    return err.strip().splitlines()[-1]
+
+
+def _student(tmp_path: Path) -> Path:
+    return make_checkpoint(tmp_path / "student.pt", named_config("tiny", 64))
+
+
+@pytest.fixture
+def slow_steps(monkeypatch):
+    """Each training step takes 1.5 s more: a budget of a second cannot hold one."""
+    import time
+    real_step = engine.train_step
+    monkeypatch.setattr(engine, "train_step", lambda loop, *a: (time.sleep(1.5), real_step(loop, *a))[1])
+
+
+def test_a_refused_prune_budget_leaves_nothing_behind(tmp_path, capsys, slow_steps):
+    """Fault 5: prune and prune --sweep refused a too-small budget after writing pruned.pt,
+    prune_report.json and params_*/, so a plain rerun was refused ("already holds a run")."""
+    student = _student(tmp_path)
+    for sweep in ([], ["--sweep"]):
+        out = tmp_path / f"pruned{len(sweep)}"
+        err = last_line_error(capsys, "prune", "--student", student, "--ratio", "0.3,0.5" if sweep else "0.3",
+                        *sweep, "--budget", "0.02", "--out", out, "--set", "resolutions=[[64, 1]]")
+        assert "too small" in err
+        assert not out.exists(), sorted(p.name for p in out.iterdir())
+
+
+def test_a_refused_pipeline_budget_leaves_nothing_behind(tmp_path, capsys, monkeypatch, slow_steps):
+    """Fault 5: the pipeline left audit/ and summary.json behind; one known too small before any
+    work (export, packaging and the report alone would not fit) is refused at once."""
+    import facekd.app.pipeline as pipeline
+    out = tmp_path / "pipe"
+    err = cli_error(capsys, "pipeline", "--budget", "0.01", "--out", out)
+    assert "alone take about" in err and not out.exists()
+    monkeypatch.setattr(pipeline, "_tail_seconds", lambda *a, **k: 1.0)  # the teacher stage's check refuses
+    err = last_line_error(capsys, "pipeline", "--budget", "0.05", "--out", out)
+    assert "too small" in err and not out.exists()
+
+
+def test_a_pipeline_whose_last_training_stage_cannot_run_still_ships(tmp_path, capsys, monkeypatch):
+    """Friction 9: a budget too small for the prune stage failed the whole pipeline."""
+    import facekd.app.pipeline as pipeline
+    from facekd.budget import BudgetError
+
+    def no_time(self):
+        raise BudgetError("a budget of 0.06 min is too small for this run")
+    monkeypatch.setattr(pipeline.Pipeline, "pruned", no_time)
+    out = tmp_path / "pipe"
+    assert main(["pipeline", "--no-audit", "--out", str(out), "--set", "resolutions=[[64, 1]]"]) == 0
+    import json
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stages"]["solution"]["from"] == "student"
+    assert (out / "submission.zip").is_file() and not (out / "pruned").exists()
+
+
+def test_prune_checks_its_teacher_before_pruning(tmp_path, capsys):
+    """Fault 11: prune --teacher evil.pt was refused only after pruning, leaving pruned.pt."""
+    marker = tmp_path / "ran"
+    evil = _evil_checkpoint(tmp_path / "evil.pt", marker)
+    for argv in (["prune", "--ratio", "0.3"], ["prune", "--ratio", "0.3,0.5", "--sweep"]):
+        out = tmp_path / "out"
+        err = cli_error(capsys, *argv, "--student", _student(tmp_path), "--teacher", evil, "--out", out)
+        assert "evil.pt: holds pickled Python objects" in err
+        assert not out.exists() and not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["config.json", "metrics.jsonl", "result.json"])
+def test_a_folder_holding_run_files_is_not_overwritten(tmp_path, capsys, name):
+    """Fault 14: only an existing last.pt blocked reuse; a user's own files were overwritten."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / name).write_text("my own notes\n")
+    for argv in (["distill", "--teacher", "none"], ["prune", "--ratio", "0.3", "--student", _student(tmp_path)]):
+        err = cli_error(capsys, *argv, "--out", out, "--set", "resolutions=[[64, 1]]")
+        assert f"{out} already holds a run ({name})" in err
+    assert (out / name).read_text() == "my own notes\n" and sorted(p.name for p in out.iterdir()) == [name]
+
+
+def test_two_runs_on_one_folder_at_once_are_refused_and_a_stale_lock_is_taken_over(tmp_path, capsys):
+    """Fault 15: two runs given the same --out both exited 0, their metrics interleaved."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from facekd.run_folder import run_folder_lock\n"
+         "with run_folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = ["distill", "--teacher", "none", "--out", out, "--set", "resolutions=[[64, 1]]"]
+        err = cli_error(capsys, *argv)
+        assert f"{out} is in use by another facekd run (pid {holder.pid}" in err
+    finally:
+        holder.kill()  # as kill -9 would: its lock file stays behind
+        holder.wait()
+    assert (out / "facekd.lock").is_file()
+    assert main(list(map(str, argv))) == 0  # the dead process's lock does not block for ever
+    assert not (out / "facekd.lock").exists() and (out / "best.pt").is_file()

@@ -7,16 +7,21 @@ import json
 import sys
 from pathlib import Path
 
-from facekd.data import default_data_root
+# No torch (nor anything that imports it) at module level: --help and argument errors answer
+# before the seconds torch takes to import (benchmarks/bench_startup.py --cli).
 
 
 def _add_run_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--data", default=None, help="dataset root with train/ and val/ (default: the embedded sample)")
     p.add_argument("--out", default=default_out, help=f"run directory (default: {default_out})")
-    p.add_argument("--preset", default="smoke", choices=["smoke", "cpu", "gpu"])
+    p.add_argument("--preset", default="smoke", choices=["smoke", "cpu", "gpu"],
+                   help="training recipe: smoke (seconds, sized for the embedded sample), cpu (the real data on a "
+                        "CPU) or gpu (default: smoke)")
     p.add_argument("--config", default=None, help="TOML file whose keys override the preset")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for the initial weights, the sampling and the augmentation (default: the "
+                        "config's, 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field, typed as in TOML (repeatable): --set lr=1e-3 "
                         "--set 'resolutions=[[256,4]]'")
@@ -36,13 +41,20 @@ def _config(stage: str, args, **extra):
                           **extra)
 
 
-def _teacher(args, default: str | None = None) -> list[str] | str | None:
+def _teacher(args) -> list[str] | str | None:
     """--teacher as the stages take it: the checkpoints given (several make an ensemble), or the
-    command's default when the flag is left out."""
-    return args.teacher or default
+    command's default when the flag is left out, which must then exist."""
+    if args.teacher:
+        return args.teacher
+    default = args.teacher_default
+    if default and not Path(default).is_file():
+        raise FileNotFoundError(f"--teacher {default} (its default): no such checkpoint; train one with "
+                                "`facekd train-teacher`, give --teacher PATH, or --teacher none for labels alone")
+    return default
 
 
 def _data_root(args) -> Path:
+    from facekd.data import default_data_root
     return Path(args.data) if args.data else default_data_root()
 
 
@@ -55,8 +67,8 @@ def cmd_train_teacher(args) -> int:
 
 def cmd_distill(args) -> int:
     from distill.train import distill
-    result = distill(_config("distill", args, model=args.student), _data_root(args), args.out,
-                     _teacher(args, "runs/teacher/best.pt"), args.resume)
+    result = distill(_config("distill", args, model=args.arch), _data_root(args), args.out,
+                     _teacher(args), args.resume)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -77,13 +89,13 @@ def cmd_prune(args) -> int:
     kind, targets = next((k, v) for k, v in (("params", args.target_params), ("macs", args.target_macs),
                                              ("ratio", args.ratio)) if v is not None)
     if args.sweep:
-        record = sweep(_config("prune", args), _data_root(args), args.out, args.student, _teacher(args), kind=kind,
+        record = sweep(_config("prune", args), _data_root(args), args.out, args.checkpoint, _teacher(args), kind=kind,
                        targets=targets, importance=args.importance, resume=args.resume)
         print(format_table(record))
         return 0
     if len(targets) > 1:
         raise ValueError(f"{len(targets)} targets given; pass --sweep to prune to each of them")
-    result = prune_and_finetune(_config("prune", args), _data_root(args), args.out, args.student, _teacher(args),
+    result = prune_and_finetune(_config("prune", args), _data_root(args), args.out, args.checkpoint, _teacher(args),
                                 importance=args.importance, resume=args.resume, **{KINDS[kind]: targets[0]})
     print(json.dumps(result["report"], indent=2))
     return 0
@@ -91,7 +103,7 @@ def cmd_prune(args) -> int:
 
 def cmd_finetune(args) -> int:
     from compress.train import finetune
-    result = finetune(_config("prune", args), _data_root(args), args.out, args.student, _teacher(args), args.resume)
+    result = finetune(_config("prune", args), _data_root(args), args.out, args.checkpoint, _teacher(args), args.resume)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -102,7 +114,11 @@ def cmd_pipeline(args) -> int:
                            audit=not args.no_audit, budget_minutes=_budget(args), assignments=args.set,
                            prune_from=args.prune_from, teacher=_teacher(args), finetune_kd=args.finetune_kd,
                            seed=args.seed)
-    print(json.dumps(summary, indent=2))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        from facekd.app.pipeline import closing_lines
+        print("\n".join(closing_lines(summary, args.out, on_sample=args.data is None)))
     return 0
 
 
@@ -139,15 +155,15 @@ def cmd_audit(args) -> int:
 
 def cmd_predict(args) -> int:
     from facekd.app.predict import predict_paths
-    result = predict_paths(args.weights, args.input, args.output, flip_tta=not args.no_tta)
+    result = predict_paths(args.checkpoint, args.images, args.out, flip_tta=not args.no_tta)
     for reason in result["failed"]:
         print(f"skipped: {reason}", file=sys.stderr)
-    print(f"wrote {result['written']} masks to {args.output} ({result['images_per_s']:.2f} images/s)")
+    print(f"wrote {result['written']} masks to {args.out} ({result['images_per_s']:.2f} images/s)")
     return 1 if result["failed"] else 0
 
 
 def cmd_evaluate(args) -> int:
-    from facekd.metric import evaluate_folders
+    from facekd.metric import evaluate_folders, name_some
     summary = evaluate_folders(args.pred, args.gt, progress=not args.json)
     if args.json:
         print(json.dumps(summary))
@@ -159,7 +175,7 @@ def cmd_evaluate(args) -> int:
     if summary["invalid_files"]:
         names = summary["invalid_files"]
         print(f"{len(names)} prediction(s) hold ids outside 0..18, scored as misses "
-              f"({summary['invalid_pixels']:,} pixels): {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}")
+              f"({summary['invalid_pixels']:,} pixels): {name_some(names)}")
     return 0
 
 
@@ -218,36 +234,48 @@ def cmd_package(args) -> int:
 
 def cmd_check_submission(args) -> int:
     from facekd.app.submission import check_submission
-    return _print_report(check_submission(args.zip, args.images), args.zip)
+    if (args.zip is None) == (args.zip_option is None):
+        raise ValueError("give the zip to check once: facekd check-submission ZIP (or --zip ZIP)")
+    zip_path = args.zip or args.zip_option
+    return _print_report(check_submission(zip_path, args.images), zip_path)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facekd", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True)
+# Every command names things the same way: --data a dataset root, --images a folder of images,
+# --checkpoint a model file it reads, --arch an architecture name, --teacher the checkpoint(s)
+# to distil from, --out what it writes. Older spellings stay as aliases.
+TEACHER_HELP = ("a teacher's best.pt to distil from (repeat it for an ensemble), or 'none' to train from "
+                "labels alone (default: {})")
 
+
+def _add_teacher_arg(p: argparse.ArgumentParser, default: str | None, default_means: str) -> None:
+    p.add_argument("--teacher", action="append", default=None, metavar="CKPT", help=TEACHER_HELP.format(default_means))
+    p.set_defaults(teacher_default=default)
+
+
+def _add_training_parsers(sub) -> None:
     p = sub.add_parser("train-teacher", help="train a teacher from scratch")
     _add_run_args(p, "runs/teacher")
-    p.set_defaults(func=cmd_train_teacher)
+    p.set_defaults(func=cmd_train_teacher, teacher_default=None)
 
     p = sub.add_parser("distill", help="train a student from a teacher's soft logits (or from scratch)")
     _add_run_args(p, "runs/student")
-    p.add_argument("--teacher", action="append", default=None, metavar="CKPT",
-                   help="teacher best.pt (repeat for an ensemble), or 'none' for from-scratch "
-                        "(default: runs/teacher/best.pt)")
-    p.add_argument("--student", default=None, help="student name (default: the preset's)")
+    _add_teacher_arg(p, "runs/teacher/best.pt", "runs/teacher/best.pt, what train-teacher writes")
+    p.add_argument("--arch", "--student", dest="arch", default=None, metavar="NAME",
+                   help="the student architecture to train (default: the preset's)")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("prune", help="prune a student with torch-pruning, then fine-tune it")
     _add_run_args(p, "runs/pruned")
-    p.add_argument("--student", default="runs/student/best.pt", help="student best.pt to prune")
-    p.add_argument("--teacher", action="append", default=None, metavar="CKPT",
-                   help="teacher best.pt for fine-tuning (repeat for an ensemble), or 'none' (the default)")
+    p.add_argument("--checkpoint", "--student", dest="checkpoint", default="runs/student/best.pt", metavar="CKPT",
+                   help="the student's best.pt to prune (default: runs/student/best.pt)")
+    _add_teacher_arg(p, None, "none, fine-tune from labels alone")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-params", type=_number_list(int), help="prune until at most this many parameters")
     target.add_argument("--target-macs", type=_number_list(int), help="prune until at most this many MACs at 512x512")
     target.add_argument("--ratio", type=_number_list(float), help="channel pruning ratio per layer, in (0, 1)")
-    p.add_argument("--importance", default="magnitude", choices=["magnitude", "taylor"])
+    p.add_argument("--importance", default="magnitude", choices=["magnitude", "taylor"],
+                   help="how channels are ranked: weight magnitude, or first-order Taylor on a few training "
+                        "images (default: magnitude)")
     p.add_argument("--sweep", action="store_true",
                    help="prune to each of a comma-separated list of targets, one sub-run each, gathered in "
                         "OUT/sweep.json")
@@ -255,12 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="continue training a student as it is, with the prune stage's config")
     _add_run_args(p, "runs/finetuned")
-    p.add_argument("--student", default="runs/pruned/best.pt", help="student best.pt to continue")
-    p.add_argument("--teacher", action="append", default=None, metavar="CKPT",
-                   help="teacher best.pt to distil from (repeat for an ensemble), or 'none' (labels alone, "
-                        "the default)")
+    p.add_argument("--checkpoint", "--student", dest="checkpoint", default="runs/pruned/best.pt", metavar="CKPT",
+                   help="the student's best.pt to continue (default: runs/pruned/best.pt)")
+    _add_teacher_arg(p, None, "none, labels alone")
     p.set_defaults(func=cmd_finetune)
 
+
+def _add_pipeline_parser(sub) -> None:
     p = sub.add_parser("pipeline", help="teacher -> student -> prune -> export -> package, resumable")
     _add_run_args(p, "runs/pipeline")
     p.add_argument("--images", default=None, help="images to package (default: the data's test/images)")
@@ -269,15 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-from", default="student", choices=["student", "wide"],
                    help="student (default): distil the preset's student, prune it by the preset's share; "
                         "wide: distil the over-limit resfpn_wide, prune it to just under the parameter limit")
-    p.add_argument("--teacher", action="append", default=None, metavar="CHECKPOINT",
-                   help="distil from this trained teacher (a best.pt; repeat for an ensemble) instead of "
-                        "training one: its cost is paid once for many pipelines, and --budget goes to the "
-                        "student stages alone")
+    _add_teacher_arg(p, None, "train one in the pipeline's teacher stage; a given teacher's cost is paid once "
+                              "for many pipelines, and --budget goes to the student stages alone")
     p.add_argument("--finetune-kd", default="auto", choices=["auto", "always", "never"],
                    help="fine-tune the pruned student under the teacher: auto (default: only while the "
                         "teacher scored above the distilled student on val), always, or never (labels alone)")
+    p.add_argument("--json", action="store_true", help="print summary.json instead of the few closing lines")
     p.set_defaults(func=cmd_pipeline)
 
+
+def _add_inspection_parsers(sub) -> None:
     p = sub.add_parser("report", help="one offline HTML page comparing the models of any runs: Pareto front, "
                                       "per-class F1, confusion matrix, worst images, learning curves")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (teacher, distill, prune, sweep, pipeline)")
@@ -291,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("audit", help="find masks whose left/right labels are mirrored; optionally write a fixed copy")
     p.add_argument("--data", default=None, help="dataset root (default: the embedded sample)")
-    p.add_argument("--split", default="train")
+    p.add_argument("--split", default="train", choices=["train", "val"],
+                   help="which split's masks to audit (default: train, the one trained on)")
     p.add_argument("--fix", default=None, metavar="OUT_DIR",
                    help="write a corrected copy of the dataset root here (the input is never changed)")
     p.add_argument("--copy", action="store_true", help="with --fix, copy unchanged files instead of linking them")
@@ -301,23 +332,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_audit)
 
+    p = sub.add_parser("evaluate", help="challenge F-score of predicted masks against ground truth")
+    p.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted <stem>.png masks")
+    p.add_argument("--gt", required=True, metavar="DIR", help="folder of ground-truth <stem>.png masks")
+    p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_shipping_parsers(sub) -> None:
     p = sub.add_parser("predict", help="write one mask PNG per input image")
-    p.add_argument("--weights", required=True, action="append", metavar="CKPT",
-                   help="a checkpoint; repeat it to predict with the ensemble of several (the mean of their "
-                        "logits)")
-    p.add_argument("--input", required=True, help="an image file or a folder of images")
-    p.add_argument("--output", required=True, help="folder for <stem>.png masks")
+    p.add_argument("--checkpoint", "--weights", dest="checkpoint", required=True, action="append", metavar="CKPT",
+                   help="a model's best.pt (or a solution's ckpt.pth); repeat it to predict with the ensemble "
+                        "of several (the mean of their logits)")
+    p.add_argument("--images", "--input", dest="images", required=True, help="an image file or a folder of images")
+    p.add_argument("--out", "--output", dest="out", required=True, help="folder for <stem>.png masks")
     p.add_argument("--no-tta", action="store_true", help="disable flip test-time augmentation")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="challenge F-score of predicted masks against ground truth")
-    p.add_argument("--pred", required=True)
-    p.add_argument("--gt", required=True)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_evaluate)
-
     p = sub.add_parser("export", help="write a standalone solution folder (ckpt.pth, run.py, runtime modules)")
-    p.add_argument("--checkpoint", default=None, action="append",
+    p.add_argument("--checkpoint", default=None, action="append", metavar="CKPT",
                    help="a student's best.pt; leave out to refresh the code of the export already in --out, "
                         "keeping its weights")
     p.add_argument("--out", required=True, help="solution folder to write")
@@ -342,14 +375,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("package", help="predict with a solution folder's run.py, zip masks/ + solution/, check it")
     p.add_argument("--images", required=True, help="folder of test images")
     p.add_argument("--solution", default="solution", help="exported solution folder (default: solution)")
-    p.add_argument("--out", default="submission.zip")
+    p.add_argument("--out", default="submission.zip", help="the zip to write (default: submission.zip)")
     p.add_argument("--no-tta", action="store_true", help="disable flip test-time augmentation")
     p.set_defaults(func=cmd_package)
 
     p = sub.add_parser("check-submission", help="name every fault in a submission zip")
-    p.add_argument("zip")
+    p.add_argument("zip", nargs="?", default=None, metavar="ZIP", help="the submission zip to check")
+    p.add_argument("--zip", dest="zip_option", default=None, metavar="ZIP", help="the same, as an option")
     p.add_argument("--images", default=None, help="test images folder: require exactly one mask per image")
     p.set_defaults(func=cmd_check_submission)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facekd", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_training_parsers(sub)
+    _add_pipeline_parser(sub)
+    _add_inspection_parsers(sub)
+    _add_shipping_parsers(sub)
     return parser
 
 

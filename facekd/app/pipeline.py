@@ -48,6 +48,7 @@ from facekd.models import load_model
 from teachers.ensemble import model_or_ensemble
 from facekd.app.report import write_report
 from facekd.profile import model_cost
+from facekd.run_folder import removed_if_budget_refused, run_folder_lock
 from facekd.app.submission import package as package_submission
 from teachers.train import train_teacher
 
@@ -58,6 +59,8 @@ PRUNE_KEEP = {"smoke": 0.7, "cpu": 0.8, "gpu": 0.8}
 WIDE_STUDENT = "resfpn_wide"
 PRUNE_FROM = ("student", "wide")
 FINETUNE_KD = ("auto", "always", "never")
+# The stage a pipeline skips, rather than failing, when its share of the budget cannot hold it.
+LAST_TRAINING_STAGE = "pruned"
 # How a pipeline --budget is shared among the training stages, per preset. Each stage gets
 # its share of what is left when it starts, so time one stage leaves unused goes to the next.
 BUDGET_SHARES = {"smoke": {"teacher": 0.4, "student": 0.4, "pruned": 0.2},
@@ -159,11 +162,33 @@ class Pipeline:
             return
         tqdm.write(f"[pipeline] {name}: starting" + (f" ({self.budget.describe()})" if self.budget else ""))
         t0 = time.time()
-        info = getattr(self, name)() or {}
+        try:
+            info = getattr(self, name)() or {}
+        except BudgetError as e:
+            if name != LAST_TRAINING_STAGE:
+                raise
+            # the student it would have cut is trained already: ship that rather than nothing
+            tqdm.write(f"[pipeline] {name}: skipped, {e}; the best model so far is exported")
+            info, checkpoint = {"skipped": str(e)}, None
         if checkpoint:
             info.update(_teacher_cost(self.teacher_checkpoints, self.configs["distill"], self.data_root)
                         if name == "teacher" else _cost(self.out / name / checkpoint))
         self.stages[name] = {"wall_s": time.time() - t0, **info}
+        self.save()
+
+    def trained_anything(self) -> bool:
+        """Whether a training stage of this pipeline has finished: its model is worth keeping."""
+        return any("epochs" in self.stages.get(name, {}) for name in ("teacher", "student"))
+
+    def run_all(self, audit: bool) -> None:
+        if audit:
+            self.run_stage("audit", checkpoint=None)
+            self.data_root = self.out / "audit" / "data"  # every later stage trains on the fixed copy
+        for name in ("teacher", "student", "pruned"):
+            self.run_stage(name)
+        for name in ("solution", "package", "report"):
+            self.run_stage(name, checkpoint=None)
+        self.summary["total_wall_s"] = sum(s["wall_s"] for s in self.stages.values())
         self.save()
 
     def audit(self) -> dict:
@@ -202,7 +227,7 @@ class Pipeline:
 
     def solution(self) -> dict:
         # ship the better of the two students by validation F-score, among those under the limit
-        legal = [n for n in ("student", "pruned") if self.stages[n]["params"] < PARAM_LIMIT]
+        legal = [n for n in ("student", "pruned") if self.stages[n].get("params", PARAM_LIMIT) < PARAM_LIMIT]
         best = max(legal, key=lambda n: self.stages[n]["val_fscore"] or 0)
         return {"from": best, **export(self.out / best / "best.pt", self.out / "solution")}
 
@@ -226,18 +251,7 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
                  budget_minutes: float | None = None, assignments: list[str] | None = None,
                  prune_from: str = "student", teacher: str | Path | list | None = None,
                  finetune_kd: str = "auto", seed: int | None = None) -> dict:
-    if distributed.is_distributed():
-        # audit, export and packaging would run once per rank; the stages themselves are torchrun-ready
-        raise ValueError("facekd pipeline runs as one process; under torchrun, run its stages "
-                         "(train-teacher, distill, prune) one by one")
-    if prune_from not in PRUNE_FROM:
-        raise ValueError(f"--prune-from must be one of {PRUNE_FROM}, got {prune_from!r}")
-    finetune_under_teacher(finetune_kd, None, None)  # refuses an unknown policy before any training
-    teachers = teacher_paths(teacher)
-    for path in teachers:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--teacher {path}: no such checkpoint")
-    load_teacher(teachers)  # an unsafe, foreign or mis-sized teacher is refused before the audit, not after
+    teachers = _check_arguments(prune_from, finetune_kd, teacher)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"{out} already holds a pipeline; pass --resume to continue it or choose another --out")
@@ -248,7 +262,53 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
                for name in ("teacher", "distill", "prune")}
     if prune_from == "wide":
         configs["distill"] = dataclasses.replace(configs["distill"], model=WIDE_STUDENT)
-    out.mkdir(parents=True, exist_ok=True)
+    budget = Budget(budget_minutes) if budget_minutes is not None else None
+    if budget is not None and not resume:
+        _refuse_budget_below_tail(budget, images, data_root, report_scores_teacher=not teachers)
+    with run_folder_lock(out):
+        before = set(out.iterdir())
+        summary = _open_summary(out, preset, prune_from, teachers, audit, finetune_kd)
+        if budget is not None:
+            summary["budget_s"] = budget.seconds
+            # a resumed pipeline has already spent what its finished stages took
+            budget.resume(sum(s["wall_s"] for s in summary["stages"].values()), None)
+        pipeline = Pipeline(Path(data_root), out, preset, Path(images), configs, budget, summary, prune_from,
+                            resume, progress, finetune_kd, [Path(p) for p in teachers] or None)
+        # A budget refused before any model was trained leaves nothing behind, so a plain rerun
+        # with a larger one is accepted; a trained teacher or student is kept for --resume.
+        with removed_if_budget_refused(out, keep=lambda: pipeline.trained_anything(), only_new_since=before):
+            pipeline.run_all(audit)
+    return summary
+
+
+def _check_arguments(prune_from: str, finetune_kd: str, teacher) -> list[str]:
+    """Everything that can be refused before the pipeline writes anything; returns the
+    --teacher checkpoints, each loaded once to refuse an unsafe, foreign or mis-sized one
+    before the audit rather than after."""
+    if distributed.is_distributed():
+        # audit, export and packaging would run once per rank; the stages themselves are torchrun-ready
+        raise ValueError("facekd pipeline runs as one process; under torchrun, run its stages "
+                         "(train-teacher, distill, prune) one by one")
+    if prune_from not in PRUNE_FROM:
+        raise ValueError(f"--prune-from must be one of {PRUNE_FROM}, got {prune_from!r}")
+    finetune_under_teacher(finetune_kd, None, None)  # refuses an unknown policy before any training
+    teachers = teacher_paths(teacher)
+    load_teacher(teachers)
+    return teachers
+
+
+def _refuse_budget_below_tail(budget: Budget, images, data_root, report_scores_teacher: bool) -> None:
+    """What is known before any work: export, packaging and the report alone must fit."""
+    tail = _tail_seconds(images, data_root, {}, report_scores_teacher)
+    if tail >= budget.seconds:
+        raise BudgetError(f"--budget {budget.seconds / 60:g} min is too small for a pipeline: export, packaging "
+                          f"and the report alone take about {tail:.0f} s here, before any training; give at "
+                          f"least {3 * tail / 60:.1f} min")
+
+
+def _open_summary(out: Path, preset: str, prune_from: str, teachers: list[str], audit: bool,
+                  finetune_kd: str) -> dict:
+    """summary.json's content, new or resumed; a resume with other settings is refused."""
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"preset": preset, "stages": {}}
     if summary.setdefault("prune_from", prune_from) != prune_from:
@@ -263,20 +323,28 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
                          f"resume it {'without' if summary['audit'] else 'with'} --no-audit")
     if summary.setdefault("finetune_kd", finetune_kd) != finetune_kd:
         raise ValueError(f"{out} was started with --finetune-kd {summary['finetune_kd']}; resume it with that")
-    budget = Budget(budget_minutes) if budget_minutes is not None else None
-    if budget is not None:
-        summary["budget_s"] = budget.seconds
-        # a resumed pipeline has already spent what its finished stages took
-        budget.resume(sum(s["wall_s"] for s in summary["stages"].values()), None)
-    pipeline = Pipeline(Path(data_root), out, preset, Path(images), configs, budget, summary, prune_from, resume,
-                        progress, finetune_kd, [Path(p) for p in teachers] or None)
-    if audit:
-        pipeline.run_stage("audit", checkpoint=None)
-        pipeline.data_root = out / "audit" / "data"  # every later stage trains on the fixed copy
-    for name in ("teacher", "student", "pruned"):
-        pipeline.run_stage(name)
-    for name in ("solution", "package", "report"):
-        pipeline.run_stage(name, checkpoint=None)
-    summary["total_wall_s"] = sum(s["wall_s"] for s in summary["stages"].values())
-    pipeline.save()
     return summary
+
+
+def closing_lines(summary: dict, out, on_sample: bool) -> list[str]:
+    """What `facekd pipeline` prints when it is done: what it made and where, the shipped
+    score, and the next command; summary.json (or --json) holds the rest."""
+    stages, out = summary["stages"], Path(out)
+    shipped = stages["solution"]["from"]
+    lines = [f"made in {out}/:",
+             f"  solution/          the {shipped} model, {stages[shipped]['params']:,} params "
+             f"(python {out / 'solution' / 'run.py'} --input IMAGES --output MASKS)",
+             f"  submission.zip     masks for {stages['package']['masks']} images + solution/, checked",
+             f"  report/index.html  every model compared, open it in a browser",
+             f"  summary.json       each stage's time, epochs and scores"]
+    lines += [f"skipped the {name} stage: {info['skipped']}" for name, info in stages.items() if "skipped" in info]
+    score = stages[shipped].get("val_fscore")
+    lines.append("shipped val F-score: " + ("n/a" if score is None else f"{score:.4f}"))
+    if on_sample:
+        lines += ["  (the embedded 16+4-image sample, for a smoke run: this score means nothing; "
+                  "the real data scores above 0.8)",
+                  "next: link the real data (README, 'The real data') and run "
+                  "facekd pipeline --data data/celebamask-mini --preset cpu --budget 150 --out runs/cpu150"]
+    else:
+        lines.append(f"next: facekd check-submission {out / 'submission.zip'}, then submit it")
+    return lines

@@ -236,12 +236,24 @@ def draw_pareto(entries: list[Entry], path: Path) -> str:
             ax.annotate(e.label, (c, e.fscore), fontsize=7, xytext=(4, 3), textcoords="offset points")
         if key == "params":
             ax.axvline(PARAM_LIMIT, ls="--", c="k", lw=1, label=f"limit {PARAM_LIMIT:,}")
-        ax.set_xscale("log")
+        _log_x_axis(ax)
         ax.set_xlabel(xlabel + " (log scale)")
         ax.set_ylabel("val F-score")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
+
+
+def _log_x_axis(ax) -> None:
+    """A log x axis whose labels cannot overlap, in engineering units (20k, 1.5M): at 1, 2 and 5
+    of each decade, or, over less than a decade, at four round values. matplotlib's own labels
+    every minor tick of a narrow range, and its 1.4x10^6-style labels then overlap."""
+    from matplotlib import ticker
+    ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(4) if high / low < 10 else ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def draw_per_class(entries: list[Entry], classes: list[str], path: Path) -> str:
@@ -265,18 +277,18 @@ def draw_confusion(confusion: torch.Tensor, title: str, path: Path) -> str:
     counts = confusion.double()
     rows = counts.sum(1, keepdim=True)
     norm = torch.where(rows > 0, counts / rows.clamp(min=1), torch.nan).numpy()
-    fig, ax = plt.subplots(figsize=(9.5, 8.5))
+    fig, ax = plt.subplots(figsize=(12, 10.5))  # cells large enough for 9 pt numbers at the page's width
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     n = len(CLASS_NAMES)
     for i in range(n):
         for j in range(n):
             if norm[i, j] >= 0.01:
                 ax.text(j, i, f"{norm[i, j]:.2f}".lstrip("0"), ha="center", va="center",
-                        fontsize=6, color="white" if norm[i, j] > 0.5 else "black")
+                        fontsize=9, color="white" if norm[i, j] > 0.5 else "black")
     for a, b in PAIRS:  # each left/right pair's 2x2 block: its off-diagonal cells are side swaps
         ax.add_patch(plt.Rectangle((min(a, b) - 0.5, min(a, b) - 0.5), 2, 2, fill=False, ec="tab:red", lw=2))
-    ax.set_xticks(range(n), CLASS_NAMES, rotation=90, fontsize=8)
-    ax.set_yticks(range(n), CLASS_NAMES, fontsize=8)
+    ax.set_xticks(range(n), CLASS_NAMES, rotation=90, fontsize=10)
+    ax.set_yticks(range(n), CLASS_NAMES, fontsize=10)
     for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
         for c, tick in enumerate(labels):
             if FLIP_PERMUTATION[c] != c:
@@ -349,7 +361,7 @@ def worst_strip(image: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor, size:
 
 # ---- the page --------------------------------------------------------------------------
 
-CSS = """body{font:14px system-ui,sans-serif;margin:24px auto;max-width:1400px;color:#222}
+CSS = """body{font:14px system-ui,sans-serif;margin:24px auto;padding:0 24px;max-width:1400px;color:#222}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:100%}.note{color:#a40}
 .sw{display:inline-block;padding:1px 6px;margin:2px;border:1px solid #999;font-size:12px}"""
@@ -370,6 +382,10 @@ def _table(header: list[str], rows: list[list], left: int = 1) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _models_table(entries: list[Entry]) -> str:
     rows = []
     for e in sorted(entries, key=lambda e: -e.fscore):
@@ -378,7 +394,7 @@ def _models_table(entries: list[Entry]) -> str:
                      f"{e.latency_ms:.1f} @{e.input_size}", f"{e.fscore:.4f}",
                      "—" if e.train_seconds is None else f"{e.train_seconds / 60:.1f}", html.escape(str(e.run_dir))])
     return _table(["model", "stage", "arch", "params", "GMACs @512²", "CPU latency ms @input", "val F",
-                   "train min", "run"], rows, left=3)
+                   "train loop min", "run"], rows, left=3)
 
 
 def _per_class_table(entries: list[Entry], classes: list[str]) -> str:
@@ -418,7 +434,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, data_root:
     # everything is read and scored: from here on, only writing
     out = Path(out_dir)
     (out / "worst").mkdir(parents=True, exist_ok=True)
-    parts = [f"<h1>facekd report</h1><p>{len(entries)} models from {len(run_dirs)} run folder(s), each scored on "
+    parts = [f"<h1>facekd report</h1><p>{_counted(len(entries), 'model')} from "
+             f"{_counted(len(run_dirs), 'run folder')}, each scored on "
              f"the {len(val)} masked val images of <code>{html.escape(str(root))}</code>; latency is one image on "
              f"this machine's CPU at the model's input size.</p>"]
     if notes:

@@ -28,6 +28,7 @@ from facekd import challenge
 from facekd.files import atomic_write, check_output_file, read_torch_file
 from facekd.inference import list_images
 from facekd.labels import NUM_CLASSES
+from facekd.metric import name_some
 
 MASK_SIZE = (512, 512)  # (width, height) of every challenge image, hence of every mask
 SOLUTION_FILES = ("run.py", "ckpt.pth", "requirements.txt")
@@ -158,9 +159,9 @@ def check_submission(zip_path: str | Path, images: str | Path | None = None) -> 
         stems = {p.stem for p in list_images(images)}
         missing, extra = sorted(stems - masks.keys()), sorted(masks.keys() - stems)
         if missing:
-            report.faults.append(f"{len(missing)} image(s) have no mask: {', '.join(s + '.png' for s in missing)}")
+            report.faults.append(f"{len(missing)} image(s) have no mask: {name_some([s + '.png' for s in missing])}")
         if extra:
-            report.faults.append(f"{len(extra)} mask(s) match no image: {', '.join(s + '.png' for s in extra)}")
+            report.faults.append(f"{len(extra)} mask(s) match no image: {name_some([s + '.png' for s in extra])}")
     return report
 
 
