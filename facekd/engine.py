@@ -551,8 +551,6 @@ def _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, 
     distributed.setup()
     world, rank = distributed.world_size(), distributed.rank()
     device = distributed.pick_device()
-    if cfg.sync_bn and world > 1 and device.type != "cuda":
-        raise ValueError("sync_bn needs CUDA: torch's SyncBatchNorm has no CPU kernel")
     budget = budget or Budget.from_minutes(cfg.budget_minutes)
     input_size = cfg.resolutions[-1][0]
     model_cfg = {**model_cfg, "input_size": input_size}
@@ -572,13 +570,7 @@ def _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, 
     if rank == 0 and world > 1:
         tqdm.write(f"[{stage}] {world} processes x batch {cfg.batch_size} = effective batch "
                    f"{record['effective_batch_size']}, lr {cfg.lr:g} x {world} = {lr:g}")
-    model.input_size = input_size
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if cfg.sync_bn and world > 1:
-        # same parameter and buffer names, so checkpoints still load into plain BatchNorm
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = _placed(model, cfg, input_size, device, world)
     if budget is not None and resumed is None and world == 1:  # under torchrun every rank would have to agree
         probe_budget(model, loss_fn, cfg, data_root, budget, device)
     train_split, val, sampler = _training_data(cfg, data_root, world, rank, progress, soft_targets)
@@ -586,14 +578,13 @@ def _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, 
     scheduler = _make_schedule(optimizer, cfg, lr, math.ceil(len(sampler) / cfg.batch_size), budget is not None)
     # only rank 0 evaluates and saves, so only it keeps an EMA
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 and rank == 0 else None
-    augment = AugmentConfig.from_run_config(cfg)
     # DDP averages gradients across ranks and, before each forward, copies rank 0's buffers
     # to the others; the teacher of a distillation lives in loss_fn and is never wrapped.
     net = model if world == 1 else DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
     loop = Loop(cfg=cfg, stage=stage, model=model, net=torch.compile(net) if cfg.compile else net,
                 model_cfg=model_cfg, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, ema=ema,
-                augment=augment, generator=generator, device=device, run=run, val=val, budget=budget,
+                augment=AugmentConfig.from_run_config(cfg), generator=generator, device=device, run=run, val=val, budget=budget,
                 soft_targets=soft_targets, reference_scores={}, n_params=count_params(model), world=world, rank=rank,
                 progress_bars=progress and rank == 0, config_record=record, inputs=inputs,
                 epoch_images=len(sampler) * world)
@@ -602,6 +593,20 @@ def _prepare(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, 
     if budget is not None:
         budget.start_training()
     return loop, train_split, sampler
+
+
+def _placed(model: nn.Module, cfg: RunConfig, input_size: int, device: torch.device, world: int) -> nn.Module:
+    """The model on its device, in its memory format, with SyncBatchNorm when cfg asks for it."""
+    if cfg.sync_bn and world > 1 and device.type != "cuda":
+        raise ValueError("sync_bn needs CUDA: torch's SyncBatchNorm has no CPU kernel")
+    model.input_size = input_size
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and world > 1:
+        # same parameter and buffer names, so checkpoints still load into plain BatchNorm
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 
 def _restore(loop: Loop, state: dict) -> None:
