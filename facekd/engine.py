@@ -17,6 +17,7 @@ rank 0 alone validates and writes the run directory.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import time
@@ -36,7 +37,7 @@ from facekd.challenge import count_params
 from facekd.budget import Budget, BudgetError, format_seconds
 from facekd.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from facekd.config import RunConfig, resume_conflicts
-from facekd.data import CachedSplit, load_split
+from facekd.data import CachedSplit, find_pairs, load_split
 from facekd.evaluation import evaluate
 from facekd.labels import NUM_CLASSES, colourise
 from facekd.losses import LossFn
@@ -186,6 +187,37 @@ def check_budget_fits(loop: Loop, step_seconds: float) -> None:
             f"{loop.budget.spent():.1f} s of set-up and one step ({step_seconds:.2f} s), one validation of "
             f"{len(val)} images would take about {eval_s:.1f} s more; give at least "
             f"{(loop.budget.spent() + loop.budget.reserve) / 60 * 1.5:.1f} min")
+
+
+def probe_budget(model: nn.Module, loss_fn: LossFn, cfg: RunConfig, data_root, budget: Budget,
+                 device: torch.device) -> None:
+    """Before decoding the data: refuse a budget that cannot hold decoding it, one step and one
+    validation, from one batch of each split decoded and one step and one validation batch
+    timed on a copy of the model. On the real data this says in seconds what check_budget_fits
+    would say only after a minute of decoding; check_budget_fits still has the last word."""
+    n = cfg.batch_size
+    t0 = time.perf_counter()
+    train = load_split(data_root, "train", cfg.size_at(0), limit=n, progress=False)
+    val = load_split(data_root, "val", None, limit=n, progress=False)
+    decode_s = (time.perf_counter() - t0) / (len(train) + len(val))
+    n_train = len(find_pairs(data_root, "train"))
+    n_train, n_val = min(n_train, cfg.train_limit or n_train), len(find_pairs(data_root, "val"))
+    probe = copy.deepcopy(model).to(device).train()  # the run's own model and RNG stay untouched
+    t0 = time.perf_counter()
+    images, labels, _ = train_batch(train.images.to(device), train.masks.to(device), AugmentConfig.from_run_config(cfg),
+                                    torch.Generator(device=device).manual_seed(0), None)
+    loss_fn(probe(images).float(), images, labels, None)["loss"].backward()
+    step_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluate(probe, val, cfg.resolutions[-1][0], cfg.flip_tta, n, device)
+    val_s = (time.perf_counter() - t0) * math.ceil(n_val / len(val))
+    need = budget.spent() + decode_s * (n_train + n_val) + step_s + 1.2 * val_s + 1.0
+    if need > budget.seconds:
+        raise BudgetError(
+            f"a budget of {budget.seconds / 60:g} min is too small for this run: decoding its {n_train + n_val} "
+            f"images would take about {decode_s * (n_train + n_val):.0f} s, one step ({step_s:.2f} s) and one "
+            f"validation about {val_s:.1f} s (measured on one batch, before decoding the rest); give at least "
+            f"{need / 60 * 1.5:.1f} min")
 
 
 def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: bool, record: dict) -> None:
@@ -422,6 +454,8 @@ def _prepare(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig,
         tqdm.write(f"[{stage}] {world} processes x batch {cfg.batch_size} = effective batch "
                    f"{record['effective_batch_size']}, lr {cfg.lr:g} x {world} = {lr:g}")
     model = _place_model(model, cfg, model_cfg["input_size"], device, world)
+    if budget is not None and resumed is None and world == 1:  # under torchrun every rank would have to agree
+        probe_budget(model, loss_fn, cfg, data_root, budget, device)
     train_split, val, sampler = _training_data(cfg, data_root, world, rank, progress, soft_targets)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     scheduler = _make_schedule(optimizer, cfg, lr, math.ceil(len(sampler) / cfg.batch_size), budget is not None)
@@ -461,6 +495,7 @@ def _wrap(model: nn.Module, cfg: RunConfig, device: torch.device, world: int) ->
     net = model if world == 1 else DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
     return torch.compile(net) if cfg.compile else net
+
 
 
 def _restore(loop: Loop, state: dict) -> None:

@@ -100,7 +100,20 @@ def test_a_budget_too_small_for_one_step_and_a_validation_writes_nothing(tmp_pat
     real_step = engine.train_step
     monkeypatch.setattr(engine, "train_step", lambda loop, *a: (time.sleep(1.5), real_step(loop, *a))[1])
     with pytest.raises(BudgetError, match=r"too small.*one step \(\d+\.\d+ s\)"):
+        distill(tiny(budget_minutes=3 / 60), sample_root, tmp_path / "run", None, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_hopeless_budget_is_refused_before_the_data_is_decoded(tmp_path, sample_root, monkeypatch):
+    """Issue 28, friction 7: a too-small --budget was refused only after decoding every image
+    (56 s on the real data); one batch of each split is decoded to measure it first."""
+    decoded = []
+    real_load = engine.load_split
+    monkeypatch.setattr(engine, "load_split", lambda root, split, size=None, limit=0, **kw:
+                        (decoded.append((split, limit)), real_load(root, split, size, limit, **kw))[1])
+    with pytest.raises(BudgetError, match=r"too small.*decoding its 20 images.*before decoding the rest"):
         distill(tiny(budget_minutes=1 / 60), sample_root, tmp_path / "run", None, progress=False)
+    assert decoded and all(limit for _, limit in decoded), decoded  # never a whole split
     assert not (tmp_path / "run").exists()
 
 
