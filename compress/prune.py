@@ -3,10 +3,16 @@
 torch-pruning has no "stop at N parameters" option, so the pruner is given a generous
 maximum ratio spread over many small steps, and we recount after each step until the
 target is met. Residual adds, concats and BatchNorms are kept consistent by the graph.
+
+A target may be a latency, timed after each step at a fixed thread count. How channel
+counts are rounded (round_to 8, 16 or 32) changes what the CPU kernels make of a width, so
+by default each rounding prunes its own copy to the target and the three results are
+timed side by side: the fastest is kept, or for a latency target the largest that meets it.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -17,9 +23,14 @@ import students
 from facekd import challenge
 from facekd.app.models import load_model
 from facekd.labels import NUM_CLASSES
+from facekd.latency import measure_latency
 
 # How deep a target search may cut every layer; a target below what this ratio leaves is unreachable.
 MAX_RATIO = 0.9
+ROUND_TO = (8, 16, 32)
+# Timed runs per latency check inside a target search: one check per pruning step, so fewer
+# than the 20 a reported figure gets; the median of 8 is steady enough to stop on.
+SEARCH_RUNS = 8
 
 
 def classifier_layers(model: nn.Module) -> list[nn.Module]:
@@ -36,16 +47,17 @@ def make_importance(name: str):
 
 
 def prune_to_target(model: nn.Module, *, target_params: int | None = None, target_macs: int | None = None,
-                    ratio: float | None = None, importance: str = "magnitude", steps: int = 64,
-                    round_to: int = 8, example_size: int = 512,
+                    ratio: float | None = None, target_latency_ms: float | None = None, threads: int = 1,
+                    importance: str = "magnitude", steps: int = 64, round_to: int = 8, example_size: int = 512,
                     gradient_fn: Callable[[nn.Module], None] | None = None) -> dict:
-    """Prune `model` in place. Exactly one of target_params, target_macs, ratio.
+    """Prune `model` in place. Exactly one of target_params, target_macs, ratio, target_latency_ms
+    (one image at example_size on `threads` CPU threads).
 
     gradient_fn(model) must populate .grad before each step when importance is "taylor".
     Returns what was reached: params and MACs (at example_size, the challenge resolution) before and after.
     """
-    if sum(x is not None for x in (target_params, target_macs, ratio)) != 1:
-        raise ValueError("give exactly one of --target-params, --target-macs, --ratio")
+    if sum(x is not None for x in (target_params, target_macs, ratio, target_latency_ms)) != 1:
+        raise ValueError("give exactly one of --target-params, --target-macs, --ratio, --target-latency")
     if ratio is not None and not 0 < ratio < 1:
         raise ValueError(f"--ratio must be in (0, 1), got {ratio}")
     if importance == "taylor" and gradient_fn is None:
@@ -65,6 +77,8 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
             return False  # a ratio runs the whole schedule
         if target_params is not None:
             return challenge.count_params(model) <= target_params
+        if target_latency_ms is not None:
+            return search_latency(model, example_size, threads) <= target_latency_ms
         return tp.utils.count_ops_and_params(model, example)[0] <= target_macs
 
     taken = 0
@@ -81,11 +95,61 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
     macs1, _ = tp.utils.count_ops_and_params(model, example)
     report = {"params_before": params0, "params_after": challenge.count_params(model),
               "macs_before": int(macs0), "macs_after": int(macs1), "macs_at": example_size, "steps": taken,
-              "importance": importance}
+              "importance": importance, "round_to": round_to}
     if not (ratio is not None or reached()):
+        if target_latency_ms is not None:  # the whole MAX_RATIO schedule ran: this is the floor
+            raise ValueError(f"--target-latency {target_latency_ms:g}: unreachable; cutting every layer by "
+                             f"{MAX_RATIO:.0%} leaves {search_latency(model, example_size, threads):.1f} ms at "
+                             f"{example_size}x{example_size}, {threads} thread(s)")
         raise ValueError(f"pruning stopped at {report['params_after']:,} params / {report['macs_after']:,} MACs "
                          f"after {steps} steps without reaching the target")
     return report
+
+
+def search_latency(model: nn.Module, size: int, threads: int) -> float:
+    """The median latency (ms) a target search stops on; the model is left in its mode."""
+    was_training = model.training
+    try:
+        return measure_latency({"model": model}, size, threads, runs=SEARCH_RUNS)["model"]["median_ms"]
+    finally:
+        model.train(was_training)
+
+
+def prune_fastest_rounding(model: nn.Module, *, round_to: int | str = "auto", threads: int = 1,
+                           example_size: int = 512, **target) -> tuple[nn.Module, dict]:
+    """(pruned model, report) for one round_to, or for round_to="auto" the best of ROUND_TO:
+    each prunes its own copy of `model` to the target, the copies are timed interleaved, and the
+    fastest is kept; for a latency target, the one with the most parameters among those that
+    meet it. The report's "rounding" holds every candidate's size and latency spread."""
+    if round_to != "auto":
+        if round_to not in ROUND_TO:
+            raise ValueError(f"--round-to {round_to}: choose from {', '.join(map(str, ROUND_TO))} or auto")
+        return model, prune_to_target(model, round_to=round_to, threads=threads, example_size=example_size, **target)
+    candidates, reports, failures = {}, {}, []
+    for r in ROUND_TO:
+        copy_ = copy.deepcopy(model)
+        try:
+            reports[r] = prune_to_target(copy_, round_to=r, threads=threads, example_size=example_size, **target)
+        except ValueError as e:  # coarse rounding can miss a target that finer rounding meets
+            failures.append(str(e))
+            continue
+        if target.get("ratio") is not None and reports[r]["params_after"] == reports[r]["params_before"]:
+            failures.append(f"--ratio {target['ratio']:g}: round_to {r} cuts nothing from these narrow layers")
+            continue  # an uncut model is no answer to a ratio, however fast it times
+        candidates[r] = copy_
+    if not candidates:
+        raise ValueError(failures[0])
+    spreads = measure_latency({str(r): m for r, m in candidates.items()}, example_size, threads)
+    meets = [r for r in candidates if target.get("target_latency_ms") is None
+             or spreads[str(r)]["median_ms"] <= target["target_latency_ms"]] or list(candidates)
+    if target.get("target_latency_ms") is not None:
+        chosen = max(meets, key=lambda r: reports[r]["params_after"])
+    else:
+        chosen = min(meets, key=lambda r: spreads[str(r)]["median_ms"])
+    rounding = {"threads": threads, "size": example_size, "chosen": chosen,
+                "candidates": {str(r): {"params": reports[r]["params_after"], "macs": reports[r]["macs_after"],
+                                        "latency": spreads[str(r)]} for r in candidates}}
+    return candidates[chosen], {**reports[chosen], "rounding": rounding}
 
 
 def rebuild(model: nn.Module) -> tuple[nn.Module, dict]:

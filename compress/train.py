@@ -4,13 +4,14 @@ second half alone: it continues a trained student as it is."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
-from compress.prune import prune_to_target, rebuild
+from compress.prune import prune_fastest_rounding, rebuild
 from distill.train import distill
 from facekd import distributed
 from facekd.checkpoint import load_checkpoint, save_checkpoint
@@ -20,6 +21,7 @@ from facekd.data import load_split
 from facekd.engine import evaluate
 from facekd.inference import normalize
 from facekd.app.models import build_model, load_model, load_student
+from facekd.latency import latency_record
 from facekd.profile import model_cost
 
 
@@ -49,8 +51,11 @@ def measure(model, val, input_size: int, flip_tta: bool) -> dict:
 
 
 def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, *, target_params=None,
-                       target_macs=None, ratio=None, importance: str = "magnitude", resume: bool = False,
+                       target_macs=None, ratio=None, target_latency_ms=None, threads: int = 1,
+                       round_to: int | str = "auto", importance: str = "magnitude", resume: bool = False,
                        progress: bool = True) -> dict:
+    """Prune student_path to one target (latency: one 512x512 image on `threads` threads) in
+    out/pruned.pt, then fine-tune it in out; returns distill's result with the prune report."""
     budget = Budget.from_minutes(cfg.budget_minutes)  # pruning and its measurements count too
     out = Path(out)
     report_path = out / "prune_report.json"
@@ -67,8 +72,10 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
         # Taylor importance comes from gradients, which need not agree bit for bit across
         # GPUs, and one differing channel choice would give the ranks different models.
         if distributed.is_main():
-            model, model_cfg, report = _prune(cfg, data_root, out, student_path, target_params, target_macs, ratio,
-                                              importance, progress)
+            target = {"target_params": target_params, "target_macs": target_macs, "ratio": ratio,
+                      "target_latency_ms": target_latency_ms}
+            model, model_cfg, report = _prune(cfg, data_root, out, student_path, target, importance, progress,
+                                              round_to=round_to, threads=threads)
         distributed.barrier()
         if not distributed.is_main():
             model, pruned = load_model(out / "pruned.pt")
@@ -95,20 +102,23 @@ def finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, resume:
                    model_cfg=ckpt["model_cfg"], stage="finetune")
 
 
-def _prune(cfg: RunConfig, data_root, out: Path, student_path, target_params, target_macs, ratio, importance,
-           progress) -> tuple:
+def _prune(cfg: RunConfig, data_root, out: Path, student_path, target: dict, importance, progress, *,
+           round_to, threads: int) -> tuple:
     """Prune the student, save pruned.pt and prune_report.json; returns (model, model_cfg, report)."""
-    model, ckpt = load_student(student_path, "prune")
+    student, ckpt = load_student(student_path, "prune")
     input_size = ckpt["model_cfg"]["input_size"]
     val = load_split(data_root, "val", None, progress=progress)
-    before = measure(model, val, input_size, cfg.flip_tta)
+    before = measure(student, val, input_size, cfg.flip_tta)
     gradient_fn = taylor_gradients(data_root) if importance == "taylor" else None
-    pruning = prune_to_target(model, target_params=target_params, target_macs=target_macs, ratio=ratio,
-                              importance=importance, gradient_fn=gradient_fn)
+    model, pruning = prune_fastest_rounding(copy.deepcopy(student), round_to=round_to, threads=threads,
+                                            importance=importance, gradient_fn=gradient_fn, **target)
     model, model_cfg = rebuild(model)
     after = measure(model, val, input_size, cfg.flip_tta)
-    report = {"source": str(student_path), "target": {"params": target_params, "macs": target_macs,
-              "ratio": ratio}, "pruning": pruning, "before": before, "after_pruning": after}
+    report = {"source": str(student_path), "target": {"params": target["target_params"], "macs": target["target_macs"],
+              "ratio": target["ratio"], "latency_ms": target["target_latency_ms"], "threads": threads},
+              "pruning": pruning, "before": before, "after_pruning": after,
+              # the two timed side by side, at the challenge's 512x512 (MACs are counted there too)
+              "latency": latency_record({"before": student, "after_pruning": model}, pruning["macs_at"])}
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"model": model.state_dict(), "model_cfg": model_cfg, "stage": "pruned",
                      "val_fscore": after["val_fscore"], "params": after["params"]}, out / "pruned.pt")

@@ -108,5 +108,24 @@ def rank_groups(spreads: Mapping[str, dict]) -> dict[str, int]:
     return ranks
 
 
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation: Pearson's on the ranks, ties given their mean rank."""
+    def ranks(values):
+        order = sorted(range(len(values)), key=values.__getitem__)
+        r = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in order[i:j + 1]:
+                r[k] = (i + j) / 2 + 1
+            i = j + 1
+        return r
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise ValueError("rank correlation needs two equal-length lists of at least two values")
+    return statistics.correlation(ranks(xs), ranks(ys))
+
+
 def format_spread(s: dict) -> str:
     return f"{s['median_ms']:.1f} ms [IQR {s['q1_ms']:.1f}-{s['q3_ms']:.1f}, range {s['min_ms']:.1f}-{s['max_ms']:.1f}]"

@@ -128,3 +128,59 @@ def test_taylor_pruning_leaves_batchnorm_statistics_and_mode_untouched(mode, sam
         kept = torch.cat(kept)
         assert torch.equal(bn.running_mean, mean0[kept]) and torch.equal(bn.running_var, var0[kept]), name
         assert int(bn.num_batches_tracked) == 7, name
+
+
+def _macs_as_latency(monkeypatch):
+    """Latency checks answered by MACs (1 ms per MMAC), so target searches are deterministic."""
+    import compress.prune as prune
+    from facekd.profile import count_macs
+    monkeypatch.setattr(prune, "search_latency", lambda model, size, threads: count_macs(model, size) / 1e6)
+
+
+def test_latency_target_is_met_and_an_unreachable_one_is_named(monkeypatch):
+    from compress.prune import search_latency
+    _macs_as_latency(monkeypatch)
+    import compress.prune as prune
+    model = small_student("resfpn")
+    start = prune.search_latency(model, 64, 1)
+    report = prune_to_target(model, target_latency_ms=0.5 * start, example_size=64)
+    assert prune.search_latency(model, 64, 1) <= 0.5 * start and report["params_after"] < report["params_before"]
+    with pytest.raises(ValueError, match=r"--target-latency 0.001: unreachable; cutting every layer by 90% leaves"):
+        prune_to_target(small_student("resfpn"), target_latency_ms=0.001, example_size=64)
+    assert search_latency(small_student("resfpn"), 32, 1) > 0  # the real one times a forward pass
+
+
+def test_round_to_is_chosen_by_measured_latency(monkeypatch):
+    import compress.prune as prune
+    from facekd.latency import spread
+    _macs_as_latency(monkeypatch)
+    target = 0.5 * prune.search_latency(small_student("resfpn"), 64, 1)
+    # as timed side by side: round_to 16 fastest, 8 slowest and over the target, whatever their MACs
+    fake_ms = {"8": 1.5 * target, "16": 0.5 * target, "32": 0.9 * target}
+    monkeypatch.setattr(prune, "measure_latency", lambda models, size, threads:
+                        {r: spread([fake_ms[r]] * 4) for r in models})
+    model = small_student("resfpn")
+    pruned, report = prune.prune_fastest_rounding(model, target_params=challenge.count_params(model) // 2,
+                                                  example_size=64)
+    assert report["rounding"]["chosen"] == report["round_to"] == 16
+    assert set(report["rounding"]["candidates"]) == {"8", "16", "32"}
+    assert challenge.count_params(pruned) == report["params_after"] <= challenge.count_params(model) // 2
+    # a latency target keeps the largest model that meets it, here of 16 and 32
+    _, report = prune.prune_fastest_rounding(small_student("resfpn"), target_latency_ms=target, example_size=64)
+    candidates = report["rounding"]["candidates"]
+    assert report["round_to"] in (16, 32)
+    assert candidates[str(report["round_to"])]["params"] == max(candidates[r]["params"] for r in ("16", "32"))
+    with pytest.raises(ValueError, match="--round-to 12"):
+        prune.prune_fastest_rounding(small_student("resfpn"), round_to=12, ratio=0.5, example_size=64)
+
+
+def test_prune_refuses_an_unreachable_latency_and_writes_nothing(tmp_path, sample_root, capsys):
+    student = small_student("resfpn")
+    save_checkpoint({"model": student.state_dict(), "model_cfg": students.model_config(student),
+                     "stage": "distill", "val_fscore": 0.0}, tmp_path / "student.pt")
+    for extra in ([], ["--sweep"]):
+        out = tmp_path / f"pruned{len(extra)}"
+        assert main(["prune", "--student", str(tmp_path / "student.pt"), "--out", str(out), "--target-latency",
+                     "0.001", "--round-to", "8", *extra]) == 2
+        assert "--target-latency 0.001: unreachable; cutting every layer by 90% leaves" in capsys.readouterr().err
+        assert not out.exists()

@@ -75,16 +75,19 @@ def cmd_prune(args) -> int:
     from compress.sweep import KINDS, format_table, sweep
     from compress.train import prune_and_finetune
     kind, targets = next((k, v) for k, v in (("params", args.target_params), ("macs", args.target_macs),
-                                             ("ratio", args.ratio)) if v is not None)
+                                             ("ratio", args.ratio), ("latency", args.target_latency)) if v is not None)
+    speed = {"round_to": args.round_to, "threads": args.threads}
+    if args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: give at least 1")
     if args.sweep:
         record = sweep(_config("prune", args), _data_root(args), args.out, args.student, _teacher(args), kind=kind,
-                       targets=targets, importance=args.importance, resume=args.resume)
+                       targets=targets, importance=args.importance, resume=args.resume, **speed)
         print(format_table(record))
         return 0
     if len(targets) > 1:
         raise ValueError(f"{len(targets)} targets given; pass --sweep to prune to each of them")
     result = prune_and_finetune(_config("prune", args), _data_root(args), args.out, args.student, _teacher(args),
-                                importance=args.importance, resume=args.resume, **{KINDS[kind]: targets[0]})
+                                importance=args.importance, resume=args.resume, **speed, **{KINDS[kind]: targets[0]})
     print(json.dumps(result["report"], indent=2))
     return 0
 
@@ -247,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-params", type=_number_list(int), help="prune until at most this many parameters")
     target.add_argument("--target-macs", type=_number_list(int), help="prune until at most this many MACs at 512x512")
     target.add_argument("--ratio", type=_number_list(float), help="channel pruning ratio per layer, in (0, 1)")
+    target.add_argument("--target-latency", type=_number_list(float), metavar="MS",
+                        help="prune until one 512x512 image takes at most MS milliseconds on this machine's CPU, "
+                             "at --threads threads")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads a latency is timed at (default: 1)")
+    p.add_argument("--round-to", default="auto", type=lambda v: v if v == "auto" else int(v),
+                   help="round pruned channel counts to multiples of 8, 16 or 32; auto (default): prune with each "
+                        "and keep the fastest, timed side by side (for --target-latency: the largest that meets it)")
     p.add_argument("--importance", default="magnitude", choices=["magnitude", "taylor"])
     p.add_argument("--sweep", action="store_true",
                    help="prune to each of a comma-separated list of targets, one sub-run each, gathered in "
