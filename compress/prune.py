@@ -6,8 +6,8 @@ target is met. Residual adds, concats and BatchNorms are kept consistent by the 
 
 A target may be a latency, timed after each step at a fixed thread count. How channel
 counts are rounded (round_to 8, 16 or 32) changes what the CPU kernels make of a width, so
-by default each rounding prunes its own copy to the target and the three results are
-timed side by side: the fastest is kept, or for a latency target the largest that meets it.
+by default each rounding prunes its own copy to the target, the results are timed side by
+side, and choose_rounding keeps one.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from facekd.latency import measure_latency
 # How deep a target search may cut every layer; a target below what this ratio leaves is unreachable.
 MAX_RATIO = 0.9
 ROUND_TO = (8, 16, 32)
+# A rounding whose result keeps less than this share of the size the closest rounding keeps
+# has cut past a size target rather than met it (see choose_rounding).
+NEAR_TARGET = 0.9
 # Timed runs per latency check inside a target search: one check per pruning step, so fewer
 # than the 20 a reported figure gets; the median of 8 is steady enough to stop on.
 SEARCH_RUNS = 8
@@ -97,13 +100,18 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
               "macs_before": int(macs0), "macs_after": int(macs1), "macs_at": example_size, "steps": taken,
               "importance": importance, "round_to": round_to}
     if not (ratio is not None or reached()):
-        if target_latency_ms is not None:  # the whole MAX_RATIO schedule ran: this is the floor
-            raise ValueError(f"--target-latency {target_latency_ms:g}: unreachable; cutting every layer by "
-                             f"{MAX_RATIO:.0%} leaves {search_latency(model, example_size, threads):.1f} ms at "
-                             f"{example_size}x{example_size}, {threads} thread(s)")
-        raise ValueError(f"pruning stopped at {report['params_after']:,} params / {report['macs_after']:,} MACs "
-                         f"after {steps} steps without reaching the target")
+        raise _unreached(model, report, target_latency_ms, threads)
     return report
+
+
+def _unreached(model: nn.Module, report: dict, target_latency_ms: float | None, threads: int) -> ValueError:
+    size = report["macs_at"]
+    if target_latency_ms is not None:  # the whole MAX_RATIO schedule ran: the model is at the floor
+        return ValueError(f"--target-latency {target_latency_ms:g}: unreachable; cutting every layer by "
+                          f"{MAX_RATIO:.0%} leaves {search_latency(model, size, threads):.1f} ms at {size}x{size}, "
+                          f"{threads} thread(s)")
+    return ValueError(f"pruning stopped at {report['params_after']:,} params / {report['macs_after']:,} MACs "
+                      f"after {report['steps']} steps without reaching the target")
 
 
 def search_latency(model: nn.Module, size: int, threads: int) -> float:
@@ -118,9 +126,9 @@ def search_latency(model: nn.Module, size: int, threads: int) -> float:
 def prune_fastest_rounding(model: nn.Module, *, round_to: int | str = "auto", threads: int = 1,
                            example_size: int = 512, **target) -> tuple[nn.Module, dict]:
     """(pruned model, report) for one round_to, or for round_to="auto" the best of ROUND_TO:
-    each prunes its own copy of `model` to the target, the copies are timed interleaved, and the
-    fastest is kept; for a latency target, the one with the most parameters among those that
-    meet it. The report's "rounding" holds every candidate's size and latency spread."""
+    each prunes its own copy of `model` to the target, the copies are timed interleaved, and
+    choose_rounding picks one. The report's "rounding" holds every candidate's size and
+    latency spread."""
     if round_to != "auto":
         if round_to not in ROUND_TO:
             raise ValueError(f"--round-to {round_to}: choose from {', '.join(map(str, ROUND_TO))} or auto")
@@ -135,21 +143,34 @@ def prune_fastest_rounding(model: nn.Module, *, round_to: int | str = "auto", th
             continue
         if target.get("ratio") is not None and reports[r]["params_after"] == reports[r]["params_before"]:
             failures.append(f"--ratio {target['ratio']:g}: round_to {r} cuts nothing from these narrow layers")
+            del reports[r]
             continue  # an uncut model is no answer to a ratio, however fast it times
         candidates[r] = copy_
     if not candidates:
         raise ValueError(failures[0])
     spreads = measure_latency({str(r): m for r, m in candidates.items()}, example_size, threads)
-    meets = [r for r in candidates if target.get("target_latency_ms") is None
-             or spreads[str(r)]["median_ms"] <= target["target_latency_ms"]] or list(candidates)
-    if target.get("target_latency_ms") is not None:
-        chosen = max(meets, key=lambda r: reports[r]["params_after"])
-    else:
-        chosen = min(meets, key=lambda r: spreads[str(r)]["median_ms"])
+    chosen = choose_rounding(reports, {r: spreads[str(r)] for r in candidates}, target)
     rounding = {"threads": threads, "size": example_size, "chosen": chosen,
                 "candidates": {str(r): {"params": reports[r]["params_after"], "macs": reports[r]["macs_after"],
                                         "latency": spreads[str(r)]} for r in candidates}}
     return candidates[chosen], {**reports[chosen], "rounding": rounding}
+
+
+def choose_rounding(reports: dict[int, dict], spreads: dict[int, dict], target: dict) -> int:
+    """The round_to to keep, from each candidate's prune report and latency spread.
+
+    A latency target: the largest candidate that meets it. Any other: of the candidates that
+    land near the target (NEAR_TARGET of the closest one's size, in the target's measure),
+    the one the CPU runs fastest per MAC. Coarse rounding moves widths in big jumps and can
+    land far below a size target; plain "fastest" would reward that overshoot, whose lost
+    accuracy is not free, where the point of rounding is speed at the size asked for."""
+    if target.get("target_latency_ms") is not None:
+        meets = [r for r in reports if spreads[r]["median_ms"] <= target["target_latency_ms"]] or list(reports)
+        return max(meets, key=lambda r: reports[r]["params_after"])
+    measure = "macs_after" if target.get("target_macs") is not None else "params_after"
+    closest = max(reports[r][measure] for r in reports)
+    near = [r for r in reports if reports[r][measure] >= NEAR_TARGET * closest]
+    return min(near, key=lambda r: spreads[r]["median_ms"] / reports[r]["macs_after"])
 
 
 def rebuild(model: nn.Module) -> tuple[nn.Module, dict]:

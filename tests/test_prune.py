@@ -150,26 +150,32 @@ def test_latency_target_is_met_and_an_unreachable_one_is_named(monkeypatch):
     assert search_latency(small_student("resfpn"), 32, 1) > 0  # the real one times a forward pass
 
 
-def test_round_to_is_chosen_by_measured_latency(monkeypatch):
-    import compress.prune as prune
+def test_choose_rounding_by_latency_per_mac_near_the_target():
+    from compress.prune import choose_rounding
     from facekd.latency import spread
-    _macs_as_latency(monkeypatch)
-    target = 0.5 * prune.search_latency(small_student("resfpn"), 64, 1)
-    # as timed side by side: round_to 16 fastest, 8 slowest and over the target, whatever their MACs
-    fake_ms = {"8": 1.5 * target, "16": 0.5 * target, "32": 0.9 * target}
-    monkeypatch.setattr(prune, "measure_latency", lambda models, size, threads:
-                        {r: spread([fake_ms[r]] * 4) for r in models})
+    reports = {8: {"params_after": 990, "macs_after": 100}, 16: {"params_after": 950, "macs_after": 96},
+               32: {"params_after": 600, "macs_after": 60}}
+    ms = {8: 50.0, 16: 40.0, 32: 20.0}
+    spreads = {r: spread([v] * 4) for r, v in ms.items()}
+    # 32 is fastest, even per MAC, but cut far past the size asked for; 16 is faster per MAC than 8
+    assert choose_rounding(reports, spreads, {"target_params": 1000}) == 16
+    assert choose_rounding(reports, spreads, {"target_macs": 100}) == 16
+    # a latency target keeps the largest model that meets it
+    assert choose_rounding(reports, spreads, {"target_latency_ms": 45.0}) == 16
+    assert choose_rounding(reports, spreads, {"target_latency_ms": 60.0}) == 8
+
+
+def test_round_to_auto_prunes_each_and_keeps_the_chosen():
+    import compress.prune as prune
+    from facekd.profile import count_macs
     model = small_student("resfpn")
     pruned, report = prune.prune_fastest_rounding(model, target_params=challenge.count_params(model) // 2,
                                                   example_size=64)
-    assert report["rounding"]["chosen"] == report["round_to"] == 16
-    assert set(report["rounding"]["candidates"]) == {"8", "16", "32"}
+    rounding = report["rounding"]
+    assert rounding["chosen"] == report["round_to"] and set(rounding["candidates"]) <= {"8", "16", "32"}
     assert challenge.count_params(pruned) == report["params_after"] <= challenge.count_params(model) // 2
-    # a latency target keeps the largest model that meets it, here of 16 and 32
-    _, report = prune.prune_fastest_rounding(small_student("resfpn"), target_latency_ms=target, example_size=64)
-    candidates = report["rounding"]["candidates"]
-    assert report["round_to"] in (16, 32)
-    assert candidates[str(report["round_to"])]["params"] == max(candidates[r]["params"] for r in ("16", "32"))
+    assert count_macs(pruned, 64) == rounding["candidates"][str(report["round_to"])]["macs"]
+    assert rounding["candidates"][str(report["round_to"])]["latency"]["runs"] >= 20
     with pytest.raises(ValueError, match="--round-to 12"):
         prune.prune_fastest_rounding(small_student("resfpn"), round_to=12, ratio=0.5, example_size=64)
 
