@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 
 import students
-from facekd.app.export import shippable_student
-from facekd.checkpoint import load_checkpoint, save_checkpoint
+from facekd.app.models import load_student
+from facekd.challenge import PARAM_LIMIT, count_params
+from facekd.checkpoint import save_checkpoint
 from facekd.data import load_split
 from facekd.engine import evaluate
 from facekd.inference import check_output_file, normalize
@@ -105,13 +106,14 @@ def quantize_checkpoint(checkpoint, out, data_root, n_images: int = CALIBRATION_
         raise ValueError(f"--out {out}: would overwrite the fp32 checkpoint it quantizes")
     if n_images < 1:
         raise ValueError(f"--calibration-images {n_images}: give at least one")
-    ckpt = load_checkpoint(checkpoint)
-    if ckpt.get("quantized"):
-        raise ValueError(f"{checkpoint}: is already quantized")
-    model, n_params = shippable_student(ckpt, checkpoint)
+    model, ckpt = load_student(checkpoint, "quantize")  # a teacher, or an int8 model, is refused by name
+    n_params = count_params(model)
+    if n_params >= PARAM_LIMIT:
+        raise ValueError(f"{checkpoint}: has {n_params:,} trainable parameters; the challenge needs fewer than "
+                         f"{PARAM_LIMIT:,} (prune it first)")
     calibration = calibration_batch(data_root, model.input_size, n_images)
     int8 = Int8Student(_fx_graph(model, calibration), ckpt["model_cfg"])
-    meta = {"model_cfg": dict(ckpt["model_cfg"]), "params": n_params, "source": str(checkpoint),
+    meta = {"model_cfg": dict(ckpt["model_cfg"]), "params": n_params, "source": str(checkpoint), "stage": "int8",
             "quantized": {"scheme": "static int8, FX graph mode", "backend": BACKEND,
                           "calibration": {"split": "train", "images": len(calibration), "data_root": str(data_root)}},
             **score_both(model, int8, data_root, flip_tta)}

@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="one offline HTML page comparing the models of any runs: Pareto front, "
                                       "per-class F1, confusion matrix, worst images, learning curves")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (teacher, distill, prune, sweep, pipeline)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (teacher, distill, prune, sweep, pipeline), "
+                                                          "or checkpoint files (an int8 model from facekd quantize)")
     p.add_argument("--out", required=True, help="folder for index.html and its figures")
     p.add_argument("--data", default=None, help="score every model on this root's val split (default: the one "
                                                 "the runs trained with, from their config.json)")
