@@ -165,10 +165,12 @@ def format_table(record: dict) -> str:
              f"{'F pruned':>9} {'F tuned':>9}"]
     timed = record["latency"]["threads"]
     for name, r in [("student", None), *((r["run"], r) for r in record["targets"])]:
-        ms = [f"{timed[n]['models'][name]['median_ms']:.1f}±{_half_iqr(timed[n]['models'][name]):.1f}" for n in ("1", "2")]
+        ms = [f"{timed[n]['models'][name]['median_ms']:.1f}±{_half_iqr(timed[n]['models'][name]):.1f}"
+              for n in ("1", "2")]
         size = (r["params"], r["macs"]) if r else (record["student_params"], record["student_macs"])
         scores = (r["val_fscore_pruned"], r["val_fscore_finetuned"]) if r else (record["student_val_fscore"],) * 2
-        lines.append(f"{name:<18} {size[0]:>10,} {size[1]:>14,} {ms[0]:>13} {ms[1]:>14} {scores[0]:>9.4f} {scores[1]:>9.4f}")
+        lines.append(f"{name:<18} {size[0]:>10,} {size[1]:>14,} {ms[0]:>13} {ms[1]:>14} "
+                     f"{scores[0]:>9.4f} {scores[1]:>9.4f}")
     lines.append("latency: median±half the IQR over " + f"{record['latency']['runs']} interleaved runs at 512x512; "
                  + ", ".join(f"Spearman with MACs {timed[n]['spearman_latency_macs']:.2f} at {n} thread(s), matmul "
                              f"{timed[n]['matmul_gflops']:.0f} GFLOP/s" for n in ("1", "2")))
