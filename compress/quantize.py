@@ -1,10 +1,12 @@
 """`facekd quantize`: static int8 post-training quantization of a student, for the CPU.
 
 PyTorch 2.14 has moved PT2E quantization (prepare_pt2e with the x86 quantizer) out of
-torch into torchao, and without torch.compile its output runs reference quantize/dequantize
-ops rather than int8 kernels. FX graph mode with the x86 backend is still in torch, and
-runs fbgemm/oneDNN int8 convs directly: on the development machine it took the shipped
-student from 74 to 20 ms at one thread (fbgemm 29 ms, onednn 30 ms), so it is what we use.
+torch into torchao. FX graph mode with the x86 backend is still in torch and runs int8
+convs directly. Timed side by side at one thread on the development machine (the shipped
+student, 512²; docs/RESULTS.md): fp32 61.6 ms, FX x86 20.6 ms, PT2E (torchao 0.18) 91.6 ms
+as exported and 16.8 ms once compiled by inductor with freezing. PT2E's 18% would cost an
+extra dependency, a C++ compiler and 8 s of compiling at every load, and its compiled
+graph does not save as plain tensors; FX needs none of that, so it is what we use.
 
 Activation ranges are calibrated on training images, never val, which scores the result.
 A quantized checkpoint keeps the fp32 student's model_cfg and parameter count beside the
