@@ -2,10 +2,12 @@
 side: fresh interpreters alternate between `python -c "import torch"` and run.py on one
 512x512 image, and the medians are compared. Then one run.py-like process times its phases
 (imports, weight load, model build, first and second forward pass, decode and PNG write),
-and the 2048^3 fp32 matmul rate of bench_infer.py places the machine.
+and the 2048^3 fp32 matmul rate places the machine. With --onnx, the ONNX export's
+run_onnx.py joins the alternation, so its wall time, start-up included, is set beside run.py's.
 
     python benchmarks/bench_startup.py --rounds 9
     python benchmarks/bench_startup.py --run-py /tmp/old/solution/run.py   # another run.py, same image
+    python benchmarks/bench_startup.py --onnx runs/onnx   # a folder from facekd export --format onnx
 
 With --cli it times instead what a user waits for before the first line of `facekd --help`,
 `facekd distill --help` and a bad argument (target: under 1 s each, issue 28), beside a bare
@@ -88,24 +90,33 @@ def main():
     parser.add_argument("--rounds", type=int, default=9, help="alternating pairs of runs (default: 9)")
     parser.add_argument("--run-py", default=str(REPO / "solution" / "run.py"))
     parser.add_argument("--image", default=str(IMAGE))
+    parser.add_argument("--onnx", default=None, help="folder with model.onnx and run_onnx.py to time beside run.py")
     parser.add_argument("--cli", action="store_true", help="time facekd --help and argument errors instead")
     args = parser.parse_args()
     if args.cli:
         cli_startup(args.rounds)
         return
-    bare, solution = [], []
+    bare, solution, onnx = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         run_py = [sys.executable, args.run_py, "--input", args.image, "--output", f"{tmp}/mask.png"]
+        run_onnx = [sys.executable, f"{args.onnx}/run_onnx.py", "--input", args.image, "--output", f"{tmp}/onnx.png"]
         wall(run_py)  # once untimed, so both sides start with the files in the page cache
+        if args.onnx:
+            wall(run_onnx)
         for _ in range(args.rounds):
             bare.append(wall([sys.executable, "-c", "import torch"]))
             solution.append(wall(run_py))
+            if args.onnx:
+                onnx.append(wall(run_onnx))
     b, s = statistics.median(bare), statistics.median(solution)
     print(f"{args.run_py} on one {args.image.rsplit('/', 1)[-1]}, {args.rounds} alternating rounds, "
           f"torch threads {torch.get_num_threads()}")
     print(f"  python -c 'import torch'  median {b:.3f} s  (min {min(bare):.3f})")
     print(f"  run.py, one image         median {s:.3f} s  (min {min(solution):.3f})")
     print(f"  run.py beyond the import  {s - b:+.3f} s (medians), {min(solution) - min(bare):+.3f} s (minima)")
+    if onnx:
+        o = statistics.median(onnx)
+        print(f"  run_onnx.py, one image    median {o:.3f} s  (min {min(onnx):.3f}), {o / s:.2f} of run.py's median")
     print("phases, in one fresh process:")
     sys.stdout.flush()
     subprocess.run([sys.executable, "-c", PHASES, str(Path(args.run_py).parent), args.image], check=True)

@@ -3,10 +3,16 @@
 torch-pruning has no "stop at N parameters" option, so the pruner is given a generous
 maximum ratio spread over many small steps, and we recount after each step until the
 target is met. Residual adds, concats and BatchNorms are kept consistent by the graph.
+
+A target may be a latency, timed after each step at a fixed thread count. How channel
+counts are rounded (round_to 8, 16 or 32) changes what the CPU kernels make of a width, so
+by default each rounding prunes its own copy to the target, the results are timed side by
+side, and choose_rounding keeps one.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,10 +24,18 @@ import students
 from facekd import challenge
 from facekd.models import load_model
 from facekd.labels import NUM_CLASSES
+from facekd.latency import measure_latency
 from facekd.registry import Registry
 
 # How deep a target search may cut every layer; a target below what this ratio leaves is unreachable.
 MAX_RATIO = 0.9
+ROUND_TO = (8, 16, 32)
+# A rounding whose result keeps less than this share of the size the closest rounding keeps
+# has cut past a size target rather than met it (see choose_rounding).
+NEAR_TARGET = 0.9
+# Timed runs per latency check inside a target search: one check per pruning step, so fewer
+# than the 20 a reported figure gets; the median of 8 is steady enough to stop on.
+SEARCH_RUNS = 8
 
 
 def classifier_layers(model: nn.Module) -> list[nn.Module]:
@@ -56,15 +70,31 @@ def taylor_importance():
     return tp.importance.GroupTaylorImportance()
 
 
+def _step_until(reached: Callable[[], bool], pruner, model: nn.Module, steps: int, gradient_fn) -> int:
+    """Small pruner steps until `reached()`, or the schedule's end; returns the steps taken."""
+    taken = 0
+    for _ in range(steps):
+        if reached():
+            break
+        if gradient_fn is not None:
+            model.zero_grad(set_to_none=True)
+            gradient_fn(model)
+        pruner.step()
+        taken += 1
+    model.zero_grad(set_to_none=True)
+    return taken
+
+
 def prune_to_target(model: nn.Module, *, target_params: int | None = None, target_macs: int | None = None,
-                    ratio: float | None = None, importance: str = "magnitude", steps: int = 64,
-                    round_to: int = 8, example_size: int = 512,
+                    ratio: float | None = None, target_latency_ms: float | None = None, threads: int = 1,
+                    importance: str = "magnitude", steps: int = 64, round_to: int = 8, example_size: int = 512,
                     gradient_fn: Callable[[nn.Module], None] | None = None) -> dict:
-    """Prune `model` in place to exactly one of target_params, target_macs, ratio. gradient_fn(model)
-    fills .grad before each step for an importance that needs gradients. Returns what was reached:
-    params and MACs (at example_size, the challenge resolution) before and after."""
-    if sum(x is not None for x in (target_params, target_macs, ratio)) != 1:
-        raise ValueError("give exactly one of --target-params, --target-macs, --ratio")
+    """Prune `model` in place to exactly one of target_params, target_macs, ratio, target_latency_ms
+    (one image at example_size on `threads` CPU threads). gradient_fn(model) fills .grad before
+    each step for an importance that needs gradients. Returns what was reached: params and MACs
+    (at example_size, the challenge resolution) before and after."""
+    if sum(x is not None for x in (target_params, target_macs, ratio, target_latency_ms)) != 1:
+        raise ValueError("give exactly one of --target-params, --target-macs, --ratio, --target-latency")
     if ratio is not None and not 0 < ratio < 1:
         raise ValueError(f"--ratio must be in (0, 1), got {ratio}")
     if IMPORTANCES[importance].needs_gradients and gradient_fn is None:
@@ -84,27 +114,88 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
             return False  # a ratio runs the whole schedule
         if target_params is not None:
             return challenge.count_params(model) <= target_params
+        if target_latency_ms is not None:
+            return search_latency(model, example_size, threads) <= target_latency_ms
         return tp.utils.count_ops_and_params(model, example)[0] <= target_macs
 
-    taken = 0
-    for _ in range(steps):
-        if reached():
-            break
-        if gradient_fn is not None:
-            model.zero_grad(set_to_none=True)
-            gradient_fn(model)
-        pruner.step()
-        taken += 1
-    model.zero_grad(set_to_none=True)
+    taken = _step_until(reached, pruner, model, steps, gradient_fn)
     model.train(was_training)
     macs1, _ = tp.utils.count_ops_and_params(model, example)
     report = {"params_before": params0, "params_after": challenge.count_params(model),
               "macs_before": int(macs0), "macs_after": int(macs1), "macs_at": example_size, "steps": taken,
-              "importance": importance}
+              "importance": importance, "round_to": round_to}
     if not (ratio is not None or reached()):
-        raise ValueError(f"pruning stopped at {report['params_after']:,} params / {report['macs_after']:,} MACs "
-                         f"after {steps} steps without reaching the target")
+        raise _unreached(model, report, target_latency_ms, threads)
     return report
+
+
+def _unreached(model: nn.Module, report: dict, target_latency_ms: float | None, threads: int) -> ValueError:
+    size = report["macs_at"]
+    if target_latency_ms is not None:  # the whole MAX_RATIO schedule ran: the model is at the floor
+        return ValueError(f"--target-latency {target_latency_ms:g}: unreachable; cutting every layer by "
+                          f"{MAX_RATIO:.0%} leaves {search_latency(model, size, threads):.1f} ms at {size}x{size}, "
+                          f"{threads} thread(s)")
+    return ValueError(f"pruning stopped at {report['params_after']:,} params / {report['macs_after']:,} MACs "
+                      f"after {report['steps']} steps without reaching the target")
+
+
+def search_latency(model: nn.Module, size: int, threads: int) -> float:
+    """The median latency (ms) a target search stops on; the model is left in its mode."""
+    was_training = model.training
+    try:
+        return measure_latency({"model": model}, size, threads, runs=SEARCH_RUNS)["model"]["median_ms"]
+    finally:
+        model.train(was_training)
+
+
+def prune_fastest_rounding(model: nn.Module, *, round_to: int | str = "auto", threads: int = 1,
+                           example_size: int = 512, **target) -> tuple[nn.Module, dict]:
+    """(pruned model, report) for one round_to, or for round_to="auto" the best of ROUND_TO:
+    each prunes its own copy of `model` to the target, the copies are timed interleaved, and
+    choose_rounding picks one. The report's "rounding" holds every candidate's size and
+    latency spread."""
+    if round_to != "auto":
+        if round_to not in ROUND_TO:
+            raise ValueError(f"--round-to {round_to}: choose from {', '.join(map(str, ROUND_TO))} or auto")
+        return model, prune_to_target(model, round_to=round_to, threads=threads, example_size=example_size, **target)
+    candidates, reports, failures = {}, {}, []
+    for r in ROUND_TO:
+        copy_ = copy.deepcopy(model)
+        try:
+            reports[r] = prune_to_target(copy_, round_to=r, threads=threads, example_size=example_size, **target)
+        except ValueError as e:  # coarse rounding can miss a target that finer rounding meets
+            failures.append(str(e))
+            continue
+        if target.get("ratio") is not None and reports[r]["params_after"] == reports[r]["params_before"]:
+            failures.append(f"--ratio {target['ratio']:g}: round_to {r} cuts nothing from these narrow layers")
+            del reports[r]
+            continue  # an uncut model is no answer to a ratio, however fast it times
+        candidates[r] = copy_
+    if not candidates:
+        raise ValueError(failures[0])
+    spreads = measure_latency({str(r): m for r, m in candidates.items()}, example_size, threads)
+    chosen = choose_rounding(reports, {r: spreads[str(r)] for r in candidates}, target)
+    rounding = {"threads": threads, "size": example_size, "chosen": chosen,
+                "candidates": {str(r): {"params": reports[r]["params_after"], "macs": reports[r]["macs_after"],
+                                        "latency": spreads[str(r)]} for r in candidates}}
+    return candidates[chosen], {**reports[chosen], "rounding": rounding}
+
+
+def choose_rounding(reports: dict[int, dict], spreads: dict[int, dict], target: dict) -> int:
+    """The round_to to keep, from each candidate's prune report and latency spread.
+
+    A latency target: the largest candidate that meets it. Any other: of the candidates that
+    land near the target (NEAR_TARGET of the closest one's size, in the target's measure),
+    the one the CPU runs fastest per MAC. Coarse rounding moves widths in big jumps and can
+    land far below a size target; plain "fastest" would reward that overshoot, whose lost
+    accuracy is not free, where the point of rounding is speed at the size asked for."""
+    if target.get("target_latency_ms") is not None:
+        meets = [r for r in reports if spreads[r]["median_ms"] <= target["target_latency_ms"]] or list(reports)
+        return max(meets, key=lambda r: reports[r]["params_after"])
+    measure = "macs_after" if target.get("target_macs") is not None else "params_after"
+    closest = max(reports[r][measure] for r in reports)
+    near = [r for r in reports if reports[r][measure] >= NEAR_TARGET * closest]
+    return min(near, key=lambda r: spreads[r]["median_ms"] / reports[r]["macs_after"])
 
 
 def rebuild(model: nn.Module) -> tuple[nn.Module, dict]:

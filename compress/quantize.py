@@ -1,10 +1,12 @@
 """`facekd quantize`: static int8 post-training quantization of a student, for the CPU.
 
 PyTorch 2.14 has moved PT2E quantization (prepare_pt2e with the x86 quantizer) out of
-torch into torchao, and without torch.compile its output runs reference quantize/dequantize
-ops rather than int8 kernels. FX graph mode with the x86 backend is still in torch, and
-runs fbgemm/oneDNN int8 convs directly: on the development machine it took the shipped
-student from 74 to 20 ms at one thread (fbgemm 29 ms, onednn 30 ms), so it is what we use.
+torch into torchao. FX graph mode with the x86 backend is still in torch and runs int8
+convs directly. Timed side by side at one thread on the development machine (the shipped
+student, 512²; docs/RESULTS.md): fp32 61.6 ms, FX x86 20.6 ms, PT2E (torchao 0.18) 91.6 ms
+as exported and 16.8 ms once compiled by inductor with freezing. PT2E's 18% would cost an
+extra dependency, a C++ compiler and 8 s of compiling at every load, and its compiled
+graph does not save as plain tensors; FX needs none of that, so it is what we use.
 
 Activation ranges are calibrated on training images, never val, which scores the result.
 A quantized checkpoint keeps the fp32 student's model_cfg and parameter count beside the
@@ -20,12 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from facekd.challenge import PARAM_LIMIT, count_params
 from facekd.checkpoint import load_checkpoint, save_checkpoint
 from facekd.data import load_split
 from facekd.evaluation import evaluate
 from facekd.files import check_output_file
 from facekd.inference import normalize
-from facekd.models import build_model, shippable_student
+from facekd.models import build_model, load_model
 from facekd.registry import CHECKPOINT_FORMATS
 
 BACKEND = "x86"
@@ -109,12 +112,14 @@ def quantize_checkpoint(checkpoint, out, data_root, n_images: int = CALIBRATION_
     if n_images < 1:
         raise ValueError(f"--calibration-images {n_images}: give at least one")
     ckpt = load_checkpoint(checkpoint)
-    if ckpt.get("quantized"):
-        raise ValueError(f"{checkpoint}: is already quantized")
-    model, n_params = shippable_student(ckpt, checkpoint)
+    model = load_model(ckpt, checkpoint, student_for="quantize")  # a teacher, or an int8 model, is refused by name
+    n_params = count_params(model)
+    if n_params >= PARAM_LIMIT:
+        raise ValueError(f"{checkpoint}: has {n_params:,} trainable parameters; the challenge needs fewer than "
+                         f"{PARAM_LIMIT:,} (prune it first)")
     calibration = calibration_batch(data_root, model.input_size, n_images)
     int8 = Int8Student(_fx_graph(model, calibration), ckpt["model_cfg"])
-    meta = {"model_cfg": dict(ckpt["model_cfg"]), "params": n_params, "source": str(checkpoint),
+    meta = {"model_cfg": dict(ckpt["model_cfg"]), "params": n_params, "source": str(checkpoint), "stage": "int8",
             "quantized": {"scheme": "static int8, FX graph mode", "backend": BACKEND,
                           "calibration": {"split": "train", "images": len(calibration), "data_root": str(data_root)}},
             **score_both(model, int8, data_root, flip_tta)}

@@ -5,10 +5,15 @@ sweep.json, so the cost of every size can be read off one table.
 Every target is checked before anything is written: it must lie below the student's own
 size and no lower than the floor a target search can reach (every layer cut by MAX_RATIO).
 A sub-run that finished is skipped, so `--resume` continues a killed sweep.
+
+Once every target is done, the student and every fine-tuned model are timed side by side
+(facekd.latency: interleaved rounds at 1 and 2 threads) and sweep.json gets each model's
+latency spread and the rank correlation of latency with MACs.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -23,22 +28,27 @@ from facekd import distributed
 from facekd.checkpoint import load_checkpoint
 from facekd.models import load_model
 from facekd.config import RunConfig
+from facekd.challenge import count_params
+from facekd.latency import latency_record, measure_latency, spearman
+from facekd.profile import count_macs
 from facekd.run_folder import removed_if_budget_refused, run_folder_lock
 
 # sweep kind -> prune_and_finetune's keyword for one target of that kind
-KINDS = {"params": "target_params", "macs": "target_macs", "ratio": "ratio"}
+KINDS = {"params": "target_params", "macs": "target_macs", "ratio": "ratio", "latency": "target_latency_ms"}
+FLAGS = {"params": "--target-params", "macs": "--target-macs", "ratio": "--ratio", "latency": "--target-latency"}
 
 
 def run_name(kind: str, value) -> str:
-    return f"{kind}_{value:g}" if kind == "ratio" else f"{kind}_{value}"
+    return f"{kind}_{value:g}" if isinstance(value, float) else f"{kind}_{value}"
 
 
-def check_targets(student_path, kind: str, targets: list) -> dict:
+def check_targets(student_path, kind: str, targets: list, threads: int = 1) -> dict:
     """The student's size and the smallest reachable size, {"student_size", "floor"} (empty
-    for ratios); a ValueError names the first target that is above the one or below the other."""
-    flag = "--ratio" if kind == "ratio" else f"--target-{kind}"
+    for ratios; for latency, both timed side by side at `threads`); a ValueError names the
+    first target that is above the one or below the other."""
     if kind not in KINDS:
         raise ValueError(f"unknown sweep kind {kind!r}; choose from {sorted(KINDS)}")
+    flag = FLAGS[kind]
     if not targets:
         raise ValueError(f"{flag}: give at least one target")
     twice = sorted({t for t in targets if targets.count(t) > 1})
@@ -52,9 +62,13 @@ def check_targets(student_path, kind: str, targets: list) -> dict:
         return {}
     # The target search runs the MAX_RATIO schedule and stops early; the widths each step
     # leaves do not depend on the importance, so the whole schedule gives the floor exactly.
+    student = copy.deepcopy(model)
     deepest = prune_to_target(model, ratio=MAX_RATIO)
     size = {"params": deepest["params_before"], "macs": deepest["macs_before"]}
     floor = {"params": deepest["params_after"], "macs": deepest["macs_after"]}
+    if kind == "latency":
+        timed = measure_latency({"student": student, "floor": model}, deepest["macs_at"], threads)
+        size["latency"], floor["latency"] = timed["student"]["median_ms"], timed["floor"]["median_ms"]
     for t in targets:
         if t >= size[kind]:
             raise ValueError(f"{flag} {t:,}: not below the student's own {size[kind]:,} {kind} ({student_path})")
@@ -75,14 +89,37 @@ def _finished(report_path: Path) -> dict | None:
 def _row(kind: str, value, run: Path, report: dict) -> dict:
     tuned = report["after_finetune"]
     return {"target": value, "run": run.name, "params": tuned["params"],
-            # MACs at the challenge's 512x512, as pruning counted them; latency at the
-            # resolution the model predicts at, which is what it costs when deployed
-            "macs": report["pruning"]["macs_after"], "latency_ms": tuned["latency_ms"], "latency_at": tuned["size"],
+            # MACs at the challenge's 512x512, as pruning counted them; latency there too,
+            # from the side-by-side timing once the whole sweep is done (time_sweep)
+            "macs": report["pruning"]["macs_after"], "round_to": report["pruning"]["round_to"],
             "val_fscore_pruned": report["after_pruning"]["val_fscore"], "val_fscore_finetuned": tuned["val_fscore"]}
 
 
+def _load(path):
+    return load_model(load_checkpoint(path), path)
+
+
+def time_sweep(record: dict, out: Path, student_path, macs_at: int) -> None:
+    """Time the student and every target's best.pt side by side; fill in each row's latency
+    (median at 1 thread in latency_ms, every spread in latency) and the Spearman correlation
+    of latency with MACs at each thread count, over the targets and the student."""
+    student = _load(student_path)
+    models = {"student": student, **{r["run"]: _load(out / r["run"] / "best.pt") for r in record["targets"]}}
+    timed = latency_record(models, macs_at)
+    record["student_params"], record["student_macs"] = count_params(student), count_macs(student, macs_at)
+    macs = {"student": record["student_macs"], **{r["run"]: r["macs"] for r in record["targets"]}}
+    for n, at in timed["threads"].items():
+        at["spearman_latency_macs"] = spearman([macs[m] for m in models],
+                                               [at["models"][m]["median_ms"] for m in models])
+    for r in record["targets"]:
+        r["latency"] = {n: at["models"][r["run"]] for n, at in timed["threads"].items()}
+        r["latency_ms"] = r["latency"]["1"]["median_ms"]
+    record["latency"] = timed
+
+
 def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: str, targets: list,
-          importance: str = "magnitude", resume: bool = False, progress: bool = True) -> dict:
+          importance: str = "magnitude", round_to: int | str = "auto", threads: int = 1, resume: bool = False,
+          progress: bool = True) -> dict:
     """Prune and fine-tune student_path to each target in out/<kind>_<target>; returns sweep.json's content."""
     if distributed.is_distributed():
         raise ValueError("facekd prune --sweep runs as one process; under torchrun, prune one target at a time")
@@ -95,7 +132,7 @@ def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: s
         if (previous["student"], previous["kind"]) != (str(student_path), kind):
             raise ValueError(f"{sweep_path}: is a sweep of {previous['kind']} from {previous['student']}, "
                              f"not of {kind} from {student_path}")
-    bounds = check_targets(student_path, kind, targets)
+    bounds = check_targets(student_path, kind, targets, threads)
     teacher, _ = load_teacher(teacher_path)  # an unsafe or foreign teacher is refused before any pruning
     distils = teacher is not None
     if cfg.distill_mode == "offline" and not cfg.soft_target_cache and distils:
@@ -109,28 +146,52 @@ def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: s
             # fill the cache before the first target, so that under --budget every target gets
             # the same time to fine-tune rather than the first paying for the teacher's pass
             offline_soft_targets(cfg, teacher, teacher_paths(teacher_path), data_root,
-                                 stored_size(cfg, load_model(load_checkpoint(student_path), student_path)), progress)
+                                 stored_size(cfg, _load(student_path)), progress)
         del teacher  # the targets load it again, each in its own run
-        # largest model first: the mildest cut, and the first row a reader compares with the student
-        for value in tqdm(sorted(targets, reverse=kind != "ratio"), desc="sweep", disable=not progress):
-            run = out / run_name(kind, value)
-            report = _finished(run / "prune_report.json") if resume else None
-            if report is not None:
-                tqdm.write(f"[sweep] {run.name}: done earlier, skipped")
-            else:
-                tqdm.write(f"[sweep] {run.name}: starting")
-                report = prune_and_finetune(cfg, data_root, run, student_path, teacher_path, importance=importance,
-                                            resume=resume, progress=progress, **{KINDS[kind]: value})["report"]
-            record["student_val_fscore"] = report["before"]["val_fscore"]
-            record["targets"].append(_row(kind, value, run, report))
-            sweep_path.write_text(json.dumps(record, indent=2) + "\n")  # after each target, for a sweep killed later
+        options = dict(importance=importance, round_to=round_to, threads=threads, resume=resume, progress=progress)
+        macs_at = _sweep_targets(cfg, data_root, out, student_path, teacher_path, kind, targets, record, options)
+        time_sweep(record, out, student_path, macs_at)
+        sweep_path.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
+def _sweep_targets(cfg: RunConfig, data_root, out: Path, student_path, teacher_path, kind: str, targets: list,
+                   record: dict, options: dict) -> int:
+    """Prune and fine-tune each target in turn, largest model first (the mildest cut, and the
+    first row a reader compares with the student), writing sweep.json after each; returns the
+    size MACs and latencies are taken at."""
+    for value in tqdm(sorted(targets, reverse=kind != "ratio"), desc="sweep", disable=not options["progress"]):
+        run = out / run_name(kind, value)
+        report = _finished(run / "prune_report.json") if options["resume"] else None
+        if report is not None:
+            tqdm.write(f"[sweep] {run.name}: done earlier, skipped")
+        else:
+            tqdm.write(f"[sweep] {run.name}: starting")
+            report = prune_and_finetune(cfg, data_root, run, student_path, teacher_path, **options,
+                                        **{KINDS[kind]: value})["report"]
+        record["student_val_fscore"] = report["before"]["val_fscore"]
+        record["targets"].append(_row(kind, value, run, report))
+        # after each target, for a sweep killed later
+        (out / "sweep.json").write_text(json.dumps(record, indent=2) + "\n")
+    return report["pruning"]["macs_at"]
+
 def format_table(record: dict) -> str:
     lines = [f"sweep of {record['kind']} from {record['student']} (val F {record['student_val_fscore']:.4f})",
-             f"{'run':<18} {'params':>10} {'MACs@512':>14} {'latency ms':>11} {'F pruned':>9} {'F tuned':>9}"]
-    for r in record["targets"]:
-        lines.append(f"{r['run']:<18} {r['params']:>10,} {r['macs']:>14,} {r['latency_ms']:>11.1f} "
-                     f"{r['val_fscore_pruned']:>9.4f} {r['val_fscore_finetuned']:>9.4f}")
+             f"{'run':<18} {'params':>10} {'MACs@512':>14} {'ms, 1 thread':>13} {'ms, 2 threads':>14} "
+             f"{'F pruned':>9} {'F tuned':>9}"]
+    timed = record["latency"]["threads"]
+    for name, r in [("student", None), *((r["run"], r) for r in record["targets"])]:
+        ms = [f"{timed[n]['models'][name]['median_ms']:.1f}±{_half_iqr(timed[n]['models'][name]):.1f}"
+              for n in ("1", "2")]
+        size = (r["params"], r["macs"]) if r else (record["student_params"], record["student_macs"])
+        scores = (r["val_fscore_pruned"], r["val_fscore_finetuned"]) if r else (record["student_val_fscore"],) * 2
+        lines.append(f"{name:<18} {size[0]:>10,} {size[1]:>14,} {ms[0]:>13} {ms[1]:>14} "
+                     f"{scores[0]:>9.4f} {scores[1]:>9.4f}")
+    lines.append("latency: median±half the IQR over " + f"{record['latency']['runs']} interleaved runs at 512x512; "
+                 + ", ".join(f"Spearman with MACs {timed[n]['spearman_latency_macs']:.2f} at {n} thread(s), matmul "
+                             f"{timed[n]['matmul_gflops']:.0f} GFLOP/s" for n in ("1", "2")))
     return "\n".join(lines)
+
+
+def _half_iqr(s: dict) -> float:
+    return (s["q3_ms"] - s["q1_ms"]) / 2

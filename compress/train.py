@@ -4,13 +4,14 @@ second half alone: it continues a trained student as it is."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
-from compress.prune import IMPORTANCES, prune_to_target, rebuild
+from compress.prune import IMPORTANCES, prune_fastest_rounding, rebuild
 from distill.teacher import load_teacher
 from distill.train import distill
 from facekd import distributed
@@ -20,6 +21,7 @@ from facekd.config import RunConfig
 from facekd.data import load_split
 from facekd.evaluation import evaluate
 from facekd.inference import normalize
+from facekd.latency import latency_record
 from facekd.models import build_model, load_model
 from facekd.profile import model_cost
 from facekd.run_folder import refuse_existing_run, removed_if_budget_refused, run_folder_lock
@@ -51,15 +53,20 @@ def measure(model, val, input_size: int, flip_tta: bool) -> dict:
 
 
 def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, *, target_params=None,
-                       target_macs=None, ratio=None, importance: str = "magnitude", resume: bool = False,
+                       target_macs=None, ratio=None, target_latency_ms=None, threads: int = 1,
+                       round_to: int | str = "auto", importance: str = "magnitude", resume: bool = False,
                        progress: bool = True) -> dict:
+    """Prune student_path to one target (latency: one 512x512 image on `threads` threads) in
+    out/pruned.pt, then fine-tune it in out; returns distill's result with the prune report."""
     budget = Budget.from_minutes(cfg.budget_minutes)  # pruning and its measurements count too
     out = Path(out)
     load_teacher(teacher_path)  # an unsafe, foreign or mis-sized teacher is refused before pruning, not after
     distributed.setup()  # under torchrun, for the barriers below
+    target = {"target_params": target_params, "target_macs": target_macs, "ratio": ratio,
+              "target_latency_ms": target_latency_ms}
+    how = {"importance": importance, "round_to": round_to, "threads": threads}
     with run_folder_lock(out, enabled=distributed.is_main()), removed_if_budget_refused(out):
-        model, model_cfg, report = _pruned_model(cfg, data_root, out, student_path, target_params, target_macs,
-                                                 ratio, importance, resume, progress)
+        model, model_cfg, report = _pruned_model(cfg, data_root, out, student_path, target, how, resume, progress)
         result = distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
                          model_cfg=model_cfg, stage="prune", budget=budget)
     report_path = out / "prune_report.json"
@@ -74,8 +81,8 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
     return {**result, "report": report}
 
 
-def _pruned_model(cfg: RunConfig, data_root, out: Path, student_path, target_params, target_macs, ratio,
-                  importance, resume, progress) -> tuple:
+def _pruned_model(cfg: RunConfig, data_root, out: Path, student_path, target: dict, how: dict, resume: bool,
+                  progress: bool) -> tuple:
     """(model, model_cfg, report): the student pruned here, or when resuming a run whose
     architecture was already cut, rebuilt from last.pt's plain config."""
     report_path = out / "prune_report.json"
@@ -88,7 +95,7 @@ def _pruned_model(cfg: RunConfig, data_root, out: Path, student_path, target_par
     # Taylor importance comes from gradients, which need not agree bit for bit across
     # GPUs, and one differing channel choice would give the ranks different models.
     if distributed.is_main():
-        pruned = _prune(cfg, data_root, out, student_path, target_params, target_macs, ratio, importance, progress)
+        pruned = _prune(cfg, data_root, out, student_path, target, how, progress)
     distributed.barrier()
     if distributed.is_main():
         return pruned
@@ -107,21 +114,24 @@ def finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, resume:
                    model_cfg=ckpt["model_cfg"], stage="finetune")
 
 
-def _prune(cfg: RunConfig, data_root, out: Path, student_path, target_params, target_macs, ratio, importance,
-           progress) -> tuple:
-    """Prune the student, save pruned.pt and prune_report.json; returns (model, model_cfg, report)."""
+def _prune(cfg: RunConfig, data_root, out: Path, student_path, target: dict, how: dict, progress: bool) -> tuple:
+    """Prune the student, save pruned.pt and prune_report.json; returns (model, model_cfg, report).
+    `how` holds the importance, the channel rounding and the thread count latencies are timed at."""
     ckpt = load_checkpoint(student_path)
-    model = load_model(ckpt, student_path, student_for="prune")
+    student = load_model(ckpt, student_path, student_for="prune")
     input_size = ckpt["model_cfg"]["input_size"]
     val = load_split(data_root, "val", None, progress=progress)
-    before = measure(model, val, input_size, cfg.flip_tta)
-    gradient_fn = taylor_gradients(data_root) if IMPORTANCES[importance].needs_gradients else None
-    pruning = prune_to_target(model, target_params=target_params, target_macs=target_macs, ratio=ratio,
-                              importance=importance, gradient_fn=gradient_fn)
+    before = measure(student, val, input_size, cfg.flip_tta)
+    gradient_fn = taylor_gradients(data_root) if IMPORTANCES[how["importance"]].needs_gradients else None
+    model, pruning = prune_fastest_rounding(copy.deepcopy(student), round_to=how["round_to"], threads=how["threads"],
+                                            importance=how["importance"], gradient_fn=gradient_fn, **target)
     model, model_cfg = rebuild(model)
     after = measure(model, val, input_size, cfg.flip_tta)
-    report = {"source": str(student_path), "target": {"params": target_params, "macs": target_macs,
-              "ratio": ratio}, "pruning": pruning, "before": before, "after_pruning": after}
+    report = {"source": str(student_path), "target": {"params": target["target_params"], "macs": target["target_macs"],
+              "ratio": target["ratio"], "latency_ms": target["target_latency_ms"], "threads": how["threads"]},
+              "pruning": pruning, "before": before, "after_pruning": after,
+              # the two timed side by side, at the challenge's 512x512 (MACs are counted there too)
+              "latency": latency_record({"before": student, "after_pruning": model}, pruning["macs_at"])}
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"model": model.state_dict(), "model_cfg": model_cfg, "stage": "pruned",
                      "val_fscore": after["val_fscore"], "params": after["params"]}, out / "pruned.pt")

@@ -72,17 +72,19 @@ def time_interleaved(calls: Mapping[str, Callable[[], object]], runs: int = RUNS
 
 
 @torch.no_grad()
-def measure_latency(models: Mapping[str, torch.nn.Module], size: int = 512, threads: int = 1,
+def measure_latency(models: Mapping[str, torch.nn.Module], size: int | Mapping[str, int] = 512, threads: int = 1,
                     runs: int = RUNS) -> dict[str, dict]:
     """{name: spread} of one forward pass of one size x size image (channels_last) on the CPU,
-    the models interleaved at `threads` threads. Models are put in eval mode."""
-    x = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last)
-    calls = {name: (lambda m=model.eval(): m(x)) for name, model in models.items()}
+    the models interleaved at `threads` threads; `size` may be one per model. Models are put
+    in eval mode."""
+    sizes = size if isinstance(size, Mapping) else {name: size for name in models}
+    images = {s: torch.randn(1, 3, s, s).contiguous(memory_format=torch.channels_last) for s in set(sizes.values())}
+    calls = {name: (lambda m=model.eval(), x=images[sizes[name]]: m(x)) for name, model in models.items()}
     with num_threads(threads):
         return {name: spread(t) for name, t in time_interleaved(calls, runs).items()}
 
 
-def latency_record(models: Mapping[str, torch.nn.Module], size: int = 512, threads=THREADS,
+def latency_record(models: Mapping[str, torch.nn.Module], size: int | Mapping[str, int] = 512, threads=THREADS,
                    runs: int = RUNS) -> dict:
     """What prune_report.json, sweep.json and the report store: each thread count's spreads
     and the matmul rate at that thread count, measured right after them."""
@@ -90,7 +92,8 @@ def latency_record(models: Mapping[str, torch.nn.Module], size: int = 512, threa
     for n in threads:
         by_model = measure_latency(models, size, n, runs)
         with num_threads(n):
-            record["threads"][str(n)] = {"matmul_gflops": matmul_gflops(), "models": by_model}
+            # 3 matmuls, not 10: the rate is steady, and tests record latencies too
+            record["threads"][str(n)] = {"matmul_gflops": matmul_gflops(repeats=3), "models": by_model}
     return record
 
 
@@ -106,6 +109,25 @@ def rank_groups(spreads: Mapping[str, dict]) -> dict[str, int]:
             ceiling = max(ceiling, s["q3_ms"])
         ranks[name] = rank
     return ranks
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation: Pearson's on the ranks, ties given their mean rank."""
+    def ranks(values):
+        order = sorted(range(len(values)), key=values.__getitem__)
+        r = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in order[i:j + 1]:
+                r[k] = (i + j) / 2 + 1
+            i = j + 1
+        return r
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise ValueError("rank correlation needs two equal-length lists of at least two values")
+    return statistics.correlation(ranks(xs), ranks(ys))
 
 
 def format_spread(s: dict) -> str:

@@ -128,3 +128,76 @@ def test_taylor_pruning_leaves_batchnorm_statistics_and_mode_untouched(mode, sam
         kept = torch.cat(kept)
         assert torch.equal(bn.running_mean, mean0[kept]) and torch.equal(bn.running_var, var0[kept]), name
         assert int(bn.num_batches_tracked) == 7, name
+
+
+def _macs_as_latency(monkeypatch):
+    """Latency checks answered by MACs (1 ms per MMAC), so target searches are deterministic."""
+    import compress.prune as prune
+    from facekd.profile import count_macs
+    monkeypatch.setattr(prune, "search_latency", lambda model, size, threads: count_macs(model, size) / 1e6)
+
+
+def test_latency_target_is_met_and_an_unreachable_one_is_named(monkeypatch):
+    from compress.prune import search_latency
+    _macs_as_latency(monkeypatch)
+    import compress.prune as prune
+    model = small_student("resfpn")
+    start = prune.search_latency(model, 64, 1)
+    report = prune_to_target(model, target_latency_ms=0.5 * start, example_size=64)
+    assert prune.search_latency(model, 64, 1) <= 0.5 * start and report["params_after"] < report["params_before"]
+    with pytest.raises(ValueError, match=r"--target-latency 0.001: unreachable; cutting every layer by 90% leaves"):
+        prune_to_target(small_student("resfpn"), target_latency_ms=0.001, example_size=64)
+    assert search_latency(small_student("resfpn"), 32, 1) > 0  # the real one times a forward pass
+
+
+def test_choose_rounding_by_latency_per_mac_near_the_target():
+    from compress.prune import choose_rounding
+    from facekd.latency import spread
+    reports = {8: {"params_after": 990, "macs_after": 100}, 16: {"params_after": 950, "macs_after": 96},
+               32: {"params_after": 600, "macs_after": 60}}
+    ms = {8: 50.0, 16: 40.0, 32: 20.0}
+    spreads = {r: spread([v] * 4) for r, v in ms.items()}
+    # 32 is fastest, even per MAC, but cut far past the size asked for; 16 is faster per MAC than 8
+    assert choose_rounding(reports, spreads, {"target_params": 1000}) == 16
+    assert choose_rounding(reports, spreads, {"target_macs": 100}) == 16
+    # a latency target keeps the largest model that meets it
+    assert choose_rounding(reports, spreads, {"target_latency_ms": 45.0}) == 16
+    assert choose_rounding(reports, spreads, {"target_latency_ms": 60.0}) == 8
+
+
+def test_round_to_auto_prunes_each_and_keeps_the_chosen():
+    import compress.prune as prune
+    from facekd.profile import count_macs
+    model = small_student("resfpn")
+    pruned, report = prune.prune_fastest_rounding(model, target_params=challenge.count_params(model) // 2,
+                                                  example_size=64)
+    rounding = report["rounding"]
+    assert rounding["chosen"] == report["round_to"] and set(rounding["candidates"]) <= {"8", "16", "32"}
+    assert challenge.count_params(pruned) == report["params_after"] <= challenge.count_params(model) // 2
+    assert count_macs(pruned, 64) == rounding["candidates"][str(report["round_to"])]["macs"]
+    assert rounding["candidates"][str(report["round_to"])]["latency"]["runs"] >= 20
+    with pytest.raises(ValueError, match="--round-to 12"):
+        prune.prune_fastest_rounding(small_student("resfpn"), round_to=12, ratio=0.5, example_size=64)
+
+
+def test_prune_refuses_an_unreachable_latency_and_writes_nothing(tmp_path, sample_root, capsys):
+    student = small_student("resfpn")
+    save_checkpoint({"model": student.state_dict(), "model_cfg": students.model_config(student),
+                     "stage": "distill", "val_fscore": 0.0}, tmp_path / "student.pt")
+    for extra in ([], ["--sweep"]):
+        out = tmp_path / f"pruned{len(extra)}"
+        assert main(["prune", "--student", str(tmp_path / "student.pt"), "--out", str(out), "--target-latency",
+                     "0.001", "--round-to", "8", *extra]) == 2
+        assert "--target-latency 0.001: unreachable; cutting every layer by 90% leaves" in capsys.readouterr().err
+        assert not out.exists()
+
+
+def test_sweep_checks_latency_targets_against_the_student_and_the_floor(tmp_path):
+    from compress.sweep import check_targets
+    student = small_student("resfpn")
+    path = tmp_path / "student.pt"
+    save_checkpoint({"model": student.state_dict(), "model_cfg": students.model_config(student)}, path)
+    with pytest.raises(ValueError, match="--target-latency 1,000,000.0: not below the student's own"):
+        check_targets(path, "latency", [1e6])
+    with pytest.raises(ValueError, match="--target-latency 0.001: unreachable; cutting every layer by 90%"):
+        check_targets(path, "latency", [0.001])

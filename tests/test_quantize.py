@@ -7,13 +7,12 @@ import torch
 
 from compress.quantize import Int8Student, calibration_batch, quantize_checkpoint
 from facekd.app.cli import main
-from facekd.models import load_model
+from facekd.models import load_model, named_config
 from facekd.app.predict import predict_paths
 from facekd.checkpoint import load_checkpoint
 from facekd.data import SAMPLE_DATA, load_split
 from facekd.inference import normalize
 from facekd.profile import model_cost
-from facekd.models import named_config
 from tests.test_export import make_checkpoint
 
 
@@ -64,7 +63,7 @@ def test_calibration_reads_train_never_val():
 def test_teacher_and_over_limit_models_are_refused_and_nothing_written(tmp_path, capsys):
     teacher = make_checkpoint(tmp_path / "teacher.pt", named_config("teacher_tiny", 64))
     wide = make_checkpoint(tmp_path / "wide.pt", named_config("resfpn_wide", 64))
-    for ckpt, says in ((teacher, "is a teacher"), (wide, "fewer than 1,821,085")):
+    for ckpt, says in ((teacher, "is a teacher checkpoint; quantize a student"), (wide, "fewer than 1,821,085")):
         out = tmp_path / f"{ckpt.stem}_int8.pt"
         assert main(["quantize", "--checkpoint", str(ckpt), "--out", str(out)]) == 2
         assert says in capsys.readouterr().err and not out.exists()
@@ -72,7 +71,15 @@ def test_teacher_and_over_limit_models_are_refused_and_nothing_written(tmp_path,
 
 def test_an_int8_checkpoint_is_neither_quantized_again_nor_pruned(tmp_path, int8_ckpt, capsys):
     assert main(["quantize", "--checkpoint", str(int8_ckpt), "--out", str(tmp_path / "again.pt")]) == 2
-    assert "already quantized" in capsys.readouterr().err and not (tmp_path / "again.pt").exists()
+    assert "is a quantized checkpoint; quantize its fp32 source" in capsys.readouterr().err
+    assert not (tmp_path / "again.pt").exists()
     with pytest.raises(ValueError, match="is a quantized checkpoint; prune its fp32 source"):
         load_model(load_checkpoint(int8_ckpt), int8_ckpt, student_for="prune")
     assert load_checkpoint(int8_ckpt)["params"] > 0
+
+
+def test_report_scores_and_times_an_int8_checkpoint_beside_its_fp32(tmp_path, tiny_ckpt, int8_ckpt):
+    from facekd.app.report import write_report
+    page = write_report([tiny_ckpt, int8_ckpt], tmp_path / "report", SAMPLE_DATA, progress=False).read_text()
+    assert f"{tmp_path.name}/int8.pt" in page and f"{tmp_path.name}/best.pt" in page
+    assert "speed rank" in page and "interquartile range" in page

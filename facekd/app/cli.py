@@ -87,16 +87,19 @@ def cmd_prune(args) -> int:
     from compress.sweep import KINDS, format_table, sweep
     from compress.train import prune_and_finetune
     kind, targets = next((k, v) for k, v in (("params", args.target_params), ("macs", args.target_macs),
-                                             ("ratio", args.ratio)) if v is not None)
+                                             ("ratio", args.ratio), ("latency", args.target_latency)) if v is not None)
+    speed = {"round_to": args.round_to, "threads": args.threads}
+    if args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: give at least 1")
     if args.sweep:
         record = sweep(_config("prune", args), _data_root(args), args.out, args.checkpoint, _teacher(args), kind=kind,
-                       targets=targets, importance=args.importance, resume=args.resume)
+                       targets=targets, importance=args.importance, resume=args.resume, **speed)
         print(format_table(record))
         return 0
     if len(targets) > 1:
         raise ValueError(f"{len(targets)} targets given; pass --sweep to prune to each of them")
     result = prune_and_finetune(_config("prune", args), _data_root(args), args.out, args.checkpoint, _teacher(args),
-                                importance=args.importance, resume=args.resume, **{KINDS[kind]: targets[0]})
+                                importance=args.importance, resume=args.resume, **speed, **{KINDS[kind]: targets[0]})
     print(json.dumps(result["report"], indent=2))
     return 0
 
@@ -273,9 +276,17 @@ def _add_training_parsers(sub) -> None:
     target.add_argument("--target-params", type=_number_list(int), help="prune until at most this many parameters")
     target.add_argument("--target-macs", type=_number_list(int), help="prune until at most this many MACs at 512x512")
     target.add_argument("--ratio", type=_number_list(float), help="channel pruning ratio per layer, in (0, 1)")
-    p.add_argument("--importance", default="magnitude", choices=["magnitude", "taylor"],
-                   help="how channels are ranked: weight magnitude, or first-order Taylor on a few training "
-                        "images (default: magnitude)")
+    target.add_argument("--target-latency", type=_number_list(float), metavar="MS",
+                        help="prune until one 512x512 image takes at most MS milliseconds on this machine's CPU, "
+                             "at --threads threads")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads a latency is timed at (default: 1)")
+    p.add_argument("--round-to", default="auto", type=lambda v: v if v == "auto" else int(v),
+                   help="round pruned channel counts to multiples of 8, 16 or 32; auto (default): prune with each "
+                        "and keep the fastest, timed side by side (for --target-latency: the largest that meets it)")
+    # no choices: the names are compress/prune.py's IMPORTANCES, which the CLI does not import before torch
+    p.add_argument("--importance", default="magnitude",
+                   help="how channels are ranked: magnitude (weight norm, the default), taylor (first-order "
+                        "Taylor on a few training images), or any importance registered in compress/prune.py")
     p.add_argument("--sweep", action="store_true",
                    help="prune to each of a comma-separated list of targets, one sub-run each, gathered in "
                         "OUT/sweep.json")
@@ -310,7 +321,8 @@ def _add_pipeline_parser(sub) -> None:
 def _add_inspection_parsers(sub) -> None:
     p = sub.add_parser("report", help="one offline HTML page comparing the models of any runs: Pareto front, "
                                       "per-class F1, confusion matrix, worst images, learning curves")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (teacher, distill, prune, sweep, pipeline)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (teacher, distill, prune, sweep, pipeline), "
+                                                          "or checkpoint files (an int8 model from facekd quantize)")
     p.add_argument("--out", required=True, help="folder for index.html and its figures")
     p.add_argument("--data", default=None, help="score every model on this root's val split (default: the one "
                                                 "the runs trained with, from their config.json)")

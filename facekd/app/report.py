@@ -32,6 +32,7 @@ from facekd.data import CachedSplit, load_split
 from facekd.evaluation import evaluate
 from facekd.labels import CLASS_NAMES, FLIP_PERMUTATION, PALETTE, colourise
 from facekd.metric import confusion_matrices, per_class_f1
+from facekd.latency import latency_record, rank_groups
 from facekd.profile import count_macs, model_cost
 
 MISSED_F1 = 0.5  # a class present in an image counts as missed there below this F1
@@ -50,7 +51,6 @@ class Entry:
     input_size: int
     params: int
     macs: int                         # at 512x512, the challenge's resolution
-    latency_ms: float                 # one image on the CPU, at the model's own input size
     fscore: float
     per_class: dict
     swap_rate: float
@@ -58,15 +58,26 @@ class Entry:
     records: list = field(default_factory=list)
     preds: torch.Tensor | None = None
     shipped: bool = False
+    model: torch.nn.Module | None = None  # kept until every model is timed side by side
+    latency: dict | None = None           # one image at 1 thread, at the model's own input size (facekd.latency)
+    latency_rank: int | None = None       # models whose spreads overlap share a rank
+
+    @property
+    def latency_ms(self) -> float:
+        return self.latency["median_ms"]
 
 
 def find_runs(run_dirs: Sequence[str | Path]) -> list[tuple[str, Path]]:
     """(label, run folder) for every best.pt in or below each given folder, labelled by its
-    path from that folder's name (pipe/teacher, sweep/params_1400000)."""
+    path from that folder's name (pipe/teacher, sweep/params_1400000). A checkpoint file given
+    itself (an int8 model from `facekd quantize`) is its own run, read from the folder it is in."""
     runs, taken = [], set()
     for top in map(Path, run_dirs):
+        if top.is_file():
+            runs.append((f"{top.resolve().parent.name}/{top.name}", top))
+            continue
         if not top.is_dir():
-            raise FileNotFoundError(f"{top}: not a folder")
+            raise FileNotFoundError(f"{top}: not a folder or a checkpoint file")
         found = sorted(p.parent for p in top.rglob("best.pt"))
         if not found:
             raise ValueError(f"{top}: holds no run (no best.pt in it or below it)")
@@ -81,6 +92,15 @@ def find_runs(run_dirs: Sequence[str | Path]) -> list[tuple[str, Path]]:
         if seen[label] > 1:
             runs[i] = (f"{label} ({seen[label]})", d)
     return runs
+
+
+def _folder(run: Path) -> Path:
+    """Where a run's config.json, metrics.jsonl and result.json are: the run, or the folder of a checkpoint file."""
+    return run.parent if run.is_file() else run
+
+
+def _checkpoint(run: Path) -> Path:
+    return run if run.is_file() else run / "best.pt"
 
 
 def read_metrics(path: Path) -> tuple[list[dict], str | None]:
@@ -119,7 +139,7 @@ def _val_root(runs: list[tuple[str, Path]], data_root) -> Path:
         return Path(data_root)
     roots: dict[Path, Path] = {}
     for _, run in runs:
-        config = run / "config.json"
+        config = _folder(run) / "config.json"
         if not config.is_file():
             raise FileNotFoundError(f"{config}: missing, so its val split is unknown; pass --data")
         root = _read_json(config).get("data_root")
@@ -143,9 +163,10 @@ def _shipped(top: Path) -> Path | None:
 
 
 def score_models(runs: list[tuple[str, Path]], run_dirs, data_root=None,
-                 progress: bool = True) -> tuple[list[Entry], list[str], Path, CachedSplit]:
-    """(entries, notes on skipped input, val root, val split): every model's cost and val scores."""
-    metrics = {d: read_metrics(d / "metrics.jsonl") for _, d in runs}
+                 progress: bool = True) -> tuple[list[Entry], list[str], Path, CachedSplit, dict]:
+    """(entries, notes on skipped input, val root, val split, latency record): every model's
+    cost and val scores, and its latency timed beside all the others."""
+    metrics = {d: read_metrics(_folder(d) / "metrics.jsonl") for _, d in runs}
     notes = [note for _, note in metrics.values() if note]
     root = _val_root(runs, data_root)
     val = load_split(root, "val", None, progress=progress)
@@ -153,9 +174,9 @@ def score_models(runs: list[tuple[str, Path]], run_dirs, data_root=None,
     device = distributed.pick_device()
     entries = []
     for label, run in tqdm(runs, desc="report: scoring models", disable=not progress):
-        ckpt = load_checkpoint(run / "best.pt")
-        model = load_model(ckpt, run / "best.pt").to(device)
-        result = run / "result.json"
+        ckpt = load_checkpoint(_checkpoint(run))
+        model = load_model(ckpt, _checkpoint(run)).to(device)
+        result = _folder(run) / "result.json"
         entries.append(_entry(label, run, model, ckpt.get("stage", "?"), ckpt["model_cfg"]["arch"],
                               is_teacher(ckpt["model_cfg"]), ckpt.get("config", {}).get("flip_tta", True), val,
                               train_seconds=_read_json(result).get("train_seconds") if result.is_file() else None,
@@ -165,18 +186,31 @@ def score_models(runs: list[tuple[str, Path]], run_dirs, data_root=None,
         entries.append(_entry(label, run, model, "ensemble", "ensemble", True, True, val))
     for note in notes:
         print(f"facekd report: warning: {note}", file=sys.stderr)
-    return entries, notes, root, val
+    timing = time_entries(entries)
+    return entries, notes, root, val, timing
 
 
 def _entry(label: str, run: Path, model, stage: str, arch: str, teacher: bool, flip_tta: bool, val: CachedSplit,
            train_seconds: float | None = None, **extra) -> Entry:
     """A model's Entry: its cost (latency at the input size it predicts at) and its val scores."""
     summary, preds = evaluate(model, val, model.input_size, flip_tta, return_preds=True)
-    cost = model_cost(model)
+    cost = model_cost(model, latency=False)
     return Entry(label=label, run_dir=run, stage=stage, arch=arch, teacher=teacher, input_size=model.input_size,
-                 params=cost["params"], macs=count_macs(model, 512), latency_ms=cost["latency_ms"],
-                 fscore=summary["fscore"], per_class=summary["per_class"],
-                 swap_rate=summary["left_right_swap_rate"], preds=preds, train_seconds=train_seconds, **extra)
+                 params=cost["params"], macs=count_macs(model, 512), fscore=summary["fscore"],
+                 per_class=summary["per_class"], swap_rate=summary["left_right_swap_rate"], preds=preds,
+                 train_seconds=train_seconds, model=model, **extra)
+
+
+def time_entries(entries: list[Entry]) -> dict:
+    """Time every model side by side at 1 thread, each at its own input size, on the CPU; set
+    each entry's latency spread and rank, and drop the model. Returns the latency record."""
+    record = latency_record({e.label: e.model.cpu() for e in entries}, {e.label: e.input_size for e in entries},
+                            threads=(1,))
+    spreads = record["threads"]["1"]["models"]
+    ranks = rank_groups(spreads)
+    for e in entries:
+        e.latency, e.latency_rank, e.model = spreads[e.label], ranks[e.label], None
+    return record
 
 
 def _ensembles(runs: list[tuple[str, Path]]) -> list[tuple[str, Path, list[str]]]:
@@ -184,7 +218,7 @@ def _ensembles(runs: list[tuple[str, Path]]) -> list[tuple[str, Path, list[str]]
     so that an ensemble, which no best.pt holds, is scored beside the students it taught."""
     found, seen = [], set()
     for label, run in runs:
-        config = run / "config.json"
+        config = _folder(run) / "config.json"
         teacher = _read_json(config).get("teacher") if config.is_file() else None
         if isinstance(teacher, list) and tuple(sorted(teacher)) not in seen:
             seen.add(tuple(sorted(teacher)))
@@ -391,10 +425,14 @@ def _models_table(entries: list[Entry]) -> str:
     for e in sorted(entries, key=lambda e: -e.fscore):
         flags = (" (shipped)" if e.shipped else "") + (" (over the limit)" if e.params >= PARAM_LIMIT else "")
         rows.append([html.escape(e.label) + flags, e.stage, e.arch, f"{e.params:,}", f"{e.macs / 1e9:.3f}",
-                     f"{e.latency_ms:.1f} @{e.input_size}", f"{e.fscore:.4f}",
+                     f"{_spread_cell(e.latency)} @{e.input_size}", str(e.latency_rank), f"{e.fscore:.4f}",
                      "—" if e.train_seconds is None else f"{e.train_seconds / 60:.1f}", html.escape(str(e.run_dir))])
-    return _table(["model", "stage", "arch", "params", "GMACs @512²", "CPU latency ms @input", "val F",
-                   "train loop min", "run"], rows, left=3)
+    return _table(["model", "stage", "arch", "params", "GMACs @512²", "CPU latency ms @input, 1 thread",
+                   "speed rank", "val F", "train loop min", "run"], rows, left=3)
+
+
+def _spread_cell(s: dict) -> str:
+    return f"{s['median_ms']:.1f} <small>[{s['q1_ms']:.1f}–{s['q3_ms']:.1f}]</small>"
 
 
 def _per_class_table(entries: list[Entry], classes: list[str]) -> str:
@@ -423,12 +461,13 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, data_root:
     runs = find_runs(run_dirs)
     if focus is not None and focus not in (labels := [label for label, _ in runs]):
         raise ValueError(f"--focus {focus!r}: no such model; choose from {', '.join(labels)}")
-    entries, notes, root, val = score_models(runs, run_dirs, data_root, progress)
+    entries, notes, root, val, timing = score_models(runs, run_dirs, data_root, progress)
     chosen = pick_focus(entries, focus)
     cm = confusion_matrices(chosen.preds, val.masks)
     f1, present = per_class_f1(cm)
     image_scores = (f1 * present).sum(1) / present.sum(1)  # the challenge's per-image score
-    sweeps = [(p, _read_json(p)) for top in map(Path, run_dirs) for p in sorted(top.rglob("sweep.json"))]
+    sweeps = [(p, _read_json(p)) for top in map(Path, run_dirs) if top.is_dir()
+              for p in sorted(top.rglob("sweep.json"))]
     classes = [c for c in CLASS_NAMES if any(c in e.per_class for e in entries)]
 
     # everything is read and scored: from here on, only writing
@@ -437,7 +476,10 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, data_root:
     parts = [f"<h1>facekd report</h1><p>{_counted(len(entries), 'model')} from "
              f"{_counted(len(run_dirs), 'run folder')}, each scored on "
              f"the {len(val)} masked val images of <code>{html.escape(str(root))}</code>; latency is one image on "
-             f"this machine's CPU at the model's input size.</p>"]
+             f"this machine's CPU at the model's input size and 1 thread, every model timed in the same "
+             f"{timing['runs']} interleaved rounds: median [interquartile range]. Models share a speed rank where "
+             f"their ranges overlap, since the timing cannot order them. The machine's fp32 matmul (2048³, 1 thread) "
+             f"ran at {timing['threads']['1']['matmul_gflops']:.1f} GFLOP/s.</p>"]
     if notes:
         parts.append('<section id="notes"><h2>Skipped input</h2>'
                      + "".join(f'<p class=note>{html.escape(n)}</p>' for n in notes) + "</section>")
@@ -474,10 +516,15 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, data_root:
     if sweeps:
         parts.append('<section id="sweeps"><h2>Pruning sweeps</h2>')
         for n, (path, sweep) in enumerate(sweeps):
-            rows = [[r["run"], f"{r['params']:,}", f"{r['macs'] / 1e9:.3f}", f"{r['latency_ms']:.1f}",
+            rows = [[r["run"], f"{r['params']:,}", f"{r['macs'] / 1e9:.3f}",
+                     *(_spread_cell(r["latency"][n]) for n in ("1", "2")),
                      f"{r['val_fscore_pruned']:.4f}", f"{r['val_fscore_finetuned']:.4f}"] for r in sweep["targets"]]
-            parts.append(f"<h3>{html.escape(str(path))}</h3>" + _table(
-                ["run", "params", "GMACs @512²", "CPU latency ms", "val F pruned", "val F fine-tuned"], rows)
+            rho = ", ".join(f"{at['spearman_latency_macs']:.2f} at {n} thread(s)"
+                            for n, at in sweep["latency"]["threads"].items())
+            parts.append(f"<h3>{html.escape(str(path))}</h3><p>Latency at 512², timed side by side with the student; "
+                         f"rank correlation with MACs: {rho}.</p>" + _table(
+                ["run", "params", "GMACs @512²", "ms, 1 thread", "ms, 2 threads", "val F pruned", "val F fine-tuned"],
+                rows)
                 + f'<img src="{draw_sweep(sweep, out / f"sweep_{n}.png")}" alt="sweep">')
         parts.append("</section>")
     page = (f'<!doctype html><html><head><meta charset="utf-8"><title>facekd report</title><style>{CSS}</style>'
