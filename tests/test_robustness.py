@@ -471,11 +471,12 @@ def test_a_pipeline_resumed_with_another_audit_setting_is_refused(tmp_path, caps
     import facekd.app.pipeline as pipeline
     out = tmp_path / "pipe"
     monkeypatch.setattr(pipeline.Pipeline, "run_stage", lambda self, name, checkpoint="best.pt": None)
-    assert main(["pipeline", "--no-audit", "--out", str(out)]) == 0
+    # --json: with no stage run there is no solution for the closing lines to name
+    assert main(["pipeline", "--no-audit", "--json", "--out", str(out)]) == 0
     capsys.readouterr()
     err = cli_error(capsys, "pipeline", "--resume", "--out", out)
     assert "was started without the label audit; resume it with --no-audit" in err
-    assert main(["pipeline", "--no-audit", "--resume", "--out", str(out)]) == 0
+    assert main(["pipeline", "--no-audit", "--resume", "--json", "--out", str(out)]) == 0
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, sample_root):

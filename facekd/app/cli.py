@@ -258,7 +258,7 @@ def _add_teacher_arg(p: argparse.ArgumentParser, default: str | None, default_me
 def _add_training_parsers(sub) -> None:
     p = sub.add_parser("train-teacher", help="train a teacher from scratch")
     _add_run_args(p, "runs/teacher")
-    p.set_defaults(func=cmd_train_teacher, teacher_default=None)
+    p.set_defaults(func=cmd_train_teacher)
 
     p = sub.add_parser("distill", help="train a student from a teacher's soft logits (or from scratch)")
     _add_run_args(p, "runs/student")
