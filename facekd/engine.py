@@ -17,6 +17,7 @@ rank 0 alone validates and writes the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -229,12 +230,31 @@ def check_finite(loop: Loop, loss: torch.Tensor) -> None:
                                  f"{float(loss.detach()):g}; training stopped ({kept}); lower lr or the loss weights")
 
 
+@contextlib.contextmanager
+def cleared_on_error(bar: tqdm):
+    """Close a progress bar, clearing it when an error ends its loop: a user's error is then
+    the last and only line, not one under a bar left standing."""
+    try:
+        yield bar
+    except BaseException:
+        bar.leave = False
+        raise
+    finally:
+        bar.close()
+
+
 def train_one_epoch(loop: Loop, data: CachedSplit, order: torch.Tensor, size: int) -> tuple[dict, int, bool]:
     """Steps over one shuffled epoch. Returns (summed loss terms, images seen, budget spent).
     Under a budget the epoch also ends early when the resolution phase changes."""
-    cfg, sums, seen, spent = loop.cfg, {}, 0, False
-    bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {loop.epoch} @{size}", leave=False,
+    bar = tqdm(range(0, len(order), loop.cfg.batch_size), desc=f"epoch {loop.epoch} @{size}", leave=False,
                disable=not loop.progress_bars)
+    with cleared_on_error(bar):
+        return _steps(loop, data, order, size, bar)
+
+
+def _steps(loop: Loop, data: CachedSplit, order: torch.Tensor, size: int, bar) -> tuple[dict, int, bool]:
+    """train_one_epoch's loop over the batches `bar` yields the start of."""
+    cfg, sums, seen, spent = loop.cfg, {}, 0, False
     for i in bar:
         idx = order[i:i + cfg.batch_size]
         if len(idx) < 2:  # BatchNorm cannot train on a batch of one (equal on all ranks)
@@ -309,7 +329,7 @@ def probe_budget(model: nn.Module, loss_fn: LossFn, cfg: RunConfig, data_root, b
             f"a budget of {budget.seconds / 60:g} min is too small for this run: decoding its {n_train + n_val} "
             f"images would take about {decode_s * (n_train + n_val):.0f} s, one step ({step_s:.2f} s) and one "
             f"validation about {val_s:.1f} s (measured on one batch, before decoding the rest); give at least "
-            f"{need / 60 * 1.5:.1f} min")
+            f"{need / 60 * 1.5:.2g} min")
 
 
 def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: bool, record: dict) -> None:
@@ -483,8 +503,16 @@ def _fit(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, extr
     if loop.finished:  # a budgeted run resumed after its end would otherwise spend its reserve again
         epochs = ()
     total = None if loop.budget else cfg.epochs
-    for epoch in tqdm(epochs, desc=f"{stage} epochs", disable=not loop.progress_bars, initial=loop.epoch + 1,
-                      total=total):
+    bar = tqdm(epochs, desc=f"{stage} epochs", disable=not loop.progress_bars, initial=loop.epoch + 1, total=total)
+    with cleared_on_error(bar):
+        _epochs(loop, bar, train_split, sampler)
+    return _finish(loop)
+
+
+def _epochs(loop: Loop, epochs, train_split, sampler) -> None:
+    """fit's loop over the epochs: train, then log, validate and save at each epoch's end."""
+    cfg = loop.cfg
+    for epoch in epochs:
         loop.epoch = epoch
         size = loop.size_now(epoch)
         data = train_split(size)
@@ -499,7 +527,6 @@ def _fit(model, model_cfg, loss_fn, cfg, run_dir, data_root, stage, resume, extr
         end_of_epoch(loop, size, sums, seen, elapsed, is_last)
         if is_last:
             break
-    return _finish(loop)
 
 
 def _finish(loop: Loop) -> dict:
