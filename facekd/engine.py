@@ -17,6 +17,7 @@ rank 0 alone validates and writes the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
@@ -140,12 +141,31 @@ def check_finite(loop: Loop, loss: torch.Tensor) -> None:
                                  f"{float(loss.detach()):g}; training stopped ({kept}); lower lr or the loss weights")
 
 
+@contextlib.contextmanager
+def cleared_on_error(bar: tqdm):
+    """Close a progress bar, clearing it when an error ends its loop: a user's error is then
+    the last and only line, not one under a bar left standing."""
+    try:
+        yield bar
+    except BaseException:
+        bar.leave = False
+        raise
+    finally:
+        bar.close()
+
+
 def train_one_epoch(loop: Loop, data: CachedSplit, order: torch.Tensor, size: int) -> tuple[dict, int, bool]:
     """Steps over one shuffled epoch. Returns (summed loss terms, images seen, budget spent).
     Under a budget the epoch also ends early when the resolution phase changes."""
-    cfg, sums, seen, spent = loop.cfg, {}, 0, False
-    bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {loop.epoch} @{size}", leave=False,
+    bar = tqdm(range(0, len(order), loop.cfg.batch_size), desc=f"epoch {loop.epoch} @{size}", leave=False,
                disable=not loop.progress_bars)
+    with cleared_on_error(bar):
+        return _steps(loop, data, order, size, bar)
+
+
+def _steps(loop: Loop, data: CachedSplit, order: torch.Tensor, size: int, bar) -> tuple[dict, int, bool]:
+    """train_one_epoch's loop over the batches `bar` yields the start of."""
+    cfg, sums, seen, spent = loop.cfg, {}, 0, False
     for i in bar:
         idx = order[i:i + cfg.batch_size]
         if len(idx) < 2:  # BatchNorm cannot train on a batch of one (equal on all ranks)
@@ -217,7 +237,7 @@ def probe_budget(model: nn.Module, loss_fn: LossFn, cfg: RunConfig, data_root, b
             f"a budget of {budget.seconds / 60:g} min is too small for this run: decoding its {n_train + n_val} "
             f"images would take about {decode_s * (n_train + n_val):.0f} s, one step ({step_s:.2f} s) and one "
             f"validation about {val_s:.1f} s (measured on one batch, before decoding the rest); give at least "
-            f"{need / 60 * 1.5:.1f} min")
+            f"{need / 60 * 1.5:.2g} min")
 
 
 def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: bool, record: dict) -> None:
@@ -373,23 +393,29 @@ def _train_epochs(loop: Loop, train_split: Callable, sampler) -> None:
     epochs = itertools.count(loop.epoch + 1) if loop.budget else range(loop.epoch + 1, cfg.epochs)
     if loop.finished:  # a budgeted run resumed after its end would otherwise spend its reserve again
         epochs = ()
-    for epoch in tqdm(epochs, desc=f"{loop.stage} epochs", disable=not loop.progress_bars, initial=loop.epoch + 1,
-                      total=None if loop.budget else cfg.epochs):
-        loop.epoch = epoch
-        size = loop.size_now(epoch)
-        data = train_split(size)
-        sampler.set_epoch(epoch)
-        loop.net.train()
-        t0 = time.time()
-        sums, seen, spent = train_one_epoch(loop, data, torch.tensor(list(sampler)), size)
-        elapsed = time.time() - t0
-        loop.train_seconds += elapsed
-        is_last = spent if loop.budget else epoch == cfg.epochs - 1
-        loop.finished = is_last
-        end_of_epoch(loop, size, sums, seen, elapsed, is_last)
-        if is_last:
-            break
+    bar = tqdm(epochs, desc=f"{loop.stage} epochs", disable=not loop.progress_bars, initial=loop.epoch + 1,
+               total=None if loop.budget else cfg.epochs)
+    with cleared_on_error(bar):
+        for epoch in bar:
+            if _run_epoch(loop, epoch, train_split, sampler):
+                break
 
+
+def _run_epoch(loop: Loop, epoch: int, train_split: Callable, sampler) -> bool:
+    """Train one epoch, then log, validate and save; returns whether it was the last."""
+    loop.epoch = epoch
+    size = loop.size_now(epoch)
+    data = train_split(size)
+    sampler.set_epoch(epoch)
+    loop.net.train()
+    t0 = time.time()
+    sums, seen, spent = train_one_epoch(loop, data, torch.tensor(list(sampler)), size)
+    elapsed = time.time() - t0
+    loop.train_seconds += elapsed
+    is_last = spent if loop.budget else epoch == loop.cfg.epochs - 1
+    loop.finished = is_last
+    end_of_epoch(loop, size, sums, seen, elapsed, is_last)
+    return is_last
 
 def _finish(loop: Loop) -> dict:
     distributed.dump_final_state(loop.model)
