@@ -50,16 +50,17 @@ def test_check_submission_takes_the_zip_as_an_option_too(tmp_path, capsys):
     assert "none.zip: no such file" in capsys.readouterr().err
 
 
-def test_the_teacher_flag_is_named_with_its_default(tmp_path, capsys, monkeypatch):
-    """Friction 3: "runs/teacher/best.pt: checkpoint not found" did not say that this is
-    --teacher's default, and --help did not show the default."""
-    monkeypatch.chdir(tmp_path)
-    assert main(["distill", "--out", "runs/x"]) == 2
-    err = capsys.readouterr().err
-    assert "--teacher runs/teacher/best.pt (its default): no such checkpoint" in err and "--teacher none" in err
-    for name in ("distill", "prune", "finetune", "pipeline"):
+def test_the_teacher_flag_has_one_meaning_and_one_default(tmp_path, capsys, monkeypatch):
+    """Friction 3 and issue 26: distill defaulted to runs/teacher/best.pt ("checkpoint not found"
+    on a fresh clone), prune and finetune to none. Now --teacher left out means labels alone
+    on every training command, and the pipeline's own teacher in the pipeline; --help says so."""
+    parser = build_parser()
+    for name in ("distill", "prune", "finetune"):
         teacher = next(a for a in subcommands()[name]._actions if a.dest == "teacher")
-        assert "(default: " in teacher.help and "'none'" in teacher.help, name
+        assert "(default: none, labels alone)" in teacher.help and "'none'" in teacher.help, name
+    pipeline = next(a for a in subcommands()["pipeline"]._actions if a.dest == "teacher")
+    assert "(default: train one" in pipeline.help
+    assert parser.parse_args(["distill"]).teacher is None
     assert main(["prune", "--checkpoint", "s.pt", "--ratio", "0.5", "--teacher", "gone.pt"]) == 2
     assert "--teacher gone.pt: no such checkpoint" in capsys.readouterr().err
 

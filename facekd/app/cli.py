@@ -41,16 +41,10 @@ def _config(stage: str, args, **extra):
                           **extra)
 
 
-def _teacher(args) -> list[str] | str | None:
-    """--teacher as the stages take it: the checkpoints given (several make an ensemble), or the
-    command's default when the flag is left out, which must then exist."""
-    if args.teacher:
-        return args.teacher
-    default = args.teacher_default
-    if default and not Path(default).is_file():
-        raise FileNotFoundError(f"--teacher {default} (its default): no such checkpoint; train one with "
-                                "`facekd train-teacher`, give --teacher PATH, or --teacher none for labels alone")
-    return default
+def _teacher(args) -> list[str] | None:
+    """--teacher as the stages take it: the checkpoints given (several make an ensemble), or None
+    when the flag is left out: labels alone, or for the pipeline a teacher it trains itself."""
+    return args.teacher or None
 
 
 def _data_root(args) -> Path:
@@ -250,9 +244,8 @@ TEACHER_HELP = ("a teacher's best.pt to distil from (repeat it for an ensemble),
                 "labels alone (default: {})")
 
 
-def _add_teacher_arg(p: argparse.ArgumentParser, default: str | None, default_means: str) -> None:
+def _add_teacher_arg(p: argparse.ArgumentParser, default_means: str = "none, labels alone") -> None:
     p.add_argument("--teacher", action="append", default=None, metavar="CKPT", help=TEACHER_HELP.format(default_means))
-    p.set_defaults(teacher_default=default)
 
 
 def _add_training_parsers(sub) -> None:
@@ -262,7 +255,7 @@ def _add_training_parsers(sub) -> None:
 
     p = sub.add_parser("distill", help="train a student from a teacher's soft logits (or from scratch)")
     _add_run_args(p, "runs/student")
-    _add_teacher_arg(p, "runs/teacher/best.pt", "runs/teacher/best.pt, what train-teacher writes")
+    _add_teacher_arg(p)
     p.add_argument("--arch", "--student", dest="arch", default=None, metavar="NAME",
                    help="the student architecture to train (default: the preset's)")
     p.set_defaults(func=cmd_distill)
@@ -271,7 +264,7 @@ def _add_training_parsers(sub) -> None:
     _add_run_args(p, "runs/pruned")
     p.add_argument("--checkpoint", "--student", dest="checkpoint", default="runs/student/best.pt", metavar="CKPT",
                    help="the student's best.pt to prune (default: runs/student/best.pt)")
-    _add_teacher_arg(p, None, "none, fine-tune from labels alone")
+    _add_teacher_arg(p)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-params", type=_number_list(int), help="prune until at most this many parameters")
     target.add_argument("--target-macs", type=_number_list(int), help="prune until at most this many MACs at 512x512")
@@ -296,7 +289,7 @@ def _add_training_parsers(sub) -> None:
     _add_run_args(p, "runs/finetuned")
     p.add_argument("--checkpoint", "--student", dest="checkpoint", default="runs/pruned/best.pt", metavar="CKPT",
                    help="the student's best.pt to continue (default: runs/pruned/best.pt)")
-    _add_teacher_arg(p, None, "none, labels alone")
+    _add_teacher_arg(p)
     p.set_defaults(func=cmd_finetune)
 
 
@@ -309,7 +302,7 @@ def _add_pipeline_parser(sub) -> None:
     p.add_argument("--prune-from", default="student", choices=["student", "wide"],
                    help="student (default): distil the preset's student, prune it by the preset's share; "
                         "wide: distil the over-limit resfpn_wide, prune it to just under the parameter limit")
-    _add_teacher_arg(p, None, "train one in the pipeline's teacher stage; a given teacher's cost is paid once "
+    _add_teacher_arg(p, "train one in the pipeline's teacher stage; a given teacher's cost is paid once "
                               "for many pipelines, and --budget goes to the student stages alone")
     p.add_argument("--finetune-kd", default="auto", choices=["auto", "always", "never"],
                    help="fine-tune the pruned student under the teacher: auto (default: only while the "
