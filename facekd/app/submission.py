@@ -128,33 +128,8 @@ def check_submission(zip_path: str | Path, images: str | Path | None = None) -> 
         report.faults += [f"{n}: backslash in member name; zip paths must use '/'" for n in names if "\\" in n]
         report.faults += _member_faults(zf.infolist())
         root = _root_prefix(names, report)
-
-        solution = f"{root}solution/"
-        if any(n.startswith(solution) for n in names):
-            report.faults += [f"solution/{f} is missing" for f in SOLUTION_FILES if solution + f not in names]
-        if solution + "ckpt.pth" in names:
-            try:
-                report.params = count_shipped_params(zf.read(solution + "ckpt.pth"))
-            except Exception as e:  # corrupt file, unknown arch, mismatched weights...
-                report.faults.append(f"solution/ckpt.pth: cannot rebuild the model ({type(e).__name__}: {e})")
-            else:
-                if report.params >= challenge.PARAM_LIMIT:
-                    report.faults.append(f"solution/ckpt.pth: {report.params:,} trainable parameters; the limit is "
-                                         f"fewer than {challenge.PARAM_LIMIT:,}")
-
-        masks = {}
-        mask_members = [n for n in names if n.startswith(f"{root}masks/")]
-        for n in mask_members:
-            rel = n[len(f"{root}masks/"):]
-            if "/" in rel or not rel.lower().endswith(".png"):
-                report.faults.append(f"masks/{rel}: masks/ must hold only <image stem>.png files, no subfolders")
-                continue
-            masks[PurePosixPath(rel).stem] = n
-            _check_mask(f"masks/{rel}", zf.read(n), report)
-        report.masks = len(masks)
-        if mask_members and not masks:
-            report.faults.append("masks/ holds no .png masks")
-
+        _check_solution(zf, names, f"{root}solution/", report)
+        masks = _check_masks(zf, names, f"{root}masks/", report)
     if images is not None:
         stems = {p.stem for p in list_images(images)}
         missing, extra = sorted(stems - masks.keys()), sorted(masks.keys() - stems)
@@ -163,6 +138,39 @@ def check_submission(zip_path: str | Path, images: str | Path | None = None) -> 
         if extra:
             report.faults.append(f"{len(extra)} mask(s) match no image: {name_some([s + '.png' for s in extra])}")
     return report
+
+
+def _check_solution(zf: zipfile.ZipFile, names: list[str], solution: str, report: CheckReport) -> None:
+    """The solution/ folder's files, and its model rebuilt and counted as the challenge counts it."""
+    if any(n.startswith(solution) for n in names):
+        report.faults += [f"solution/{f} is missing" for f in SOLUTION_FILES if solution + f not in names]
+    if solution + "ckpt.pth" not in names:
+        return
+    try:
+        report.params = count_shipped_params(zf.read(solution + "ckpt.pth"))
+    except Exception as e:  # corrupt file, unknown arch, mismatched weights...
+        report.faults.append(f"solution/ckpt.pth: cannot rebuild the model ({type(e).__name__}: {e})")
+        return
+    if report.params >= challenge.PARAM_LIMIT:
+        report.faults.append(f"solution/ckpt.pth: {report.params:,} trainable parameters; the limit is "
+                             f"fewer than {challenge.PARAM_LIMIT:,}")
+
+
+def _check_masks(zf: zipfile.ZipFile, names: list[str], prefix: str, report: CheckReport) -> dict[str, str]:
+    """Each mask under masks/ checked; returns {image stem: member name}."""
+    masks = {}
+    mask_members = [n for n in names if n.startswith(prefix)]
+    for n in mask_members:
+        rel = n[len(prefix):]
+        if "/" in rel or not rel.lower().endswith(".png"):
+            report.faults.append(f"masks/{rel}: masks/ must hold only <image stem>.png files, no subfolders")
+            continue
+        masks[PurePosixPath(rel).stem] = n
+        _check_mask(f"masks/{rel}", zf.read(n), report)
+    report.masks = len(masks)
+    if mask_members and not masks:
+        report.faults.append("masks/ holds no .png masks")
+    return masks
 
 
 def predict_with_solution(solution: Path, images: Path, masks_dir: Path, flip_tta: bool = True) -> int:
