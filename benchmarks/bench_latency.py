@@ -17,7 +17,10 @@ import json
 from pathlib import Path
 
 from compress.prune import prune_fastest_rounding
-from facekd.app.models import load_model
+import compress.quantize  # noqa: F401  (registers the int8 checkpoint format)
+import students  # noqa: F401  (fills the registry load_model builds from)
+from facekd.checkpoint import load_checkpoint
+from facekd.models import load_model
 from facekd.latency import RUNS, format_spread, latency_record, rank_groups, spearman
 from facekd.profile import model_cost
 
@@ -25,11 +28,11 @@ from facekd.profile import model_cost
 def gather(weights: list[str], prune_from: str | None, prune_to: list[int], size: int) -> tuple[dict, list]:
     """({label: model} for the checkpoints, --prune-from and its pruned copies; the labels of
     the pruned family, the source first)."""
-    models = {w: load_model(w)[0] for w in weights}
+    models = {w: load_model(load_checkpoint(w), w) for w in weights}
     if not prune_to:
         return models, []
     source = prune_from or weights[0]
-    models.setdefault(source, load_model(source)[0])
+    models.setdefault(source, load_model(load_checkpoint(source), source))
     family = [source]
     for target in prune_to:
         pruned, report = prune_fastest_rounding(copy.deepcopy(models[source]), target_params=target, example_size=size)

@@ -90,9 +90,9 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
                     importance: str = "magnitude", steps: int = 64, round_to: int = 8, example_size: int = 512,
                     gradient_fn: Callable[[nn.Module], None] | None = None) -> dict:
     """Prune `model` in place to exactly one of target_params, target_macs, ratio, target_latency_ms
-    (one image at example_size on `threads` CPU threads). gradient_fn(model) fills .grad before
-    each step for an importance that needs gradients. Returns what was reached: params and MACs
-    (at example_size, the challenge resolution) before and after."""
+    (one image at the model's input size, as it predicts, on `threads` CPU threads). gradient_fn(model)
+    fills .grad before each step for an importance that needs gradients. Returns what was reached:
+    params and MACs (at example_size, the challenge resolution) before and after."""
     if sum(x is not None for x in (target_params, target_macs, ratio, target_latency_ms)) != 1:
         raise ValueError("give exactly one of --target-params, --target-macs, --ratio, --target-latency")
     if ratio is not None and not 0 < ratio < 1:
@@ -102,6 +102,7 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
     model = model.cpu().to(memory_format=torch.contiguous_format)
     was_training = model.training  # torch-pruning's graph tracing leaves the model in eval()
     example = torch.randn(1, 3, example_size, example_size)
+    latency_size = getattr(model, "input_size", example_size)
     macs0 = tp.utils.count_ops_and_params(model, example)[0]
     params0 = challenge.count_params(model)  # trainable ones, as the challenge counts
     pruner = tp.pruner.BasePruner(
@@ -115,7 +116,7 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
         if target_params is not None:
             return challenge.count_params(model) <= target_params
         if target_latency_ms is not None:
-            return search_latency(model, example_size, threads) <= target_latency_ms
+            return search_latency(model, latency_size, threads) <= target_latency_ms
         return tp.utils.count_ops_and_params(model, example)[0] <= target_macs
 
     taken = _step_until(reached, pruner, model, steps, gradient_fn)
@@ -123,6 +124,7 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
     macs1, _ = tp.utils.count_ops_and_params(model, example)
     report = {"params_before": params0, "params_after": challenge.count_params(model),
               "macs_before": int(macs0), "macs_after": int(macs1), "macs_at": example_size, "steps": taken,
+              "latency_at": latency_size,
               "importance": importance, "round_to": round_to}
     if not (ratio is not None or reached()):
         raise _unreached(model, report, target_latency_ms, threads)
@@ -130,7 +132,7 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
 
 
 def _unreached(model: nn.Module, report: dict, target_latency_ms: float | None, threads: int) -> ValueError:
-    size = report["macs_at"]
+    size = report["latency_at"]
     if target_latency_ms is not None:  # the whole MAX_RATIO schedule ran: the model is at the floor
         return ValueError(f"--target-latency {target_latency_ms:g}: unreachable; cutting every layer by "
                           f"{MAX_RATIO:.0%} leaves {search_latency(model, size, threads):.1f} ms at {size}x{size}, "
@@ -173,9 +175,10 @@ def prune_fastest_rounding(model: nn.Module, *, round_to: int | str = "auto", th
         candidates[r] = copy_
     if not candidates:
         raise ValueError(failures[0])
-    spreads = measure_latency({str(r): m for r, m in candidates.items()}, example_size, threads)
+    latency_size = getattr(model, "input_size", example_size)
+    spreads = measure_latency({str(r): m for r, m in candidates.items()}, latency_size, threads)
     chosen = choose_rounding(reports, {r: spreads[str(r)] for r in candidates}, target)
-    rounding = {"threads": threads, "size": example_size, "chosen": chosen,
+    rounding = {"threads": threads, "size": latency_size, "chosen": chosen,
                 "candidates": {str(r): {"params": reports[r]["params_after"], "macs": reports[r]["macs_after"],
                                         "latency": spreads[str(r)]} for r in candidates}}
     return candidates[chosen], {**reports[chosen], "rounding": rounding}

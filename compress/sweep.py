@@ -27,8 +27,8 @@ from distill.teacher import load_teacher, teacher_paths, teacher_record
 from facekd import distributed
 from facekd.checkpoint import load_checkpoint
 from facekd.models import load_model
-from facekd.config import RunConfig
 from facekd.challenge import count_params
+from facekd.config import RunConfig
 from facekd.latency import latency_record, measure_latency, spearman
 from facekd.profile import count_macs
 from facekd.run_folder import removed_if_budget_refused, run_folder_lock
@@ -67,7 +67,7 @@ def check_targets(student_path, kind: str, targets: list, threads: int = 1) -> d
     size = {"params": deepest["params_before"], "macs": deepest["macs_before"]}
     floor = {"params": deepest["params_after"], "macs": deepest["macs_after"]}
     if kind == "latency":
-        timed = measure_latency({"student": student, "floor": model}, deepest["macs_at"], threads)
+        timed = measure_latency({"student": student, "floor": model}, deepest["latency_at"], threads)
         size["latency"], floor["latency"] = timed["student"]["median_ms"], timed["floor"]["median_ms"]
     for t in targets:
         if t >= size[kind]:
@@ -89,8 +89,8 @@ def _finished(report_path: Path) -> dict | None:
 def _row(kind: str, value, run: Path, report: dict) -> dict:
     tuned = report["after_finetune"]
     return {"target": value, "run": run.name, "params": tuned["params"],
-            # MACs at the challenge's 512x512, as pruning counted them; latency there too,
-            # from the side-by-side timing once the whole sweep is done (time_sweep)
+            # MACs at the challenge's 512x512, as pruning counted them; latency at the input
+            # size, from the side-by-side timing once the whole sweep is done (time_sweep)
             "macs": report["pruning"]["macs_after"], "round_to": report["pruning"]["round_to"],
             "val_fscore_pruned": report["after_pruning"]["val_fscore"], "val_fscore_finetuned": tuned["val_fscore"]}
 
@@ -100,12 +100,13 @@ def _load(path):
 
 
 def time_sweep(record: dict, out: Path, student_path, macs_at: int) -> None:
-    """Time the student and every target's best.pt side by side; fill in each row's latency
-    (median at 1 thread in latency_ms, every spread in latency) and the Spearman correlation
-    of latency with MACs at each thread count, over the targets and the student."""
+    """Time the student and every target's best.pt side by side, at the student's input size;
+    fill in each row's latency (median at 1 thread in latency_ms, every spread in latency) and
+    the Spearman correlation of latency with MACs (at macs_at) at each thread count, over the
+    targets and the student."""
     student = _load(student_path)
     models = {"student": student, **{r["run"]: _load(out / r["run"] / "best.pt") for r in record["targets"]}}
-    timed = latency_record(models, macs_at)
+    timed = latency_record(models, student.input_size)
     record["student_params"], record["student_macs"] = count_params(student), count_macs(student, macs_at)
     macs = {"student": record["student_macs"], **{r["run"]: r["macs"] for r in record["targets"]}}
     for n, at in timed["threads"].items():
@@ -187,7 +188,8 @@ def format_table(record: dict) -> str:
         scores = (r["val_fscore_pruned"], r["val_fscore_finetuned"]) if r else (record["student_val_fscore"],) * 2
         lines.append(f"{name:<18} {size[0]:>10,} {size[1]:>14,} {ms[0]:>13} {ms[1]:>14} "
                      f"{scores[0]:>9.4f} {scores[1]:>9.4f}")
-    lines.append("latency: median±half the IQR over " + f"{record['latency']['runs']} interleaved runs at 512x512; "
+    size = record["latency"]["size"]
+    lines.append(f"latency: median±half the IQR over {record['latency']['runs']} interleaved runs at {size}x{size}; "
                  + ", ".join(f"Spearman with MACs {timed[n]['spearman_latency_macs']:.2f} at {n} thread(s), matmul "
                              f"{timed[n]['matmul_gflops']:.0f} GFLOP/s" for n in ("1", "2")))
     return "\n".join(lines)

@@ -56,7 +56,7 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
                        target_macs=None, ratio=None, target_latency_ms=None, threads: int = 1,
                        round_to: int | str = "auto", importance: str = "magnitude", resume: bool = False,
                        progress: bool = True) -> dict:
-    """Prune student_path to one target (latency: one 512x512 image on `threads` threads) in
+    """Prune student_path to one target (latency: one image at its input size on `threads` threads) in
     out/pruned.pt, then fine-tune it in out; returns distill's result with the prune report."""
     budget = Budget.from_minutes(cfg.budget_minutes)  # pruning and its measurements count too
     out = Path(out)
@@ -130,8 +130,8 @@ def _prune(cfg: RunConfig, data_root, out: Path, student_path, target: dict, how
     report = {"source": str(student_path), "target": {"params": target["target_params"], "macs": target["target_macs"],
               "ratio": target["ratio"], "latency_ms": target["target_latency_ms"], "threads": how["threads"]},
               "pruning": pruning, "before": before, "after_pruning": after,
-              # the two timed side by side, at the challenge's 512x512 (MACs are counted there too)
-              "latency": latency_record({"before": student, "after_pruning": model}, pruning["macs_at"])}
+              # the two timed side by side, at the input size the student predicts at
+              "latency": latency_record({"before": student, "after_pruning": model}, input_size)}
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"model": model.state_dict(), "model_cfg": model_cfg, "stage": "pruned",
                      "val_fscore": after["val_fscore"], "params": after["params"]}, out / "pruned.pt")

@@ -57,7 +57,8 @@ with zipfile.ZipFile(T / "backslash.zip", "w") as zf:
 # holding a user's own run files, zips with a name stored twice or the code-running ckpt.pth,
 # and 40 images that a zip has no masks for
 sys.path.insert(0, str(REPO))
-from facekd.app.models import build_model, named_config
+import students  # noqa: F401
+from facekd.models import build_model, named_config
 from facekd.checkpoint import save_checkpoint
 tiny_cfg = named_config("tiny", 64)
 save_checkpoint({"model": build_model(tiny_cfg).state_dict(), "model_cfg": tiny_cfg, "stage": "distill"},

@@ -270,8 +270,8 @@ def _add_training_parsers(sub) -> None:
     target.add_argument("--target-macs", type=_number_list(int), help="prune until at most this many MACs at 512x512")
     target.add_argument("--ratio", type=_number_list(float), help="channel pruning ratio per layer, in (0, 1)")
     target.add_argument("--target-latency", type=_number_list(float), metavar="MS",
-                        help="prune until one 512x512 image takes at most MS milliseconds on this machine's CPU, "
-                             "at --threads threads")
+                        help="prune until one image at the student's input size takes at most MS milliseconds on "
+                             "this machine's CPU, at --threads threads")
     p.add_argument("--threads", type=int, default=1, help="CPU threads a latency is timed at (default: 1)")
     p.add_argument("--round-to", default="auto", type=lambda v: v if v == "auto" else int(v),
                    help="round pruned channel counts to multiples of 8, 16 or 32; auto (default): prune with each "

@@ -42,6 +42,7 @@ from facekd.budget import Budget, BudgetError
 from facekd.challenge import PARAM_LIMIT
 from facekd.config import resolve_config
 from facekd.inference import list_images
+from facekd.latency import RUNS, WARMUP
 from facekd.app.export import export
 from facekd.checkpoint import load_checkpoint
 from facekd.models import load_model
@@ -91,19 +92,28 @@ def finetune_under_teacher(policy: str, teacher_fscore: float | None, student_fs
     return teacher_fscore is None or student_fscore is None or teacher_fscore > student_fscore
 
 
+# The report's 2048^3 matmul rate: three matmuls, about 2 s on one busy core of the development machine.
+MATMUL_SECONDS = 3.0
+
+
 def _tail_seconds(images, data_root, stages: dict, report_scores_teacher: bool) -> float:
     """What follows the last training stage will cost: run.py predicting the test images
     with the student (two passes each with flip TTA, plus decoding and writing), and the
-    report scoring every model in the run folder on val: student, pruned student, and the
-    teacher when this pipeline trained it. Each model is priced from its own measured
-    latency once it exists (the pruned one as the student), so the estimate follows the
-    machine and a slow teacher does not push the pipeline past its budget."""
+    report scoring every model in the run folder on val, then timing them side by side
+    (facekd.latency: a warm-up and RUNS forward passes each, and a matmul rate): student,
+    pruned student, and the teacher when this pipeline trained it. Each model is priced from
+    its own measured latency once it exists (the pruned one as the student), so the estimate
+    follows the machine and a slow teacher does not push the pipeline past its budget."""
+    def latency_s(stage: str) -> float:
+        return stages.get(stage, {}).get("latency_ms", 30.0) / 1000
+
     def seconds_per_image(stage: str) -> float:
-        return 2 * stages.get(stage, {}).get("latency_ms", 30.0) / 1000 + 0.03
+        return 2 * latency_s(stage) + 0.03
 
     n_val = len(list((Path(data_root) / "val" / "masks").glob("*.png")))
     scored = ["student", "student"] + (["teacher"] if report_scores_teacher else [])
-    return (10.0 + len(list_images(images)) * seconds_per_image("student")
+    timing = MATMUL_SECONDS + sum((WARMUP + RUNS) * latency_s(stage) for stage in scored)
+    return (10.0 + timing + len(list_images(images)) * seconds_per_image("student")
             + n_val * sum(seconds_per_image(stage) for stage in scored))
 
 
@@ -219,9 +229,12 @@ class Pipeline:
                   else int(self.stages["student"]["params"] * PRUNE_KEEP[self.preset]))
         with_teacher = finetune_under_teacher(self.finetune_kd, self.stages["teacher"].get("val_fscore"),
                                               self.stages["student"].get("val_fscore"))
+        # round_to 8, not auto: pruning three times and timing the results costs a short budgeted
+        # stage much of its fine-tuning (12 s of the smoke pipeline's 12); prune the result for speed
+        # afterwards with `facekd prune --round-to auto` if latency matters
         result = prune_and_finetune(cfg, self.data_root, self.out / "pruned", self.out / "student" / "best.pt",
                                     self.teacher_checkpoints if with_teacher else None, target_params=target,
-                                    resume=self.resume, progress=self.progress)
+                                    round_to=8, resume=self.resume, progress=self.progress)
         return {"target_params": target, "finetune_kd": with_teacher, "pruning": result["report"]["pruning"],
                 **_trained(result, planned)}
 
@@ -335,8 +348,8 @@ def closing_lines(summary: dict, out, on_sample: bool) -> list[str]:
              f"  solution/          the {shipped} model, {stages[shipped]['params']:,} params "
              f"(python {out / 'solution' / 'run.py'} --input IMAGES --output MASKS)",
              f"  submission.zip     masks for {stages['package']['masks']} images + solution/, checked",
-             f"  report/index.html  every model compared, open it in a browser",
-             f"  summary.json       each stage's time, epochs and scores"]
+             "  report/index.html  every model compared, open it in a browser",
+             "  summary.json       each stage's time, epochs and scores"]
     lines += [f"skipped the {name} stage: {info['skipped']}" for name, info in stages.items() if "skipped" in info]
     score = stages[shipped].get("val_fscore")
     lines.append("shipped val F-score: " + ("n/a" if score is None else f"{score:.4f}"))

@@ -31,8 +31,8 @@ from facekd.challenge import PARAM_LIMIT
 from facekd.data import CachedSplit, load_split
 from facekd.evaluation import evaluate
 from facekd.labels import CLASS_NAMES, FLIP_PERMUTATION, PALETTE, colourise
-from facekd.metric import confusion_matrices, per_class_f1
 from facekd.latency import latency_record, rank_groups
+from facekd.metric import confusion_matrices, per_class_f1
 from facekd.profile import count_macs, model_cost
 
 MISSED_F1 = 0.5  # a class present in an image counts as missed there below this F1
@@ -192,7 +192,8 @@ def score_models(runs: list[tuple[str, Path]], run_dirs, data_root=None,
 
 def _entry(label: str, run: Path, model, stage: str, arch: str, teacher: bool, flip_tta: bool, val: CachedSplit,
            train_seconds: float | None = None, **extra) -> Entry:
-    """A model's Entry: its cost (latency at the input size it predicts at) and its val scores."""
+    """A model's Entry: its size and its val scores; time_entries adds its latency once every
+    model is loaded."""
     summary, preds = evaluate(model, val, model.input_size, flip_tta, return_preds=True)
     cost = model_cost(model, latency=False)
     return Entry(label=label, run_dir=run, stage=stage, arch=arch, teacher=teacher, input_size=model.input_size,
