@@ -453,6 +453,67 @@ def _legend() -> str:
     return "".join(spans)
 
 
+def _header(entries: list[Entry], run_dirs, val: CachedSplit, root: Path, timing: dict) -> str:
+    """The page's title and what it measured how."""
+    return (f"<h1>facekd report</h1><p>{_counted(len(entries), 'model')} from "
+            f"{_counted(len(run_dirs), 'run folder')}, each scored on "
+            f"the {len(val)} masked val images of <code>{html.escape(str(root))}</code>; latency is one image on "
+            f"this machine's CPU at the model's input size and 1 thread, every model timed in the same "
+            f"{timing['runs']} interleaved rounds: median [interquartile range]. Models share a speed rank where "
+            f"their ranges overlap, since the timing cannot order them. The machine's fp32 matmul (2048³, 1 thread) "
+            f"ran at {timing['threads']['1']['matmul_gflops']:.1f} GFLOP/s.</p>")
+
+
+def _worst_section(chosen: Entry, val: CachedSplit, f1: torch.Tensor, present: torch.Tensor, worst: int,
+                   out: Path) -> str:
+    """The `worst` val images of the chosen model, each as a strip, with the classes it missed."""
+    image_scores = (f1 * present).sum(1) / present.sum(1)  # the challenge's per-image score
+    rows = []
+    for rank, i in enumerate(image_scores.argsort()[:worst].tolist(), 1):
+        name = f"worst/{rank:02d}.png"
+        worst_strip(val.images[i], val.masks[i].long(), chosen.preds[i].long()).save(out / name)
+        missed = sorted((float(f1[i, c]), CLASS_NAMES[c]) for c in range(len(CLASS_NAMES))
+                        if present[i, c] and f1[i, c] < MISSED_F1)
+        rows.append(f'<tr><td class=l><b>{html.escape(val.stems[i])}</b><br>F {float(image_scores[i]):.4f}<br>'
+                    f'missed: {", ".join(f"{n} {s:.2f}" for s, n in missed) or "none"}</td>'
+                    f'<td><img src="{name}" alt="{html.escape(val.stems[i])}"></td></tr>')
+    return (f'<section id="worst"><h2>The {len(rows)} worst val images of {html.escape(chosen.label)}</h2>'
+            f'<p>image, ground truth, prediction, errors in red; "missed": classes in the image with F1 under '
+            f'{MISSED_F1}.</p><p>{_legend()}</p><table>{"".join(rows)}</table></section>')
+
+
+def _curves_section(entries: list[Entry], out: Path) -> str:
+    """Every run's learning curves, one figure per x axis."""
+    axes = sorted({_x_axis(e.records) for e in entries if e.records})
+    curves = "".join(f'<img src="{draw_curves(entries, a, out / f"curves_{a}.png")}" alt="learning curves">'
+                     for a in axes)
+    return (f'<section id="curves"><h2>Learning curves</h2><p>From each run\'s metrics.jsonl: val F and every '
+            f'loss term, against epoch, or against training time for budgeted runs.</p>'
+            f'{curves or "<p>No run has a metrics.jsonl.</p>"}</section>')
+
+
+def _sweeps_section(run_dirs, out: Path) -> str:
+    """Each pruning sweep found under run_dirs: its table and plot."""
+    sweeps = [(p, _read_json(p)) for top in map(Path, run_dirs) if top.is_dir()
+              for p in sorted(top.rglob("sweep.json"))]
+    if not sweeps:
+        return ""
+    parts = ['<section id="sweeps"><h2>Pruning sweeps</h2>']
+    for n, (path, sweep) in enumerate(sweeps):
+        rows = [[r["run"], f"{r['params']:,}", f"{r['macs'] / 1e9:.3f}",
+                 *(_spread_cell(r["latency"][n]) for n in ("1", "2")),
+                 f"{r['val_fscore_pruned']:.4f}", f"{r['val_fscore_finetuned']:.4f}"] for r in sweep["targets"]]
+        rho = ", ".join(f"{at['spearman_latency_macs']:.2f} at {n} thread(s)"
+                        for n, at in sweep["latency"]["threads"].items())
+        parts.append(f"<h3>{html.escape(str(path))}</h3><p>Latency at 512², timed side by side with the student; "
+                     f"rank correlation with MACs: {rho}.</p>" + _table(
+            ["run", "params", "GMACs @512²", "ms, 1 thread", "ms, 2 threads", "val F pruned", "val F fine-tuned"],
+            rows)
+            + f'<img src="{draw_sweep(sweep, out / f"sweep_{n}.png")}" alt="sweep">')
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, data_root: str | Path | None = None, *,
                  focus: str | None = None, worst: int = 8, progress: bool = True) -> Path:
     """Score every model in run_dirs on one val split and write out_dir/index.html with its
@@ -466,21 +527,12 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, data_root:
     chosen = pick_focus(entries, focus)
     cm = confusion_matrices(chosen.preds, val.masks)
     f1, present = per_class_f1(cm)
-    image_scores = (f1 * present).sum(1) / present.sum(1)  # the challenge's per-image score
-    sweeps = [(p, _read_json(p)) for top in map(Path, run_dirs) if top.is_dir()
-              for p in sorted(top.rglob("sweep.json"))]
     classes = [c for c in CLASS_NAMES if any(c in e.per_class for e in entries)]
 
     # everything is read and scored: from here on, only writing
     out = Path(out_dir)
     (out / "worst").mkdir(parents=True, exist_ok=True)
-    parts = [f"<h1>facekd report</h1><p>{_counted(len(entries), 'model')} from "
-             f"{_counted(len(run_dirs), 'run folder')}, each scored on "
-             f"the {len(val)} masked val images of <code>{html.escape(str(root))}</code>; latency is one image on "
-             f"this machine's CPU at the model's input size and 1 thread, every model timed in the same "
-             f"{timing['runs']} interleaved rounds: median [interquartile range]. Models share a speed rank where "
-             f"their ranges overlap, since the timing cannot order them. The machine's fp32 matmul (2048³, 1 thread) "
-             f"ran at {timing['threads']['1']['matmul_gflops']:.1f} GFLOP/s.</p>"]
+    parts = [_header(entries, run_dirs, val, root, timing)]
     if notes:
         parts.append('<section id="notes"><h2>Skipped input</h2>'
                      + "".join(f'<p class=note>{html.escape(n)}</p>' for n in notes) + "</section>")
@@ -496,38 +548,9 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, data_root:
     parts.append(f'<section id="confusion"><h2>Confusion matrix of {html.escape(chosen.label)}</h2><p>Red boxes: '
                  f'the left/right pairs; their off-diagonal cells are side swaps ({100 * chosen.swap_rate:.2f}% of '
                  f'l_/r_ pixels).</p><img src="{confusion_png}" alt="confusion matrix"></section>')
-    rows = []
-    for rank, i in enumerate(image_scores.argsort()[:worst].tolist(), 1):
-        name = f"worst/{rank:02d}.png"
-        worst_strip(val.images[i], val.masks[i].long(), chosen.preds[i].long()).save(out / name)
-        missed = sorted((float(f1[i, c]), CLASS_NAMES[c]) for c in range(len(CLASS_NAMES))
-                        if present[i, c] and f1[i, c] < MISSED_F1)
-        rows.append(f'<tr><td class=l><b>{html.escape(val.stems[i])}</b><br>F {float(image_scores[i]):.4f}<br>'
-                    f'missed: {", ".join(f"{n} {s:.2f}" for s, n in missed) or "none"}</td>'
-                    f'<td><img src="{name}" alt="{html.escape(val.stems[i])}"></td></tr>')
-    parts.append(f'<section id="worst"><h2>The {len(rows)} worst val images of {html.escape(chosen.label)}</h2>'
-                 f'<p>image, ground truth, prediction, errors in red; "missed": classes in the image with F1 under '
-                 f'{MISSED_F1}.</p><p>{_legend()}</p><table>{"".join(rows)}</table></section>')
-    axes = sorted({_x_axis(e.records) for e in entries if e.records})
-    curves = "".join(f'<img src="{draw_curves(entries, a, out / f"curves_{a}.png")}" alt="learning curves">'
-                     for a in axes)
-    parts.append(f'<section id="curves"><h2>Learning curves</h2><p>From each run\'s metrics.jsonl: val F and every '
-                 f'loss term, against epoch, or against training time for budgeted runs.</p>'
-                 f'{curves or "<p>No run has a metrics.jsonl.</p>"}</section>')
-    if sweeps:
-        parts.append('<section id="sweeps"><h2>Pruning sweeps</h2>')
-        for n, (path, sweep) in enumerate(sweeps):
-            rows = [[r["run"], f"{r['params']:,}", f"{r['macs'] / 1e9:.3f}",
-                     *(_spread_cell(r["latency"][n]) for n in ("1", "2")),
-                     f"{r['val_fscore_pruned']:.4f}", f"{r['val_fscore_finetuned']:.4f}"] for r in sweep["targets"]]
-            rho = ", ".join(f"{at['spearman_latency_macs']:.2f} at {n} thread(s)"
-                            for n, at in sweep["latency"]["threads"].items())
-            parts.append(f"<h3>{html.escape(str(path))}</h3><p>Latency at 512², timed side by side with the student; "
-                         f"rank correlation with MACs: {rho}.</p>" + _table(
-                ["run", "params", "GMACs @512²", "ms, 1 thread", "ms, 2 threads", "val F pruned", "val F fine-tuned"],
-                rows)
-                + f'<img src="{draw_sweep(sweep, out / f"sweep_{n}.png")}" alt="sweep">')
-        parts.append("</section>")
+    parts.append(_worst_section(chosen, val, f1, present, worst, out))
+    parts.append(_curves_section(entries, out))
+    parts.append(_sweeps_section(run_dirs, out))
     page = (f'<!doctype html><html><head><meta charset="utf-8"><title>facekd report</title><style>{CSS}</style>'
             f'</head><body>{"".join(parts)}{CHECK_SCRIPT}</body></html>\n')
     (out / "index.html").write_text(page)
