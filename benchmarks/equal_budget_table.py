@@ -44,8 +44,8 @@ def describe(run: Path) -> dict:
         student = {"val_fscore": result.get("val_fscore"), "params": result.get("params"),
                    "wall_s": result.get("budget_spent_s"), "epochs": result.get("epochs")}
         return {"shipped": run, "total_s": result.get("budget_spent_s"),
-                "stages": {"student": {**student, "soft_targets_s": soft_target_seconds(run)}}}
-    stages = {name: s for name, s in summary["stages"].items() if name in ("teacher", "student", "pruned")}
+                "stages": {"distill": {**student, "soft_targets_s": soft_target_seconds(run)}}}
+    stages = {name: s for name, s in summary["stages"].items() if name in ("teacher", "distill", "prune")}
     for name, s in stages.items():
         s["soft_targets_s"] = soft_target_seconds(run / name)
     return {"shipped": run / summary["stages"]["solution"]["from"], "total_s": summary.get("total_wall_s"),

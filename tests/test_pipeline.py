@@ -14,15 +14,15 @@ def test_pipeline_smoke_end_to_end_and_resume(tmp_path, sample_root, capsys):
     out = tmp_path / "pipe"
     assert main(["pipeline", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["stages"]) == ["audit", "teacher", "student", "pruned", "solution", "package", "report"]
+    assert list(summary["stages"]) == ["audit", "teacher", "distill", "prune", "solution", "package", "report"]
     # the sample's one mirrored mask was fixed, and training read the fixed copy
     assert summary["stages"]["audit"]["mirrored"] == 1
     assert json.loads((out / "teacher" / "config.json").read_text())["data_root"] == str(out / "audit" / "data")
-    for name in ("teacher", "student", "pruned"):
+    for name in ("teacher", "distill", "prune"):
         record = summary["stages"][name]
         assert {"val_fscore", "params", "macs", "latency_ms", "wall_s"} <= set(record), name
         assert (out / name / "best.pt").is_file()
-    assert summary["stages"]["pruned"]["params"] <= summary["stages"]["pruned"]["target_params"]
+    assert summary["stages"]["prune"]["params"] <= summary["stages"]["prune"]["target_params"]
     assert summary["stages"]["solution"]["params"] < 1_821_085
     report = check_submission(out / "submission.zip", sample_root / "val" / "images")
     assert report.ok, report.faults
@@ -43,13 +43,13 @@ def test_pipeline_prunes_a_wide_student_to_just_under_the_limit(tmp_path, capsys
     args = ["pipeline", "--out", str(out), "--no-audit", "--set", "resolutions=[[64, 2]]"]
     assert main(args + ["--prune-from", "wide"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    student, pruned = summary["stages"]["student"], summary["stages"]["pruned"]
+    student, pruned = summary["stages"]["distill"], summary["stages"]["prune"]
     assert student["params"] > PARAM_LIMIT  # the wide one trains over the limit ...
     assert pruned["target_params"] == PARAM_LIMIT - 1
     # ... and is cut under it; every layer loses the same share in multiples of 8 channels, so
     # the last step lands well short of the limit (0.89 of it for resfpn_wide)
     assert 0.85 * PARAM_LIMIT < pruned["params"] < PARAM_LIMIT
-    assert summary["stages"]["solution"]["from"] == "pruned"  # the only one it may ship
+    assert summary["stages"]["solution"]["from"] == "prune"  # the only one it may ship
     capsys.readouterr()
     assert main(args + ["--resume"]) == 2  # resumed with the other path
     assert "--prune-from wide" in capsys.readouterr().err
@@ -63,16 +63,16 @@ def test_pipeline_distils_from_a_teacher_trained_earlier(tmp_path, capsys):
     args = ["pipeline", "--out", str(out), "--no-audit", "--set", "resolutions=[[64, 1]]", "--seed", "3"]
     assert main(args + ["--teacher", str(teacher), "--finetune-kd", "never"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    for stage in ("student", "pruned"):  # --seed reaches every stage it runs
+    for stage in ("distill", "prune"):  # --seed reaches every stage it runs
         assert json.loads((out / stage / "config.json").read_text())["seed"] == 3
     assert not (out / "teacher").exists()  # nothing trained for it
     assert summary["stages"]["teacher"]["from"] == str(teacher)
     recorded = json.loads((teacher_run / "result.json").read_text())["val_fscore"]
     assert summary["stages"]["teacher"]["val_fscore"] == recorded
     # the student distils from it; with --finetune-kd never the pruned one fine-tunes from labels alone
-    assert json.loads((out / "student" / "config.json").read_text())["teacher"] == str(teacher)
-    assert json.loads((out / "pruned" / "config.json").read_text())["teacher"] == "none"
-    assert summary["stages"]["pruned"]["finetune_kd"] is False
+    assert json.loads((out / "distill" / "config.json").read_text())["teacher"] == str(teacher)
+    assert json.loads((out / "prune" / "config.json").read_text())["teacher"] == "none"
+    assert summary["stages"]["prune"]["finetune_kd"] is False
 
     capsys.readouterr()
     assert main(args + ["--resume", "--finetune-kd", "never"]) == 2  # resumed as if it had trained its own teacher
@@ -86,7 +86,7 @@ def test_pipeline_distils_from_a_teacher_trained_earlier(tmp_path, capsys):
 def test_budget_tail_prices_the_teacher_the_report_scores(sample_root):
     # the report scores a teacher the pipeline trained; a slow one must be paid for before the
     # last training stage is planned, or the pipeline ends past its budget
-    stages = {"student": {"latency_ms": 10.0}, "teacher": {"latency_ms": 200.0}}
+    stages = {"distill": {"latency_ms": 10.0}, "teacher": {"latency_ms": 200.0}}
     images = sample_root / "val" / "images"
     n_val = len(list((sample_root / "val" / "masks").glob("*.png")))
     own = _tail_seconds(images, sample_root, stages, report_scores_teacher=True)

@@ -588,13 +588,13 @@ def test_a_pipeline_whose_last_training_stage_cannot_run_still_ships(tmp_path, c
 
     def no_time(self):
         raise BudgetError("a budget of 0.06 min is too small for this run")
-    monkeypatch.setattr(pipeline.Pipeline, "pruned", no_time)
+    monkeypatch.setattr(pipeline.Pipeline, "prune", no_time)
     out = tmp_path / "pipe"
     assert main(["pipeline", "--no-audit", "--out", str(out), "--set", "resolutions=[[64, 1]]"]) == 0
     import json
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["stages"]["solution"]["from"] == "student"
-    assert (out / "submission.zip").is_file() and not (out / "pruned").exists()
+    assert summary["stages"]["solution"]["from"] == "distill"
+    assert (out / "submission.zip").is_file() and not (out / "prune").exists()
 
 
 def test_prune_checks_its_teacher_before_pruning(tmp_path, capsys):

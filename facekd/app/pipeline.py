@@ -61,12 +61,12 @@ WIDE_STUDENT = "resfpn_wide"
 PRUNE_FROM = ("student", "wide")
 FINETUNE_KD = ("auto", "always", "never")
 # The stage a pipeline skips, rather than failing, when its share of the budget cannot hold it.
-LAST_TRAINING_STAGE = "pruned"
+LAST_TRAINING_STAGE = "prune"
 # How a pipeline --budget is shared among the training stages, per preset. Each stage gets
 # its share of what is left when it starts, so time one stage leaves unused goes to the next.
-BUDGET_SHARES = {"smoke": {"teacher": 0.4, "student": 0.4, "pruned": 0.2},
-                 "cpu": {"teacher": 0.45, "student": 0.4, "pruned": 0.15},
-                 "gpu": {"teacher": 0.45, "student": 0.4, "pruned": 0.15}}
+BUDGET_SHARES = {"smoke": {"teacher": 0.4, "distill": 0.4, "prune": 0.2},
+                 "cpu": {"teacher": 0.45, "distill": 0.4, "prune": 0.15},
+                 "gpu": {"teacher": 0.45, "distill": 0.4, "prune": 0.15}}
 
 
 def _cost(checkpoint: Path) -> dict:
@@ -111,9 +111,9 @@ def _tail_seconds(images, data_root, stages: dict, report_scores_teacher: bool) 
         return 2 * latency_s(stage) + 0.03
 
     n_val = len(list((Path(data_root) / "val" / "masks").glob("*.png")))
-    scored = ["student", "student"] + (["teacher"] if report_scores_teacher else [])
+    scored = ["distill", "distill"] + (["teacher"] if report_scores_teacher else [])
     timing = MATMUL_SECONDS + sum((WARMUP + RUNS) * latency_s(stage) for stage in scored)
-    return (10.0 + timing + len(list_images(images)) * seconds_per_image("student")
+    return (10.0 + timing + len(list_images(images)) * seconds_per_image("distill")
             + n_val * sum(seconds_per_image(stage) for stage in scored))
 
 
@@ -188,13 +188,13 @@ class Pipeline:
 
     def trained_anything(self) -> bool:
         """Whether a training stage of this pipeline has finished: its model is worth keeping."""
-        return any("epochs" in self.stages.get(name, {}) for name in ("teacher", "student"))
+        return any("epochs" in self.stages.get(name, {}) for name in ("teacher", "distill"))
 
     def run_all(self, audit: bool) -> None:
         if audit:
             self.run_stage("audit", checkpoint=None)
             self.data_root = self.out / "audit" / "data"  # every later stage trains on the fixed copy
-        for name in ("teacher", "student", "pruned"):
+        for name in ("teacher", "distill", "prune"):
             self.run_stage(name)
         for name in ("solution", "package", "report"):
             self.run_stage(name, checkpoint=None)
@@ -218,21 +218,21 @@ class Pipeline:
         return _trained(train_teacher(cfg, self.data_root, self.out / "teacher", resume=self.resume,
                                       progress=self.progress), planned)
 
-    def student(self) -> dict:
-        cfg, planned = self.stage_config("student", "distill")
-        return _trained(distill(cfg, self.data_root, self.out / "student", self.teacher_checkpoints,
+    def distill(self) -> dict:
+        cfg, planned = self.stage_config("distill", "distill")
+        return _trained(distill(cfg, self.data_root, self.out / "distill", self.teacher_checkpoints,
                                 resume=self.resume, progress=self.progress), planned)
 
-    def pruned(self) -> dict:
-        cfg, planned = self.stage_config("pruned", "prune")
+    def prune(self) -> dict:
+        cfg, planned = self.stage_config("prune", "prune")
         target = (PARAM_LIMIT - 1 if self.prune_from == "wide"
-                  else int(self.stages["student"]["params"] * PRUNE_KEEP[self.preset]))
+                  else int(self.stages["distill"]["params"] * PRUNE_KEEP[self.preset]))
         with_teacher = finetune_under_teacher(self.finetune_kd, self.stages["teacher"].get("val_fscore"),
-                                              self.stages["student"].get("val_fscore"))
+                                              self.stages["distill"].get("val_fscore"))
         # round_to 8, not auto: pruning three times and timing the results costs a short budgeted
         # stage much of its fine-tuning (12 s of the smoke pipeline's 12); prune the result for speed
         # afterwards with `facekd prune --round-to auto` if latency matters
-        result = prune_and_finetune(cfg, self.data_root, self.out / "pruned", self.out / "student" / "best.pt",
+        result = prune_and_finetune(cfg, self.data_root, self.out / "prune", self.out / "distill" / "best.pt",
                                     self.teacher_checkpoints if with_teacher else None, target_params=target,
                                     round_to=8, resume=self.resume, progress=self.progress)
         return {"target_params": target, "finetune_kd": with_teacher, "pruning": result["report"]["pruning"],
@@ -240,7 +240,7 @@ class Pipeline:
 
     def solution(self) -> dict:
         # ship the better of the two students by validation F-score, among those under the limit
-        legal = [n for n in ("student", "pruned") if self.stages[n].get("params", PARAM_LIMIT) < PARAM_LIMIT]
+        legal = [n for n in ("distill", "prune") if self.stages[n].get("params", PARAM_LIMIT) < PARAM_LIMIT]
         best = max(legal, key=lambda n: self.stages[n]["val_fscore"] or 0)
         return {"from": best, **export(self.out / best / "best.pt", self.out / "solution")}
 
