@@ -169,12 +169,12 @@ def test_budgeted_smoke_pipeline_lands_on_its_budget(tmp_path):
     assert abs(wall - 60 * minutes) < 10, wall  # process start is outside the budget; imports are done here
     assert summary["budget_s"] == 60 * minutes
     assert abs(summary["total_wall_s"] - 60 * minutes) < 8, summary["total_wall_s"]
-    for name in ("teacher", "student", "pruned"):
+    for name in ("teacher", "distill", "prune"):
         stage = summary["stages"][name]
         assert stage["planned_s"] > 0 and stage["epochs"] > 0 and stage["images_seen"] > 0
         # each stage lands on its own plan (its cost measurement after training is outside it)
         assert abs(stage["wall_s"] - stage["planned_s"]) < 6, (name, stage)
-    assert torch.tensor([summary["stages"][n]["planned_s"] for n in ("teacher", "student", "pruned")]).sum() \
+    assert torch.tensor([summary["stages"][n]["planned_s"] for n in ("teacher", "distill", "prune")]).sum() \
         < 60 * minutes
 
 

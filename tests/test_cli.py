@@ -94,7 +94,7 @@ def test_pipeline_ends_in_a_few_plain_lines(tmp_path, capsys, monkeypatch):
 
     def no_time(self):
         raise BudgetError("a budget of 0.06 min is too small for this run")
-    monkeypatch.setattr(pipeline.Pipeline, "pruned", no_time)
+    monkeypatch.setattr(pipeline.Pipeline, "prune", no_time)
     out = tmp_path / "pipe"
     assert main(["pipeline", "--no-audit", "--out", str(out), "--set", "resolutions=[[64, 1]]"]) == 0
     printed = capsys.readouterr().out.split("made in ")[-1].splitlines()
