@@ -102,7 +102,7 @@ def test_pipeline_ends_in_a_few_plain_lines(tmp_path, capsys, monkeypatch):
     text = "\n".join(printed)
     for expected in ("solution/", "submission.zip", "report/index.html", "shipped val F-score",
                      "this score means nothing", "next: ",
-                     "skipped the pruned stage: a budget of 0.06 min is too small"):
+                     "skipped the prune stage: a budget of 0.06 min is too small"):
         assert expected in text, (expected, text)
     assert main(["pipeline", "--no-audit", "--out", str(out), "--resume", "--json",
                  "--set", "resolutions=[[64, 1]]"]) == 0

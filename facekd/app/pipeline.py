@@ -345,7 +345,7 @@ def closing_lines(summary: dict, out, on_sample: bool) -> list[str]:
     stages, out = summary["stages"], Path(out)
     shipped = stages["solution"]["from"]
     lines = [f"made in {out}/:",
-             f"  solution/          the {shipped} model, {stages[shipped]['params']:,} params "
+             f"  solution/          the {shipped} stage's model, {stages[shipped]['params']:,} params "
              f"(python {out / 'solution' / 'run.py'} --input IMAGES --output MASKS)",
              f"  submission.zip     masks for {stages['package']['masks']} images + solution/, checked",
              "  report/index.html  every model compared, open it in a browser",
