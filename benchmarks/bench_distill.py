@@ -19,7 +19,7 @@ import torch
 from timm.scheduler import CosineLRScheduler
 
 from distill.soft_targets import offline_soft_targets, output_stride, stored_size
-from distill.teacher import load_teacher, teacher_paths
+from distill.teacher import frozen_teacher, teacher_paths
 from facekd.losses import training_loss
 from facekd.models import build_model, named_config
 from facekd.challenge import count_params
@@ -117,7 +117,7 @@ def main():
     cfg = RunConfig(**{**PRESETS["distill"]["cpu"], "model": args.student, "train_limit": args.images,
                        "threads": args.threads, "resolutions": [[s, 1] for s in args.sizes]})
     if args.teacher:
-        teacher, _ = load_teacher(args.teacher)
+        teacher, _ = frozen_teacher(args.teacher)
         teacher_name = args.teacher
     else:
         torch.manual_seed(0)

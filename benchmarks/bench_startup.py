@@ -44,14 +44,14 @@ import run
 t.append(time.perf_counter())
 torch.load(sys.argv[1] + "/ckpt.pth", map_location="cpu", weights_only=True)
 t.append(time.perf_counter())
-model, size = run.load_solution(sys.argv[1] + "/ckpt.pth")
+model, size = run.model_from_export(sys.argv[1] + "/ckpt.pth")
 t.append(time.perf_counter())
 rgb = run.load_rgb(sys.argv[2])
 t.append(time.perf_counter())
 for tta in (False, False, True):
     run.predict_mask(model, rgb, size, flip_tta=tta)
     t.append(time.perf_counter())
-names = ["import torch", "import run.py's modules", "torch.load of ckpt.pth", "load_solution (load + build)",
+names = ["import torch", "import run.py's modules", "torch.load of ckpt.pth", "model_from_export (load + build)",
          "decode the image", "first forward pass", "second forward pass", "forward with flip TTA"]
 for name, a, b in zip(names, t, t[1:]):
     print(f"  {name:<30} {1000 * (b - a):7.1f} ms")

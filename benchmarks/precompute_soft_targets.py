@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 
 from distill.soft_targets import offline_soft_targets, stored_size
-from distill.teacher import load_teacher, teacher_paths
+from distill.teacher import frozen_teacher, teacher_paths
 from facekd.models import init_model
 from facekd.config import resolve_config
 
@@ -34,7 +34,7 @@ def main():
     args = parser.parse_args()
     cfg = dataclasses.replace(resolve_config(args.stage, args.preset, assignments=args.set), distill_mode="offline",
                               soft_target_cache=args.cache, threads=args.threads)
-    teacher, _ = load_teacher(args.teacher)
+    teacher, _ = frozen_teacher(args.teacher)
     student, _ = init_model(cfg)  # only its output stride is read
     _, record = offline_soft_targets(cfg, teacher, teacher_paths(args.teacher), args.data, stored_size(cfg, student))
     print(record)

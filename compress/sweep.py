@@ -23,7 +23,7 @@ from tqdm import tqdm
 from compress.prune import MAX_RATIO, prune_to_target
 from compress.train import prune_and_finetune
 from distill.soft_targets import offline_soft_targets, stored_size
-from distill.teacher import load_teacher, teacher_paths, teacher_record
+from distill.teacher import frozen_teacher, teacher_paths, teacher_record
 from facekd import distributed
 from facekd.checkpoint import load_checkpoint
 from facekd.models import load_model
@@ -134,7 +134,7 @@ def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: s
             raise ValueError(f"{sweep_path}: is a sweep of {previous['kind']} from {previous['student']}, "
                              f"not of {kind} from {student_path}")
     bounds = check_targets(student_path, kind, targets, threads)
-    teacher, _ = load_teacher(teacher_path)  # an unsafe or foreign teacher is refused before any pruning
+    teacher, _ = frozen_teacher(teacher_path)  # an unsafe or foreign teacher is refused before any pruning
     distils = teacher is not None
     if cfg.distill_mode == "offline" and not cfg.soft_target_cache and distils:
         # every target is fine-tuned on the same teacher maps: compute them once for the sweep

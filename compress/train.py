@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
 from compress.prune import IMPORTANCES, prune_fastest_rounding, rebuild
-from distill.teacher import load_teacher
+from distill.teacher import frozen_teacher
 from distill.train import distill
 from facekd import distributed
 from facekd.checkpoint import load_checkpoint, save_checkpoint
@@ -60,7 +60,7 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
     out/pruned.pt, then fine-tune it in out; returns distill's result with the prune report."""
     budget = Budget.from_minutes(cfg.budget_minutes)  # pruning and its measurements count too
     out = Path(out)
-    load_teacher(teacher_path)  # an unsafe, foreign or mis-sized teacher is refused before pruning, not after
+    frozen_teacher(teacher_path)  # an unsafe, foreign or mis-sized teacher is refused before pruning, not after
     distributed.setup()  # under torchrun, for the barriers below
     target = {"target_params": target_params, "target_macs": target_macs, "ratio": ratio,
               "target_latency_ms": target_latency_ms}

@@ -32,7 +32,7 @@ def teacher_record(value) -> str | list[str]:
     return "none" if not paths else paths[0] if len(paths) == 1 else paths
 
 
-def load_teacher(value) -> tuple[nn.Module | None, dict]:
+def frozen_teacher(value) -> tuple[nn.Module | None, dict]:
     """A frozen teacher in eval mode and its checkpoint dict, an Ensemble of several with
     {"members": [...]}, or (None, {}) for labels alone."""
     paths = teacher_paths(value)

@@ -6,7 +6,7 @@ import torch.nn as nn
 
 import students  # noqa: F401  (fills the student registry that init_model builds from)
 from distill.soft_targets import offline_soft_targets, stored_size
-from distill.teacher import load_teacher, teacher_paths, teacher_record, teacher_val_fscore
+from distill.teacher import frozen_teacher, teacher_paths, teacher_record, teacher_val_fscore
 from facekd.budget import Budget
 from facekd.config import RunConfig
 from facekd.distributed import pick_device
@@ -24,7 +24,7 @@ def distill(cfg: RunConfig, data_root, out, teacher, resume: bool = False, progr
     `budget` it started (otherwise cfg.budget_minutes starts one here, before the teacher loads)."""
     budget = budget or Budget.from_minutes(cfg.budget_minutes)
     paths = teacher_paths(teacher)
-    teacher_model, info = load_teacher(paths)
+    teacher_model, info = frozen_teacher(paths)
     if model is None:
         model, model_cfg = init_model(cfg)
     extra = {"teacher": teacher_record(paths), "model_cfg": model_cfg}

@@ -27,7 +27,7 @@ from facekd.models import build_model  # noqa: E402
 import students  # noqa: E402,F401  (registers the student architectures build_model builds)
 
 
-def load_solution(weights: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, int]:
+def model_from_export(weights: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, int]:
     """The student and the square size it expects, from an exported ckpt.pth. A file that
     is not a usable export is an InputError naming it."""
     ckpt = read_torch_file(weights)
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"{src}: no images")
         # every output is checked before the weights are even read, so a mistake costs nothing
         check_mask_jobs(jobs, protected=(Path(args.weights),))
-        model, input_size = load_solution(args.weights)
+        model, input_size = model_from_export(args.weights)
     except InputError as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ import torch
 from facekd.losses import dist_loss
 from facekd.registry import LOSSES
 from distill.soft_targets import offline_soft_targets
-from distill.teacher import load_teacher, teacher_paths, teacher_record
+from distill.teacher import frozen_teacher, teacher_paths, teacher_record
 from facekd.app.cli import main
 from facekd.models import build_model, named_config
 from teachers.ensemble import model_or_ensemble
@@ -51,10 +51,10 @@ def test_stored_targets_are_the_mean_of_the_members(tmp_path):
     # once at the largest and resizes them for the others, which a member alone would not
     members = [_model_file(tmp_path / "a.pt", "teacher_tiny", 64, 0), _model_file(tmp_path / "b.pt", "tiny", 64, 1)]
     cfg = RunConfig()
-    ensemble, info = load_teacher(members)
+    ensemble, info = frozen_teacher(members)
     assert isinstance(ensemble, Ensemble) and [m["path"] for m in info["members"]] == members
     targets, _ = offline_soft_targets(cfg, ensemble, members, SAMPLE_DATA, STORED, progress=False)
-    alone = [offline_soft_targets(cfg, load_teacher(p)[0], [p], SAMPLE_DATA, STORED, progress=False)[0]
+    alone = [offline_soft_targets(cfg, frozen_teacher(p)[0], [p], SAMPLE_DATA, STORED, progress=False)[0]
              for p in members]
     mean = (alone[0].float() + alone[1].float()) / 2
     assert targets.dtype == torch.float16 and targets.shape == (16, NUM_CLASSES, STORED, STORED)
@@ -67,12 +67,12 @@ def test_cache_misses_when_any_member_changes(tmp_path, members):
     cfg = RunConfig(soft_target_cache=str(tmp_path / "cache"))
 
     def run():
-        return offline_soft_targets(cfg, load_teacher(members)[0], members, SAMPLE_DATA, STORED, progress=False)[1]
+        return offline_soft_targets(cfg, frozen_teacher(members)[0], members, SAMPLE_DATA, STORED, progress=False)[1]
 
     assert run()["cache"] == "miss" and run()["cache"] == "hit"
     _model_file(members[1], "tiny", 96, 7)  # the second member retrained: same file, other weights
     assert run()["cache"] == "miss" and run()["cache"] == "hit"
-    one = offline_soft_targets(cfg, load_teacher(members[0])[0], [members[0]], SAMPLE_DATA, STORED, progress=False)[1]
+    one = offline_soft_targets(cfg, frozen_teacher(members[0])[0], [members[0]], SAMPLE_DATA, STORED, progress=False)[1]
     assert one["cache"] == "miss", "one member alone is another teacher"
 
 

@@ -145,12 +145,12 @@ def _teacher_file(path, seed: int):
 
 
 def test_cache_hits_on_the_same_inputs_and_misses_when_teacher_or_image_bytes_change(tmp_path, data_copy):
-    from distill.teacher import load_teacher
+    from distill.teacher import frozen_teacher
     path = _teacher_file(tmp_path / "teacher.pt", 0)
     cfg = RunConfig(soft_target_cache=str(tmp_path / "cache"))
 
     def run(cfg=cfg, path=path, data=data_copy):
-        teacher, _ = load_teacher(path)
+        teacher, _ = frozen_teacher(path)
         return offline_soft_targets(cfg, teacher, [str(path)], data, 16, progress=False)
 
     first, rec = run()
@@ -205,10 +205,10 @@ def test_cli_distill_offline_end_to_end(tmp_path, capsys):
 def test_a_cache_file_with_overwritten_bytes_is_recomputed(tmp_path, sample_root, capsys):
     """Issue 28, fault 16: torch reads a tensor's bytes without checking them, so bytes
     overwritten in the middle of a cache file used to be a "hit" and trained on."""
-    from distill.teacher import load_teacher
+    from distill.teacher import frozen_teacher
     path = [str(_teacher_file(tmp_path / "teacher.pt", 0))]
     cfg = RunConfig(soft_target_cache=str(tmp_path / "cache"))
-    teacher, _ = load_teacher(path)
+    teacher, _ = frozen_teacher(path)
     first, rec = offline_soft_targets(cfg, teacher, path, sample_root, 16, progress=False)
     cache = Path(rec["file"])
     data = bytearray(cache.read_bytes())

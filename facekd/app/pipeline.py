@@ -34,7 +34,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from compress.train import prune_and_finetune
-from distill.teacher import load_teacher, teacher_paths, teacher_record, teacher_val_fscore
+from distill.teacher import frozen_teacher, teacher_paths, teacher_record, teacher_val_fscore
 from distill.train import distill
 from facekd import distributed
 from facekd.audit import audit_split, save_panel, write_fixed
@@ -306,7 +306,7 @@ def _check_arguments(prune_from: str, finetune_kd: str, teacher) -> list[str]:
         raise ValueError(f"--prune-from must be one of {PRUNE_FROM}, got {prune_from!r}")
     finetune_under_teacher(finetune_kd, None, None)  # refuses an unknown policy before any training
     teachers = teacher_paths(teacher)
-    load_teacher(teachers)
+    frozen_teacher(teachers)
     return teachers
 
 
