@@ -254,10 +254,11 @@ def _add_training_parsers(sub) -> None:
     p.set_defaults(func=cmd_train_teacher)
 
     p = sub.add_parser("distill", help="train a student from a teacher's soft logits (or from scratch)")
-    _add_run_args(p, "runs/student")
+    _add_run_args(p, "runs/distill")
     _add_teacher_arg(p)
     p.add_argument("--arch", "--student", dest="arch", default=None, metavar="NAME",
-                   help="the student architecture to train (default: the preset's)")
+                   help="the registered student to train, by name: students/__init__.py's, or one a module "
+                        "imported before the CLI registers (default: the preset's)")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("prune", help="prune a student with torch-pruning, then fine-tune it")
