@@ -3,7 +3,7 @@
 MACs and latency are measured at the resolution each model predicts at (its input_size)
 and, for comparison across models, at 512x512.
 
-    python benchmarks/bench_cost.py runs/teacher/best.pt runs/student/best.pt
+    python benchmarks/bench_cost.py runs/teacher/best.pt runs/distill/best.pt
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def wall(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-# what a user types, as fresh interpreters run it (python -m facekd is the console script's code)
+# what a user types, as fresh interpreters run it (python -m facekd.app is the console script's code)
 CLI_CASES = {"facekd --help": ["--help"], "facekd distill --help": ["distill", "--help"],
              "facekd distill --bogus (an error)": ["distill", "--bogus"]}
 
@@ -73,7 +73,7 @@ def cli_startup(rounds: int) -> None:
     """Median wall time of each CLI_CASES command, and of `import torch` for scale."""
     def run(argv: list[str]) -> float:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "facekd", *argv], capture_output=True, cwd=REPO)
+        subprocess.run([sys.executable, "-m", "facekd.app", *argv], capture_output=True, cwd=REPO)
         return time.perf_counter() - t0
     print(f"median of {rounds} fresh interpreters each (target: under 1 s)")
     for name, argv in CLI_CASES.items():

@@ -24,14 +24,14 @@ arm() {  # arm NAME SEED
   local name=$1 seed=$2 dir="$out/$1_s$2"
   local common=(--preset cpu --data "$data" --budget "$minutes" --out "$dir" --set threads=1 --set seed="$seed")
   case $name in
-    scratch) $py -m facekd distill --teacher none "${common[@]}" ;;
+    scratch) $py -m facekd.app distill --teacher none "${common[@]}" ;;
     kd|kd_image|kd_repeat)
       local lever=()
       [ "$name" = kd_image ] && lever=(--set dice_scope=image)
       [ "$name" = kd_repeat ] && lever=(--set repeat_threshold="${REPEAT_THRESHOLD:-0.3}")
-      $py -m facekd distill --teacher "$TEACHER" "${common[@]}" --set distill_mode=offline \
+      $py -m facekd.app distill --teacher "$TEACHER" "${common[@]}" --set distill_mode=offline \
         --set soft_target_cache="${SOFT_TARGET_CACHE:-}" "${lever[@]}" ;;
-    distil|wide) $py -m facekd pipeline --no-audit --prune-from "$([ "$name" = wide ] && echo wide || echo student)" \
+    distil|wide) $py -m facekd.app pipeline --no-audit --prune-from "$([ "$name" = wide ] && echo wide || echo student)" \
                    "${common[@]}" --set distill_mode=offline --set soft_target_cache="$out/targets_$1_s$2" ;;
   esac > "$dir.log" 2>&1
 }

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from facekd.budget import MAX_BUDGET_MINUTES
+from facekd.registry import LOSSES
 
 
 @dataclass
@@ -45,13 +46,20 @@ class RunConfig:
     # > 0: images holding a class found in fewer than this share of the training images are
     # drawn more often (repeat-factor sampling, facekd/sampling.py); 0 = each image once per epoch
     repeat_threshold: float = 0.0
-    # loss weights; the distillation ones (kd, cwd, dist) are used only when a teacher is given
+    # loss weights (facekd/losses.py); the distillation ones (kd, cwd, dist) are used only when a
+    # teacher is given. The built-in losses keep a field each, which old TOML files, config.json
+    # snapshots and checkpoints name.
     ce_weight: float = 1.0
     dice_weight: float = 0.0
     dice_scope: str = "batch"           # "image": Dice per image over its own classes, as the score counts
     kd_weight: float = 0.0
     cwd_weight: float = 0.0
-    dist_weight: float = 0.0            # DIST: Pearson relations of the logits (distill/losses.py)
+    dist_weight: float = 0.0            # DIST: Pearson relations of the logits (facekd/losses.py)
+    # The weights of registered losses that have no field above, by weight name ("toy_weight":
+    # 1.0). A loss declares its weight's name when it registers, so a new loss, or one a plugin
+    # module registers, is turned on by `--set toy_weight=1`, a TOML file or a preset without an
+    # edit here (apply_overrides files the key in this dict). Absent means 0, off.
+    loss_weights: dict = field(default_factory=dict)
     temperature: float = 4.0
     # "online" runs the teacher on every step; "offline" runs it once per training image before
     # training (flip TTA, averaged over soft_target_scales x its input size) and warps the stored
@@ -112,8 +120,26 @@ class RunConfig:
         elif any(size < 32 or size % 32 or epochs < 1 for size, epochs in self.resolutions):
             problems.append("resolutions: every size must be a multiple of 32 (the students' deepest stride) "
                             f"and every phase at least 1 epoch, got {self.resolutions}")
+        problems += self._loss_weight_problems()
         if problems:
             raise ValueError("; ".join(problems))
+        self.loss_weights = {name: float(value) for name, value in self.loss_weights.items()}
+
+    def _loss_weight_problems(self) -> list[str]:
+        """Each loss_weights key must be the weight of a registered loss without a field of its
+        own (else a typo would be a loss silently left off), each value a finite number >= 0."""
+        if not isinstance(self.loss_weights, dict):
+            return [f"loss_weights must be a table of loss weights, got {self.loss_weights!r}"]
+        known, problems = field_less_loss_weights(), []
+        for name, value in self.loss_weights.items():
+            if name not in known:
+                problems.append(f"loss_weights: {name!r} is not the weight of a registered loss without a "
+                                f"RunConfig field (those are: {sorted(known)})")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                problems.append(f"{name} must be a finite number, got {value!r}")
+            elif value < 0:
+                problems.append(f"{name} must not be negative")
+        return problems
 
     @property
     def epochs(self) -> int:
@@ -151,17 +177,28 @@ def _check_type(key: str, value, default):
 RENAMED = {"ce": "ce_weight", "dice": "dice_weight", "kd": "kd_weight", "cwd": "cwd_weight"}
 
 
+def field_less_loss_weights() -> set[str]:
+    """The weight names of the registered losses that have no RunConfig field: the keys
+    loss_weights may hold. A loss registers when its module is imported (facekd/losses.py)."""
+    return {LOSSES[name].weight for name in LOSSES} - {f.name for f in dataclasses.fields(RunConfig)}
+
+
 def apply_overrides(cfg: RunConfig, overrides: dict, source: str = "overrides") -> RunConfig:
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    checked = {}
+    names, loss_weights = {f.name for f in dataclasses.fields(RunConfig)}, field_less_loss_weights()
+    checked, weighed = {}, {}
     for key, value in overrides.items():
         key = RENAMED.get(key, key)
-        if key not in names:
+        if key not in names and key not in loss_weights:
             raise ValueError(f"{source}: unknown config key {key!r}")
         try:
-            checked[key] = _check_type(key, value, getattr(cfg, key))
+            if key in loss_weights:  # a registered loss's weight without a field: into loss_weights
+                weighed[key] = _check_type(key, value, 0.0)
+            else:
+                checked[key] = _check_type(key, value, getattr(cfg, key))
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
+    if weighed:
+        checked["loss_weights"] = {**checked.get("loss_weights", cfg.loss_weights), **weighed}
     try:
         return dataclasses.replace(cfg, **checked)
     except ValueError as e:

@@ -1,4 +1,4 @@
-"""Multi-process training under torchrun: `torchrun --nproc_per_node N -m facekd <stage> ...`.
+"""Multi-process training under torchrun: `torchrun --nproc_per_node N -m facekd.app <stage> ...`.
 
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK for each process. Without them (or with a
 world of one) every helper here is a no-op and no process group is ever created, so a

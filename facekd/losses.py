@@ -2,9 +2,11 @@
 RunConfig weight that turns it on (torchdistill's pattern). A stage trains on
 `training_loss(cfg, teacher)`: the sum of the registered losses whose weight is above zero.
 
-Adding a loss is one decorated function here and a float field of its weight's name in
-facekd/config.py's RunConfig (docs/EXTENDING.md). A loss says what it compares the logits
-with:
+Adding a loss is one decorated function here, or in any module imported before the config
+is read (docs/EXTENDING.md), and no edit to facekd/config.py: the weight name it declares
+("toy_weight") is then a config key like any other (`--set toy_weight=1`, TOML, presets),
+kept in RunConfig.loss_weights, and `weight_of` reads it. A loss says what it compares the
+logits with:
 - "labels": fn(logits, labels, cfg), logits upsampled to the labels' size;
 - "teacher": fn(student, teacher, temperature, valid), both BxCxHxW at the student's output
   size, `valid` an optional BxHxW mask of the pixels to compare. These run only when the stage
@@ -29,7 +31,7 @@ LossFn = Callable[..., dict]  # (logits, images, labels, soft_targets) -> {"loss
 @dataclass(frozen=True)
 class Loss:
     name: str
-    weight: str                # the RunConfig field that weighs it; 0 turns it off
+    weight: str                # its config key, "<name>_weight"; 0 (or absent) turns it off
     fn: Callable[..., torch.Tensor]
     uses: str                  # "labels" or "teacher"
     # Online, the teacher saw the padding a warp brought in, so a loss may keep those pixels;
@@ -40,6 +42,8 @@ class Loss:
 def register_loss(name: str, weight: str, uses: str = "teacher", masks_online: bool = True):
     if uses not in ("labels", "teacher"):
         raise ValueError(f"loss {name!r}: uses must be 'labels' or 'teacher', not {uses!r}")
+    if not weight.endswith("_weight"):  # so it can never be taken for another setting (lr, seed)
+        raise ValueError(f"loss {name!r}: its weight's name must end in _weight, not {weight!r}")
 
     def add(fn):
         LOSSES.add(name, Loss(name, weight, fn, uses, masks_online))
@@ -47,10 +51,19 @@ def register_loss(name: str, weight: str, uses: str = "teacher", masks_online: b
     return add
 
 
+def weight_of(cfg, loss: Loss) -> float:
+    """The weight cfg gives a loss: the built-in losses' own RunConfig fields (ce_weight, ...),
+    any other registered loss's entry in cfg.loss_weights, 0 where it has none. Every reader of
+    a loss weight asks here, so both kinds are read alike."""
+    if hasattr(cfg, loss.weight):
+        return getattr(cfg, loss.weight)
+    return cfg.loss_weights.get(loss.weight, 0.0)
+
+
 def active_losses(cfg, uses: str | None = None) -> list[Loss]:
     """The registered losses (of one kind, if given) that cfg weighs above zero, in registration order."""
     return [LOSSES[name] for name in LOSSES
-            if getattr(cfg, LOSSES[name].weight) > 0 and uses in (None, LOSSES[name].uses)]
+            if weight_of(cfg, LOSSES[name]) > 0 and uses in (None, LOSSES[name].uses)]
 
 
 def valid_pixels(labels: torch.Tensor, size, margin: int = 0) -> torch.Tensor:
@@ -77,7 +90,7 @@ def training_loss(cfg, teacher: nn.Module | None = None) -> LossFn:
         terms = {loss.name: loss.fn(upsampled, labels, cfg) for loss in label_losses}
         if teacher_losses and (teacher is not None or soft_targets is not None):
             terms.update(_teacher_terms(teacher_losses, cfg, teacher, logits, images, labels, soft_targets))
-        terms["loss"] = sum(getattr(cfg, LOSSES[name].weight) * value for name, value in terms.items())
+        terms["loss"] = sum(weight_of(cfg, LOSSES[name]) * value for name, value in terms.items())
         return terms
     return loss_fn
 

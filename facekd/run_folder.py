@@ -149,11 +149,13 @@ class TrainingRun:
         """The run's main settings and final score on TensorBoard's HParams tab, written into
         the run's own events file so each run stays one file; then result.json."""
         from torch.utils.tensorboard.summary import hparams
+
+        from facekd.losses import weight_of  # here: it imports torch, which this module must not
         params = {"stage": stage, "model": cfg.model, "resolutions": json.dumps(cfg.resolutions),
                   "epochs": cfg.epochs, "budget_minutes": cfg.budget_minutes, "batch_size": cfg.batch_size,
                   "lr": cfg.lr, "weight_decay": cfg.weight_decay, "ema_decay": cfg.ema_decay, "seed": cfg.seed,
                   # every registered loss's weight, so that a new loss shows here without an edit
-                  **{LOSSES[name].weight: getattr(cfg, LOSSES[name].weight) for name in LOSSES},
+                  **{LOSSES[name].weight: weight_of(cfg, LOSSES[name]) for name in LOSSES},
                   "dice_scope": cfg.dice_scope, "temperature": cfg.temperature,
                   "repeat_threshold": cfg.repeat_threshold, "distill_mode": cfg.distill_mode,
                   "params": result["params"]}

@@ -7,7 +7,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from facekd.app.cli import main
-from facekd.config import RunConfig, apply_overrides, parse_assignments, resolve_config
+from facekd.config import PRESETS, RunConfig, apply_overrides, parse_assignments, resolve_config, resume_conflicts
+from facekd.losses import active_losses, register_loss, weight_of
+from facekd.registry import LOSSES
 from teachers.train import train_teacher
 
 TINY = dict(model="teacher_tiny", resolutions=[[64, 1]], batch_size=4, threads=1)
@@ -34,6 +36,32 @@ def test_old_loss_weight_names_still_load(tmp_path):
     (tmp_path / "old.toml").write_text("kd = 0.0\ncwd = 2.0\ndice = 0.25\n")
     cfg = resolve_config("distill", "smoke", str(tmp_path / "old.toml"))
     assert (cfg.kd_weight, cfg.cwd_weight, cfg.dice_weight) == (0.0, 2.0, 0.25)
+
+
+def test_a_loss_without_a_field_is_weighed_by_the_key_it_declares(tmp_path, monkeypatch):
+    """A loss registered outside facekd/config.py (a plugin's) is turned on by its weight's
+    name from a preset, a TOML file or --set, into loss_weights, checked as a field would be."""
+    monkeypatch.setattr(LOSSES, "_entries", dict(LOSSES._entries))  # the registration ends with the test
+    register_loss("toy", weight="toy_weight", uses="labels")(lambda logits, labels, cfg: logits.mean())
+    monkeypatch.setitem(PRESETS["distill"], "toy", {"toy_weight": 0.5})
+    assert resolve_config("distill", "toy").loss_weights == {"toy_weight": 0.5}
+    (tmp_path / "toy.toml").write_text("toy_weight = 2\n")
+    cfg = resolve_config("distill", "smoke", str(tmp_path / "toy.toml"), ["lr=1e-3"])
+    assert cfg.loss_weights == {"toy_weight": 2.0} and weight_of(cfg, LOSSES["toy"]) == 2.0
+    assert "toy" in [loss.name for loss in active_losses(cfg)]
+    assert resolve_config("distill", "smoke", None, ["toy_weight=1"]).loss_weights == {"toy_weight": 1.0}
+    for bad, message in (("toy_weight=-1", "toy_weight must not be negative"),
+                         ("toy_weight=inf", "toy_weight must be a finite number"),
+                         ("toy_weight=true", "'toy_weight' must be float"),
+                         ("toy_wieght=1", "unknown config key 'toy_wieght'")):
+        with pytest.raises(ValueError, match=message):
+            resolve_config("distill", "smoke", None, [bad])
+    with pytest.raises(ValueError, match="'kd_weight' is not the weight of a registered loss without"):
+        RunConfig(loss_weights={"kd_weight": 1.0})  # a built-in weight has its field
+    # a resumed run may not change it; a snapshot from before loss_weights existed is no conflict
+    assert resume_conflicts({"loss_weights": {}}, {"loss_weights": cfg.loss_weights})
+    before = {key: value for key, value in cfg.to_dict().items() if key != "loss_weights"}
+    assert not resume_conflicts(before, cfg.to_dict())
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -1,11 +1,15 @@
-"""docs/EXTENDING.md's worked examples run as written, in a fresh process (their registrations
-must not leak into the other tests' registries)."""
+"""docs/EXTENDING.md's worked examples run as written, and a plugin's student and loss train
+through `facekd distill`, each in a fresh process (their registrations must not leak into the
+other tests' registries)."""
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from facekd.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,3 +25,65 @@ def test_the_extending_guide_runs_as_written(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     for line in ("plainnet:", "teacher_small: val F", "loss terms:", "random importance:"):
         assert line in out.stdout, out.stdout
+
+
+# A student and a loss from outside the project: a module that registers them, imported before
+# the command runs, as a plugin package would be. Nothing in the project names them.
+TOY_PLUGIN = '''
+import torch.nn as nn
+
+from facekd.losses import register_loss
+from facekd.registry import register_student, register_student_arch
+
+
+@register_student_arch("toy_net")
+class ToyNet(nn.Module):
+    def __init__(self, width=8, num_classes=19, input_size=64):
+        super().__init__()
+        self.input_size = input_size
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3, 4, 1), nn.BatchNorm2d(width), nn.ReLU())
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x):
+        return self.classifier(self.body(x))
+
+    def config_from_weights(self):
+        return dict(width=self.body[0].out_channels, num_classes=self.classifier.out_channels,
+                    input_size=self.input_size)
+
+
+@register_student("toy")
+def toy_student():
+    return dict(arch="toy_net", width=8)
+
+
+@register_loss("toy", weight="toy_weight", uses="labels")
+def toy_loss(logits, labels, cfg):
+    return logits.pow(2).mean()
+'''
+
+TOY_DISTILL = """
+import sys
+import toy_plugin
+from facekd.app.cli import main
+raise SystemExit(main(["distill", "--arch", "toy", "--teacher", "none", "--set", "toy_weight=1",
+                       "--set", "resolutions=[[64, 1]]", "--set", "train_limit=4", "--set", "batch_size=4",
+                       "--set", "threads=1", "--out", sys.argv[1]]))
+"""
+
+
+def test_a_plugin_student_and_loss_train_through_facekd_distill(tmp_path):
+    """Registering is all it takes: no project file names the toy student or its loss, and
+    `--set toy_weight=1` turns the loss on though RunConfig has no such field."""
+    (tmp_path / "toy_plugin.py").write_text(TOY_PLUGIN)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    out = subprocess.run([sys.executable, "-c", TOY_DISTILL, str(run)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["loss/toy"] > 0 and {"loss/ce", "loss/loss"} <= set(metrics[-1])
+    assert json.loads((run / "config.json").read_text())["loss_weights"] == {"toy_weight": 1.0}
+    assert json.loads((run / "result.json").read_text())["steps"] == 1
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["model_cfg"]["arch"] == "toy_net"

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facekd.config import RunConfig
-from facekd.losses import dice_loss, training_loss
+from facekd.config import RunConfig, apply_overrides
+from facekd.losses import dice_loss, training_loss, weight_of
 from facekd.labels import NUM_CLASSES
 from facekd.metric import read_mask
 from facekd.registry import LOSSES
@@ -63,9 +63,10 @@ def test_every_registered_loss_runs_forward_and_backward_through_training_loss(n
     """Weighing one loss alone in the config turns it on, and only it; its gradient reaches the
     student's logits, with the teacher's side taken from stored soft targets."""
     loss = LOSSES[name]
-    assert isinstance(getattr(RunConfig(), loss.weight), float), f"{loss.weight} is not a RunConfig float"
+    # set as a user sets it, so that a loss with a RunConfig field and one without are alike
     weights = {LOSSES[other].weight: 0.0 for other in LOSSES}
-    cfg = RunConfig(**{**weights, loss.weight: 1.0})
+    cfg = apply_overrides(RunConfig(), {**weights, loss.weight: 1.0})
+    assert weight_of(cfg, loss) == 1.0
     torch.manual_seed(0)
     logits = torch.randn(2, NUM_CLASSES, 8, 8, requires_grad=True)
     labels = torch.randint(0, NUM_CLASSES, (2, 32, 32))

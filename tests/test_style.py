@@ -5,7 +5,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_FUNCTION_LINES = 50
-SOURCES = [p for folder in ("facekd", "students", "teachers", "distill", "compress", "benchmarks", "solution")
+SOURCES = [p for folder in ("facekd", "students", "teachers", "distill", "compress", "benchmarks", "solution", "tests")
            for p in sorted((REPO / folder).rglob("*.py"))] + [REPO / "solution" / "run.py"]
 
 

@@ -254,16 +254,17 @@ def _add_training_parsers(sub) -> None:
     p.set_defaults(func=cmd_train_teacher)
 
     p = sub.add_parser("distill", help="train a student from a teacher's soft logits (or from scratch)")
-    _add_run_args(p, "runs/student")
+    _add_run_args(p, "runs/distill")
     _add_teacher_arg(p)
     p.add_argument("--arch", "--student", dest="arch", default=None, metavar="NAME",
-                   help="the student architecture to train (default: the preset's)")
+                   help="the registered student to train, by name: students/__init__.py's, or one a module "
+                        "imported before the CLI registers (default: the preset's)")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("prune", help="prune a student with torch-pruning, then fine-tune it")
-    _add_run_args(p, "runs/pruned")
-    p.add_argument("--checkpoint", "--student", dest="checkpoint", default="runs/student/best.pt", metavar="CKPT",
-                   help="the student's best.pt to prune (default: runs/student/best.pt)")
+    _add_run_args(p, "runs/prune")
+    p.add_argument("--checkpoint", "--student", dest="checkpoint", default="runs/distill/best.pt", metavar="CKPT",
+                   help="the student's best.pt to prune (default: runs/distill/best.pt)")
     _add_teacher_arg(p)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-params", type=_number_list(int), help="prune until at most this many parameters")
@@ -287,8 +288,8 @@ def _add_training_parsers(sub) -> None:
 
     p = sub.add_parser("finetune", help="continue training a student as it is, with the prune stage's config")
     _add_run_args(p, "runs/finetuned")
-    p.add_argument("--checkpoint", "--student", dest="checkpoint", default="runs/pruned/best.pt", metavar="CKPT",
-                   help="the student's best.pt to continue (default: runs/pruned/best.pt)")
+    p.add_argument("--checkpoint", "--student", dest="checkpoint", default="runs/prune/best.pt", metavar="CKPT",
+                   help="the student's best.pt to continue (default: runs/prune/best.pt)")
     _add_teacher_arg(p)
     p.set_defaults(func=cmd_finetune)
 

@@ -51,7 +51,7 @@ TEACHER_ARCHS = Registry("teacher architecture")
 # named models: a name -> a function returning its plain config (with "arch")
 STUDENTS = Registry("student")
 TEACHERS = Registry("teacher")
-# training losses, each with the RunConfig weight that turns it on (facekd/losses.py)
+# training losses, each with the config weight that turns it on (facekd/losses.py: weight_of)
 LOSSES = Registry("loss")
 # checkpoints that do not hold plain fp32 weights are marked by a key, and the stage that
 # writes them registers a loader under it (compress/quantize.py: "quantized", int8 models)
