@@ -7,6 +7,9 @@ from pathlib import Path
 
 import torch
 
+from tqdm import tqdm
+
+from facekd.config import RunConfig, resume_conflicts
 from facekd.files import atomic_write, read_torch_file
 
 
@@ -58,3 +61,40 @@ def restore_training_state(state: dict, *, model, optimizer, scheduler, ema, gen
     return {k: state.get(k, default) for k, default in
             (("epoch", -1), ("step", 0), ("best_metric", -1.0), ("train_seconds", 0.0), ("images_seen", 0),
              ("budget_spent", 0.0), ("budget_train_start", None), ("finished", False))}
+
+
+# What --resume checks before it continues a run: the same model, config, data and teacher.
+
+def run_inputs(data_root, extra_config: dict | None) -> dict:
+    """What a resumed run must share with the run it continues, beside its config: the data it
+    trains and validates on, and its teacher(s) (a path, a list of paths, or "none"), as absolute
+    paths so that the same files given from another folder still match."""
+    def absolute(value):
+        if isinstance(value, (list, tuple)):
+            return [absolute(v) for v in value]
+        return value if value == "none" else str(Path(value).resolve())
+    inputs = {"data_root": data_root, **{k: v for k, v in (extra_config or {}).items() if k == "teacher"}}
+    return {k: absolute(v) for k, v in inputs.items()}
+
+
+def resume_state(run_dir: Path, resume: bool, device, world: int, cfg: RunConfig, model_cfg: dict,
+                  inputs: dict) -> dict | None:
+    """last.pt when resuming, after checking that it can continue with this model and config."""
+    last_path = Path(run_dir) / "last.pt"
+    if not resume:
+        return None
+    if not last_path.exists():
+        tqdm.write(f"--resume: {run_dir} holds no last.pt, so this run starts from scratch")
+        return None
+    # every rank reads the same file; checkpoints hold the unwrapped model, as without DDP
+    state = load_checkpoint(last_path)
+    if state.get("world_size", 1) != world:  # before anything is written
+        raise ValueError(f"{last_path} was trained by {state.get('world_size', 1)} process(es); resume it "
+                         f"with the same number (torchrun --nproc_per_node), not {world}")
+    conflicts = resume_conflicts(state.get("config", {}), {**cfg.to_dict(), **inputs})
+    if state["model_cfg"] != model_cfg:
+        conflicts.insert(0, f"model_cfg: {state['model_cfg']} != {model_cfg}")
+    if conflicts:
+        raise ValueError(f"{last_path} cannot be resumed with these settings; they differ from the run's own: "
+                         + "; ".join(conflicts))
+    return state

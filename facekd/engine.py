@@ -18,7 +18,6 @@ rank 0 alone validates and writes the run directory.
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
 import math
 import time
@@ -35,10 +34,12 @@ from tqdm import tqdm
 
 from facekd import distributed
 from facekd.challenge import count_params
-from facekd.budget import Budget, BudgetError, format_seconds
-from facekd.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
-from facekd.config import RunConfig, resume_conflicts
-from facekd.data import CachedSplit, find_pairs, load_split
+from facekd.budget import Budget, format_seconds
+from facekd.budget_check import check_budget_fits, probe_budget
+from facekd.checkpoint import (restore_training_state, resume_state, run_inputs, save_checkpoint,
+                               training_state)
+from facekd.config import RunConfig
+from facekd.data import CachedSplit, load_split
 from facekd.evaluation import evaluate
 from facekd.labels import NUM_CLASSES, colourise
 from facekd.losses import LossFn
@@ -189,57 +190,6 @@ def _steps(loop: Loop, data: CachedSplit, order: torch.Tensor, size: int, bar) -
     return sums, seen, spent
 
 
-def check_budget_fits(loop: Loop, step_seconds: float) -> None:
-    """After the first step of a budgeted run: refuse, before anything is written, a budget
-    that cannot hold even one step and one validation, and size the validation reserve."""
-    if loop.budget is None:
-        return
-    val = loop.val
-    batch = CachedSplit(val.stems[:loop.cfg.batch_size], val.images[:loop.cfg.batch_size],
-                        val.masks[:loop.cfg.batch_size])
-    t0 = time.perf_counter()
-    evaluate(loop.model, batch, loop.cfg.resolutions[-1][0], loop.cfg.flip_tta, loop.cfg.batch_size, loop.device)
-    eval_s = (time.perf_counter() - t0) * math.ceil(len(val) / len(batch))
-    loop.budget.reserve = 1.2 * eval_s + 1.0
-    if loop.budget.spent() + loop.budget.reserve > loop.budget.seconds:
-        raise BudgetError(
-            f"a budget of {loop.budget.seconds / 60:g} min is too small for this run: after "
-            f"{loop.budget.spent():.1f} s of set-up and one step ({step_seconds:.2f} s), one validation of "
-            f"{len(val)} images would take about {eval_s:.1f} s more; give at least "
-            f"{(loop.budget.spent() + loop.budget.reserve) / 60 * 1.5:.1f} min")
-
-
-def probe_budget(model: nn.Module, loss_fn: LossFn, cfg: RunConfig, data_root, budget: Budget,
-                 device: torch.device) -> None:
-    """Before decoding the data: refuse a budget that cannot hold decoding it, one step and one
-    validation, from one batch of each split decoded and one step and one validation batch
-    timed on a copy of the model. On the real data this says in seconds what check_budget_fits
-    would say only after a minute of decoding; check_budget_fits still has the last word."""
-    n = cfg.batch_size
-    t0 = time.perf_counter()
-    train = load_split(data_root, "train", cfg.size_at(0), limit=n, progress=False)
-    val = load_split(data_root, "val", None, limit=n, progress=False)
-    decode_s = (time.perf_counter() - t0) / (len(train) + len(val))
-    n_train = len(find_pairs(data_root, "train"))
-    n_train, n_val = min(n_train, cfg.train_limit or n_train), len(find_pairs(data_root, "val"))
-    probe = copy.deepcopy(model).to(device).train()  # the run's own model and RNG stay untouched
-    t0 = time.perf_counter()
-    images, labels, _ = train_batch(train.images.to(device), train.masks.to(device), AugmentConfig.from_run_config(cfg),
-                                    torch.Generator(device=device).manual_seed(0), None)
-    loss_fn(probe(images).float(), images, labels, None)["loss"].backward()
-    step_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    evaluate(probe, val, cfg.resolutions[-1][0], cfg.flip_tta, n, device)
-    val_s = (time.perf_counter() - t0) * math.ceil(n_val / len(val))
-    need = budget.spent() + decode_s * (n_train + n_val) + step_s + 1.2 * val_s + 1.0
-    if need > budget.seconds:
-        raise BudgetError(
-            f"a budget of {budget.seconds / 60:g} min is too small for this run: decoding its {n_train + n_val} "
-            f"images would take about {decode_s * (n_train + n_val):.0f} s, one step ({step_s:.2f} s) and one "
-            f"validation about {val_s:.1f} s (measured on one batch, before decoding the rest); give at least "
-            f"{need / 60 * 1.5:.2g} min")
-
-
 def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: bool, record: dict) -> None:
     """Score the (EMA) model on val, log it, and write best.pt when it improved."""
     cfg, writer = loop.cfg, loop.run.writer
@@ -322,41 +272,6 @@ def end_of_epoch(loop: Loop, size: int, sums: dict, seen: int, elapsed: float, i
     if loop.world > 1:
         distributed.barrier()
         loop.best = float(distributed.broadcast(torch.tensor(loop.best, dtype=torch.float64)))
-
-
-def run_inputs(data_root, extra_config: dict | None) -> dict:
-    """What a resumed run must share with the run it continues, beside its config: the data it
-    trains and validates on, and its teacher(s) (a path, a list of paths, or "none"), as absolute
-    paths so that the same files given from another folder still match."""
-    def absolute(value):
-        if isinstance(value, (list, tuple)):
-            return [absolute(v) for v in value]
-        return value if value == "none" else str(Path(value).resolve())
-    inputs = {"data_root": data_root, **{k: v for k, v in (extra_config or {}).items() if k == "teacher"}}
-    return {k: absolute(v) for k, v in inputs.items()}
-
-
-def _resume_state(run_dir: Path, resume: bool, device, world: int, cfg: RunConfig, model_cfg: dict,
-                  inputs: dict) -> dict | None:
-    """last.pt when resuming, after checking that it can continue with this model and config."""
-    last_path = Path(run_dir) / "last.pt"
-    if not resume:
-        return None
-    if not last_path.exists():
-        tqdm.write(f"--resume: {run_dir} holds no last.pt, so this run starts from scratch")
-        return None
-    # every rank reads the same file; checkpoints hold the unwrapped model, as without DDP
-    state = load_checkpoint(last_path)
-    if state.get("world_size", 1) != world:  # before anything is written
-        raise ValueError(f"{last_path} was trained by {state.get('world_size', 1)} process(es); resume it "
-                         f"with the same number (torchrun --nproc_per_node), not {world}")
-    conflicts = resume_conflicts(state.get("config", {}), {**cfg.to_dict(), **inputs})
-    if state["model_cfg"] != model_cfg:
-        conflicts.insert(0, f"model_cfg: {state['model_cfg']} != {model_cfg}")
-    if conflicts:
-        raise ValueError(f"{last_path} cannot be resumed with these settings; they differ from the run's own: "
-                         + "; ".join(conflicts))
-    return state
 
 
 def _make_schedule(optimizer, cfg: RunConfig, lr: float, steps_per_epoch: int, budgeted: bool):
@@ -466,7 +381,7 @@ def _prepare(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig,
     budget = budget or Budget.from_minutes(cfg.budget_minutes)
     model_cfg = {**model_cfg, "input_size": cfg.resolutions[-1][0]}
     inputs = run_inputs(data_root, extra_config)
-    resumed = _resume_state(run_dir, resume, device, world, cfg, model_cfg, inputs)
+    resumed = resume_state(run_dir, resume, device, world, cfg, model_cfg, inputs)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+import facekd.budget_check as budget_check
 import facekd.engine as engine
 from distill.train import distill
 from facekd.app.cli import main
@@ -111,8 +112,9 @@ def test_a_hopeless_budget_is_refused_before_the_data_is_decoded(tmp_path, sampl
     (56 s on the real data); one batch of each split is decoded to measure it first."""
     decoded = []
     real_load = engine.load_split
-    monkeypatch.setattr(engine, "load_split", lambda root, split, size=None, limit=0, **kw:
-                        (decoded.append((split, limit)), real_load(root, split, size, limit, **kw))[1])
+    for module in (engine, budget_check):  # the probe decodes, then the engine would
+        monkeypatch.setattr(module, "load_split", lambda root, split, size=None, limit=0, **kw:
+                            (decoded.append((split, limit)), real_load(root, split, size, limit, **kw))[1])
     with pytest.raises(BudgetError, match=r"too small.*decoding its 20 images.*before decoding the rest"):
         distill(tiny(budget_minutes=1 / 60), sample_root, tmp_path / "run", None, progress=False)
     assert decoded and all(limit for _, limit in decoded), decoded  # never a whole split

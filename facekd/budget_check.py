@@ -1,0 +1,75 @@
+"""Refusing a budget that cannot hold a run, before its time is wasted: probe_budget before
+the data is decoded, from one batch of each split, and check_budget_fits after the first real
+step, which also sizes the reserve held back for the last validation. Split from the engine,
+which calls both, so that the loop's module holds the loop."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+
+from facekd.budget import Budget, BudgetError
+from facekd.config import RunConfig
+from facekd.data import CachedSplit, find_pairs, load_split
+from facekd.evaluation import evaluate
+from facekd.losses import LossFn
+from facekd.transforms import AugmentConfig, train_batch
+
+if TYPE_CHECKING:  # the engine imports this module, so its Loop is named for the type checker only
+    from facekd.engine import Loop
+
+
+def check_budget_fits(loop: "Loop", step_seconds: float) -> None:
+    """After the first step of a budgeted run: refuse, before anything is written, a budget
+    that cannot hold even one step and one validation, and size the validation reserve."""
+    if loop.budget is None:
+        return
+    val = loop.val
+    batch = CachedSplit(val.stems[:loop.cfg.batch_size], val.images[:loop.cfg.batch_size],
+                        val.masks[:loop.cfg.batch_size])
+    t0 = time.perf_counter()
+    evaluate(loop.model, batch, loop.cfg.resolutions[-1][0], loop.cfg.flip_tta, loop.cfg.batch_size, loop.device)
+    eval_s = (time.perf_counter() - t0) * math.ceil(len(val) / len(batch))
+    loop.budget.reserve = 1.2 * eval_s + 1.0
+    if loop.budget.spent() + loop.budget.reserve > loop.budget.seconds:
+        raise BudgetError(
+            f"a budget of {loop.budget.seconds / 60:g} min is too small for this run: after "
+            f"{loop.budget.spent():.1f} s of set-up and one step ({step_seconds:.2f} s), one validation of "
+            f"{len(val)} images would take about {eval_s:.1f} s more; give at least "
+            f"{(loop.budget.spent() + loop.budget.reserve) / 60 * 1.5:.1f} min")
+
+
+def probe_budget(model: nn.Module, loss_fn: LossFn, cfg: RunConfig, data_root, budget: Budget,
+                 device: torch.device) -> None:
+    """Before decoding the data: refuse a budget that cannot hold decoding it, one step and one
+    validation, from one batch of each split decoded and one step and one validation batch
+    timed on a copy of the model. On the real data this says in seconds what check_budget_fits
+    would say only after a minute of decoding; check_budget_fits still has the last word."""
+    n = cfg.batch_size
+    t0 = time.perf_counter()
+    train = load_split(data_root, "train", cfg.size_at(0), limit=n, progress=False)
+    val = load_split(data_root, "val", None, limit=n, progress=False)
+    decode_s = (time.perf_counter() - t0) / (len(train) + len(val))
+    n_train = len(find_pairs(data_root, "train"))
+    n_train, n_val = min(n_train, cfg.train_limit or n_train), len(find_pairs(data_root, "val"))
+    probe = copy.deepcopy(model).to(device).train()  # the run's own model and RNG stay untouched
+    t0 = time.perf_counter()
+    images, labels, _ = train_batch(train.images.to(device), train.masks.to(device), AugmentConfig.from_run_config(cfg),
+                                    torch.Generator(device=device).manual_seed(0), None)
+    loss_fn(probe(images).float(), images, labels, None)["loss"].backward()
+    step_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluate(probe, val, cfg.resolutions[-1][0], cfg.flip_tta, n, device)
+    val_s = (time.perf_counter() - t0) * math.ceil(n_val / len(val))
+    need = budget.spent() + decode_s * (n_train + n_val) + step_s + 1.2 * val_s + 1.0
+    if need > budget.seconds:
+        raise BudgetError(
+            f"a budget of {budget.seconds / 60:g} min is too small for this run: decoding its {n_train + n_val} "
+            f"images would take about {decode_s * (n_train + n_val):.0f} s, one step ({step_s:.2f} s) and one "
+            f"validation about {val_s:.1f} s (measured on one batch, before decoding the rest); give at least "
+            f"{need / 60 * 1.5:.2g} min")
