@@ -23,26 +23,22 @@ import torch  # noqa: E402
 
 from facekd.files import InputError, check_mask_jobs, one_line, read_torch_file  # noqa: E402
 from facekd.inference import list_images, load_rgb, predict_mask, save_mask  # noqa: E402
-from facekd.models import build_model  # noqa: E402
-import students  # noqa: E402,F401  (registers the student architectures build_model builds)
+from facekd.models import load_model  # noqa: E402
+import students  # noqa: E402,F401  (registers the student architectures load_model builds)
 
 
 def model_from_export(weights: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, int]:
-    """The student and the square size it expects, from an exported ckpt.pth. A file that
-    is not a usable export is an InputError naming it."""
+    """The student and the square size it expects, from an exported ckpt.pth, through the
+    project's one dict-to-model loader. A file that is not a usable export is an InputError
+    naming it."""
     ckpt = read_torch_file(weights)
     try:
-        cfg = ckpt["model_cfg"]
-        # Built on the meta device, so no time goes into initialising weights that the
-        # checkpoint's replace at once; assign=True adopts the loaded tensors as they are.
-        with torch.device("meta"):
-            model = build_model(cfg)
-        model.load_state_dict(ckpt["model"], assign=True)
+        model, input_size = load_model(ckpt, weights), int(ckpt["model_cfg"]["input_size"])
     except Exception as e:  # a missing key, an unknown arch, a state-dict mismatch...
         raise InputError(f"{weights}: not a usable facekd export ({one_line(e)})") from e
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval().to(memory_format=torch.channels_last)
-    return model, int(cfg["input_size"])
+    return model, input_size
 
 
 def predict_file(model: torch.nn.Module, input_size: int, src: Path, dst: Path, flip_tta: bool = True) -> None:
