@@ -13,7 +13,7 @@ import tempfile
 import torch
 
 import students  # noqa: F401  (fills the registry load_model builds from)
-from facekd.checkpoint import load_checkpoint
+from facekd.files import load_checkpoint
 from facekd.models import load_model
 from facekd.app.predict import predict_paths
 from facekd.latency import matmul_gflops

@@ -19,7 +19,7 @@ from pathlib import Path
 from compress.prune import prune_fastest_rounding
 import compress.quantize  # noqa: F401  (registers the int8 checkpoint format)
 import students  # noqa: F401  (fills the registry load_model builds from)
-from facekd.checkpoint import load_checkpoint
+from facekd.files import load_checkpoint
 from facekd.models import load_model
 from facekd.latency import RUNS, format_spread, latency_record, rank_groups, spearman
 from facekd.profile import model_cost

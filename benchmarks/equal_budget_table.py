@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import students  # noqa: F401  (fills the registry load_model builds from)
-from facekd.checkpoint import load_checkpoint
+from facekd.files import load_checkpoint
 from facekd.models import load_model
 from facekd.data import load_split
 from facekd.evaluation import evaluate

@@ -23,10 +23,10 @@ import torch
 import torch.nn as nn
 
 from facekd.challenge import PARAM_LIMIT, count_params
-from facekd.checkpoint import load_checkpoint, save_checkpoint
+from facekd.checkpoint import save_checkpoint
 from facekd.data import load_split
 from facekd.evaluation import evaluate
-from facekd.files import check_output_file
+from facekd.files import check_output_file, load_checkpoint
 from facekd.inference import normalize
 from facekd.models import build_model, load_model
 from facekd.registry import CHECKPOINT_FORMATS

@@ -25,7 +25,7 @@ from compress.train import prune_and_finetune
 from distill.soft_targets import offline_soft_targets, stored_size
 from distill.teacher import frozen_teacher, teacher_paths, teacher_record
 from facekd import distributed
-from facekd.checkpoint import load_checkpoint
+from facekd.files import load_checkpoint
 from facekd.models import load_model
 from facekd.challenge import count_params
 from facekd.config import RunConfig

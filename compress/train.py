@@ -15,7 +15,8 @@ from compress.prune import IMPORTANCES, prune_fastest_rounding, rebuild
 from distill.teacher import frozen_teacher
 from distill.train import distill
 from facekd import distributed
-from facekd.checkpoint import load_checkpoint, save_checkpoint
+from facekd.checkpoint import save_checkpoint
+from facekd.files import load_checkpoint
 from facekd.budget import Budget
 from facekd.config import RunConfig
 from facekd.data import load_split

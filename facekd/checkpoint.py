@@ -10,24 +10,12 @@ import torch
 from tqdm import tqdm
 
 from facekd.config import RunConfig, resume_conflicts
-from facekd.files import atomic_write, read_torch_file
+from facekd.files import atomic_write, load_checkpoint
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
     with atomic_write(path) as f:  # a run killed mid-write keeps the previous checkpoint intact
         torch.save(state, f)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint's dict on the CPU (load_state_dict copies onto any device). Errors are
-    one line naming the file, and an unsafe file's refusal never suggests weights_only=False."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    ckpt = read_torch_file(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_cfg" not in ckpt:
-        raise ValueError(f"{path}: not a facekd checkpoint (expected a dict with 'model' and 'model_cfg')")
-    return ckpt
 
 
 # The full training state that --resume continues from. Its layout lives here, beside the

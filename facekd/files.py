@@ -41,9 +41,23 @@ def _is_torch_file(f) -> bool:
         f.seek(start)
 
 
+def load_checkpoint(source: str | os.PathLike | io.BytesIO, name: str | None = None) -> dict:
+    """The one way a file becomes a checkpoint dict (facekd.models.load_model makes the dict a
+    model): on the CPU, since load_state_dict copies onto any device, from a path or an
+    in-memory copy of a file named `name`. Errors are one line naming the file."""
+    if not isinstance(source, io.BytesIO) and not Path(source).is_file():
+        raise FileNotFoundError(f"{source}: checkpoint not found")
+    name = name or str(source)
+    ckpt = read_torch_file(source, name)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_cfg" not in ckpt:
+        raise InputError(f"{name}: not a facekd checkpoint (expected a dict with 'model' and 'model_cfg')")
+    return ckpt
+
+
 def read_torch_file(source: str | os.PathLike | io.BytesIO, name: str | None = None):
     """torch.load(weights_only=True) on the CPU of a file (or an in-memory copy of one, named
-    `name`), with a one-line InputError naming it.
+    `name`), with a one-line InputError naming it: the layer under load_checkpoint, and what
+    reads torch files that are not checkpoints (the soft-target cache).
 
     Torch's advice for a file that holds pickled objects (load it with weights_only=False)
     would run code from the file, so it is never passed on."""

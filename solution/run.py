@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
-from facekd.files import InputError, check_mask_jobs, one_line, read_torch_file  # noqa: E402
+from facekd.files import InputError, check_mask_jobs, load_checkpoint, one_line  # noqa: E402
 from facekd.inference import list_images, load_rgb, predict_mask, save_mask  # noqa: E402
 from facekd.models import load_model  # noqa: E402
 import students  # noqa: E402,F401  (registers the student architectures load_model builds)
@@ -31,7 +31,7 @@ def model_from_export(weights: str | Path, device: torch.device | None = None) -
     """The student and the square size it expects, from an exported ckpt.pth, through the
     project's one dict-to-model loader. A file that is not a usable export is an InputError
     naming it."""
-    ckpt = read_torch_file(weights)
+    ckpt = load_checkpoint(weights)
     try:
         model, input_size = load_model(ckpt, weights), int(ckpt["model_cfg"]["input_size"])
     except Exception as e:  # a missing key, an unknown arch, a state-dict mismatch...
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         # every output is checked before the weights are even read, so a mistake costs nothing
         check_mask_jobs(jobs, protected=(Path(args.weights),))
         model, input_size = model_from_export(args.weights)
-    except InputError as e:
+    except (InputError, FileNotFoundError) as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         return 1
     failed = 0

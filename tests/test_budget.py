@@ -13,7 +13,7 @@ import facekd.engine as engine
 from distill.train import distill
 from facekd.app.cli import main
 from facekd.budget import Budget, BudgetError
-from facekd.checkpoint import load_checkpoint
+from facekd.files import load_checkpoint
 from facekd.config import RunConfig, apply_overrides, resolve_config
 
 # The tiny student on the 16 embedded pairs: a step takes well under a second, so a

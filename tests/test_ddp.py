@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from facekd.checkpoint import load_checkpoint
+from facekd.files import load_checkpoint
 from facekd.app.cli import main
 
 # `facekd` that dies right after rank 0 saves epoch 0's last.pt, as test_engine's resume test does

@@ -6,7 +6,7 @@ import torch
 import numpy as np
 
 import facekd.engine as engine
-from facekd.checkpoint import load_checkpoint
+from facekd.files import load_checkpoint
 from facekd.app.cli import main
 from facekd.config import RunConfig, apply_overrides, load_toml, resolve_config
 from facekd.metric import read_mask

@@ -15,7 +15,8 @@ from distill.teacher import frozen_teacher, teacher_paths, teacher_record
 from facekd.app.cli import main
 from facekd.models import build_model, named_config
 from teachers.ensemble import model_or_ensemble
-from facekd.checkpoint import save_checkpoint, load_checkpoint
+from facekd.checkpoint import save_checkpoint
+from facekd.files import load_checkpoint
 from facekd.config import RunConfig
 from facekd.data import SAMPLE_DATA, load_split
 from facekd.evaluation import evaluate

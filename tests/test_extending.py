@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from facekd.checkpoint import load_checkpoint
+from facekd.files import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 

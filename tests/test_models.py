@@ -9,7 +9,8 @@ import torch
 from compress.prune import prune_to_target, rebuild
 from facekd import challenge
 from facekd.app.export import export
-from facekd.checkpoint import load_checkpoint, save_checkpoint
+from facekd.checkpoint import save_checkpoint
+from facekd.files import load_checkpoint
 from facekd.models import build_model, load_model, named_config
 from facekd.registry import STUDENTS, TEACHERS
 

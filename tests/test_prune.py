@@ -6,7 +6,8 @@ import torch
 import students
 from facekd import challenge
 from compress.prune import prune_to_target, rebuild
-from facekd.checkpoint import load_checkpoint, save_checkpoint
+from facekd.checkpoint import save_checkpoint
+from facekd.files import load_checkpoint
 from facekd.app.cli import main
 from facekd.models import build_model, named_config
 

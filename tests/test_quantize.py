@@ -9,7 +9,7 @@ from compress.quantize import Int8Student, calibration_batch, quantize_checkpoin
 from facekd.app.cli import main
 from facekd.models import load_model, named_config
 from facekd.app.predict import predict_paths
-from facekd.checkpoint import load_checkpoint
+from facekd.files import load_checkpoint
 from facekd.data import SAMPLE_DATA, load_split
 from facekd.inference import normalize
 from facekd.profile import model_cost

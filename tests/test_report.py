@@ -13,7 +13,7 @@ from PIL import Image
 
 from facekd.app.cli import main
 from facekd.app.report import pareto_front, write_report
-from facekd.checkpoint import load_checkpoint
+from facekd.files import load_checkpoint
 
 SECTIONS = {"models", "pareto", "per-class", "confusion", "worst", "curves", "sweeps"}
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)

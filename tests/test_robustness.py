@@ -28,7 +28,7 @@ from facekd.checkpoint import save_checkpoint
 from facekd.data import load_split
 from facekd.evaluation import evaluate
 from facekd.losses import training_loss
-from facekd.files import InputError, read_torch_file
+from facekd.files import InputError, load_checkpoint, read_torch_file
 from facekd.inference import MAX_PIXELS, list_images, load_rgb, save_mask
 from facekd.labels import NUM_CLASSES, PALETTE
 from facekd.metric import FScoreMeter, read_mask
@@ -482,7 +482,6 @@ def test_a_pipeline_resumed_with_another_audit_setting_is_refused(tmp_path, caps
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, sample_root):
     """Fault 6: every epoch logged a NaN loss, metrics.jsonl held NaN, best.pt was all NaN."""
     from facekd.models import build_model, named_config
-    from facekd.checkpoint import load_checkpoint
     from facekd.config import RunConfig, apply_overrides
     cfg = apply_overrides(RunConfig(), dict(model="tiny", resolutions=[[64, 3]], batch_size=8, warmup_epochs=0.5))
     model_cfg = named_config("tiny", 64)

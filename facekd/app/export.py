@@ -15,8 +15,8 @@ from pathlib import Path
 import compress.quantize  # noqa: F401  (registers the int8 format, which export refuses by name)
 import facekd
 import students
-from facekd.checkpoint import load_checkpoint, save_checkpoint
-from facekd.files import check_output_folder
+from facekd.checkpoint import save_checkpoint
+from facekd.files import check_output_folder, load_checkpoint
 from facekd.models import shippable_student
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

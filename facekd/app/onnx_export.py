@@ -22,9 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from facekd.checkpoint import load_checkpoint
 from facekd.data import load_split
-from facekd.files import check_output_folder
+from facekd.files import check_output_folder, load_checkpoint
 from facekd.inference import predict_logits
 from facekd.labels import PALETTE
 from facekd.metric import FScoreMeter

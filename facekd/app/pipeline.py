@@ -44,7 +44,7 @@ from facekd.config import resolve_config
 from facekd.inference import list_images
 from facekd.latency import RUNS, WARMUP
 from facekd.app.export import export
-from facekd.checkpoint import load_checkpoint
+from facekd.files import load_checkpoint
 from facekd.models import load_model
 from teachers.ensemble import model_or_ensemble
 from facekd.app.report import write_report

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import compress.quantize  # noqa: F401  (registers the int8 checkpoint format that load_model reads)
 from facekd import distributed
-from facekd.checkpoint import load_checkpoint
+from facekd.files import load_checkpoint
 from facekd.models import is_teacher, load_model
 from teachers.ensemble import model_or_ensemble
 from facekd.challenge import PARAM_LIMIT

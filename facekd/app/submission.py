@@ -25,7 +25,7 @@ from tqdm import tqdm
 from facekd.models import load_model
 import students  # noqa: F401  (fills the registry load_model rebuilds the shipped student from)
 from facekd import challenge
-from facekd.files import atomic_write, check_output_file, read_torch_file
+from facekd.files import atomic_write, check_output_file, load_checkpoint
 from facekd.inference import list_images
 from facekd.labels import NUM_CLASSES
 from facekd.metric import name_some
@@ -105,7 +105,7 @@ def count_shipped_params(data: bytes) -> int:
     load_model rebuilds it as trained, so an over-limit model is counted and reported rather
     than refused at build time, and loads the weights strictly, because run.py would fail on
     weights that do not match the config."""
-    ckpt = read_torch_file(io.BytesIO(data), "solution/ckpt.pth")
+    ckpt = load_checkpoint(io.BytesIO(data), "solution/ckpt.pth")
     model = load_model(ckpt, source="solution/ckpt.pth")
     return challenge.count_params(model)
 
