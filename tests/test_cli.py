@@ -59,7 +59,7 @@ def test_the_teacher_flag_has_one_meaning_and_one_default(tmp_path, capsys, monk
         teacher = next(a for a in subcommands()[name]._actions if a.dest == "teacher")
         assert "(default: none, labels alone)" in teacher.help and "'none'" in teacher.help, name
     pipeline = next(a for a in subcommands()["pipeline"]._actions if a.dest == "teacher")
-    assert "(default: train one" in pipeline.help
+    assert "(default: 'train', the pipeline's teacher stage trains one" in pipeline.help
     assert parser.parse_args(["distill"]).teacher is None
     assert main(["prune", "--checkpoint", "s.pt", "--ratio", "0.5", "--teacher", "gone.pt"]) == 2
     assert "--teacher gone.pt: no such checkpoint" in capsys.readouterr().err

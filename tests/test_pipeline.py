@@ -83,6 +83,24 @@ def test_pipeline_distils_from_a_teacher_trained_earlier(tmp_path, capsys):
     assert "missing.pt: no such checkpoint" in capsys.readouterr().err
 
 
+def test_pipeline_with_teacher_none_trains_from_labels_alone(tmp_path, capsys):
+    """Issue 26: --teacher none means labels alone on the pipeline too; it once trained a
+    teacher all the same. 'train', the flag's default there, names the teacher stage's own."""
+    out = tmp_path / "pipe"
+    args = ["pipeline", "--out", str(out), "--no-audit", "--set", "resolutions=[[64, 1]]"]
+    assert main(args + ["--teacher", "none", "--finetune-kd", "always"]) == 2  # nothing to fine-tune under
+    assert "--finetune-kd always needs a teacher" in capsys.readouterr().err and not out.exists()
+    assert main(args + ["--teacher", "train", "--teacher", "t.pt"]) == 2
+    assert main(args + ["--teacher", "none"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert not (out / "teacher").exists()
+    assert summary["stages"]["teacher"]["from"] == "none" and summary["teacher_from"] == "none"
+    for stage in ("distill", "prune"):
+        assert json.loads((out / stage / "config.json").read_text())["teacher"] == "none"
+    assert summary["stages"]["prune"]["finetune_kd"] is False
+    assert (out / "solution" / "ckpt.pth").is_file()
+
+
 def test_budget_tail_prices_the_teacher_the_report_scores(sample_root):
     # the report scores a teacher the pipeline trained; a slow one must be paid for before the
     # last training stage is planned, or the pipeline ends past its budget

@@ -295,7 +295,8 @@ def _add_training_parsers(sub) -> None:
 
 
 def _add_pipeline_parser(sub) -> None:
-    p = sub.add_parser("pipeline", help="teacher -> student -> prune -> export -> package, resumable")
+    p = sub.add_parser("pipeline", help="audit -> train-teacher -> distill -> prune -> export -> package, "
+                                               "resumable")
     _add_run_args(p, "runs/pipeline")
     p.add_argument("--images", default=None, help="images to package (default: the data's test/images)")
     p.add_argument("--no-audit", action="store_true",
@@ -303,8 +304,8 @@ def _add_pipeline_parser(sub) -> None:
     p.add_argument("--prune-from", default="student", choices=["student", "wide"],
                    help="student (default): distil the preset's student, prune it by the preset's share; "
                         "wide: distil the over-limit resfpn_wide, prune it to just under the parameter limit")
-    _add_teacher_arg(p, "train one in the pipeline's teacher stage; a given teacher's cost is paid once "
-                              "for many pipelines, and --budget goes to the student stages alone")
+    _add_teacher_arg(p, "'train', the pipeline's teacher stage trains one; a teacher given, or 'none', trains "
+                        "nothing there and --budget goes to the student stages alone")
     p.add_argument("--finetune-kd", default="auto", choices=["auto", "always", "never"],
                    help="fine-tune the pruned student under the teacher: auto (default: only while the "
                         "teacher scored above the distilled student on val), always, or never (labels alone)")

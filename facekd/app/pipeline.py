@@ -13,9 +13,12 @@ stage cuts it to under the challenge's parameter limit.
 With --budget MINUTES the training stages share the pipeline's wall time (BUDGET_SHARES);
 summary.json records each stage's planned and actual time, epochs and images seen.
 
-With --teacher CHECKPOINT the teacher stage trains nothing and the later stages distil from a
-teacher trained earlier: a teacher's cost is then paid once for any number of pipelines, and a
---budget goes to the student stages alone.
+--teacher says what the student stages learn from. "train" (the default) trains a teacher in
+the teacher stage. CHECKPOINT (repeated for an ensemble) distils from a teacher trained earlier:
+its cost is then paid once for any number of pipelines. "none" trains the student from labels
+alone, which on two CPU cores beat every teacher trained within the same budget
+(docs/RESULTS.md, "Budgets and the pipeline"). With either of the last two the teacher stage
+trains nothing and a --budget goes to the student stages alone.
 
 --finetune-kd says whether the prune stage fine-tunes under the teacher. With "auto" (the
 default) it does so only while the teacher scored above the distilled student on val: a student
@@ -60,6 +63,7 @@ PRUNE_KEEP = {"smoke": 0.7, "cpu": 0.8, "gpu": 0.8}
 WIDE_STUDENT = "resfpn_wide"
 PRUNE_FROM = ("student", "wide")
 FINETUNE_KD = ("auto", "always", "never")
+TRAIN_TEACHER = "train"  # --teacher train: the pipeline's teacher stage trains one (the default)
 # The stage a pipeline skips, rather than failing, when its share of the budget cannot hold it.
 LAST_TRAINING_STAGE = "prune"
 # How a pipeline --budget is shared among the training stages, per preset. Each stage gets
@@ -137,12 +141,16 @@ class Pipeline:
     resume: bool
     progress: bool
     finetune_kd: str
-    trained_teacher: list[Path] | None = None  # --teacher: checkpoints trained outside this pipeline
+    given_teacher: list[Path] | None = None  # --teacher: checkpoints trained earlier, [] for none
+
+    @property
+    def trains_teacher(self) -> bool:
+        return self.given_teacher is None
 
     @property
     def teacher_checkpoints(self) -> list[Path]:
-        """The teacher the student stages distil from: one checkpoint, or an ensemble's."""
-        return self.trained_teacher or [self.out / "teacher" / "best.pt"]
+        """What the student stages distil from: one checkpoint, an ensemble's, or none (labels alone)."""
+        return [self.out / "teacher" / "best.pt"] if self.trains_teacher else self.given_teacher
 
     @property
     def stages(self) -> dict:
@@ -161,7 +169,7 @@ class Pipeline:
             shares = BUDGET_SHARES[self.preset]
             later = [n for n in shares if n not in self.stages]
             tail = _tail_seconds(self.images, self.data_root, self.stages,
-                                 report_scores_teacher=self.trained_teacher is None)
+                                 report_scores_teacher=self.trains_teacher)
             left = self.budget.left() - tail
             planned[name] = left * shares[name] / sum(shares[n] for n in later)
             self.save()
@@ -185,9 +193,11 @@ class Pipeline:
             # the student it would have cut is trained already: ship that rather than nothing
             tqdm.write(f"[pipeline] {name}: skipped, {e}; the best model so far is exported")
             info, checkpoint = {"skipped": str(e)}, None
-        if checkpoint:
-            info.update(_teacher_cost(self.teacher_checkpoints, self.configs["distill"], self.data_root)
-                        if name == "teacher" else _cost(self.out / name / checkpoint))
+        if checkpoint and name == "teacher":
+            if self.teacher_checkpoints:
+                info.update(_teacher_cost(self.teacher_checkpoints, self.configs["distill"], self.data_root))
+        elif checkpoint:
+            info.update(_cost(self.out / name / checkpoint))
         self.stages[name] = {"wall_s": time.time() - t0, **info}
         self.save()
 
@@ -217,8 +227,8 @@ class Pipeline:
                 "panel": str(panel) if panel else None}
 
     def teacher(self) -> dict:
-        if self.trained_teacher is not None:
-            return {"from": teacher_record(self.trained_teacher)}
+        if not self.trains_teacher:
+            return {"from": teacher_record(self.given_teacher)}
         cfg, planned = self.stage_config("teacher", "teacher")
         return _trained(train_teacher(cfg, self.data_root, self.out / "teacher", resume=self.resume,
                                       progress=self.progress), planned)
@@ -232,8 +242,8 @@ class Pipeline:
         cfg, planned = self.stage_config("prune", "prune")
         target = (PARAM_LIMIT - 1 if self.prune_from == "wide"
                   else int(self.stages["distill"]["params"] * PRUNE_KEEP[self.preset]))
-        with_teacher = finetune_under_teacher(self.finetune_kd, self.stages["teacher"].get("val_fscore"),
-                                              self.stages["distill"].get("val_fscore"))
+        with_teacher = bool(self.teacher_checkpoints) and finetune_under_teacher(
+            self.finetune_kd, self.stages["teacher"].get("val_fscore"), self.stages["distill"].get("val_fscore"))
         # round_to 8, not auto: pruning three times and timing the results costs a short budgeted
         # stage much of its fine-tuning (12 s of the smoke pipeline's 12); prune the result for speed
         # afterwards with `facekd prune --round-to auto` if latency matters
@@ -269,7 +279,7 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
                  budget_minutes: float | None = None, assignments: list[str] | None = None,
                  prune_from: str = "student", teacher: str | Path | list | None = None,
                  finetune_kd: str = "auto", seed: int | None = None) -> dict:
-    teachers = _check_arguments(prune_from, finetune_kd, teacher)
+    teachers = _check_arguments(prune_from, finetune_kd, teacher)  # None: the teacher stage trains one
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"{out} already holds a pipeline; pass --resume to continue it or choose another --out")
@@ -282,7 +292,7 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
         configs["distill"] = dataclasses.replace(configs["distill"], model=WIDE_STUDENT)
     budget = Budget(budget_minutes) if budget_minutes is not None else None
     if budget is not None and not resume:
-        _refuse_budget_below_tail(budget, images, data_root, report_scores_teacher=not teachers)
+        _refuse_budget_below_tail(budget, images, data_root, report_scores_teacher=teachers is None)
     with run_folder_lock(out):
         before = set(out.iterdir())
         summary = _open_summary(out, preset, prune_from, teachers, audit, finetune_kd)
@@ -291,7 +301,7 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
             # a resumed pipeline has already spent what its finished stages took
             budget.resume(sum(s["wall_s"] for s in summary["stages"].values()), None)
         pipeline = Pipeline(Path(data_root), out, preset, Path(images), configs, budget, summary, prune_from,
-                            resume, progress, finetune_kd, [Path(p) for p in teachers] or None)
+                            resume, progress, finetune_kd, None if teachers is None else [Path(p) for p in teachers])
         # A budget refused before any model was trained leaves nothing behind, so a plain rerun
         # with a larger one is accepted; a trained teacher or student is kept for --resume.
         with removed_if_budget_refused(out, keep=lambda: pipeline.trained_anything(), only_new_since=before):
@@ -299,10 +309,10 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
     return summary
 
 
-def _check_arguments(prune_from: str, finetune_kd: str, teacher) -> list[str]:
+def _check_arguments(prune_from: str, finetune_kd: str, teacher) -> list[str] | None:
     """Everything that can be refused before the pipeline writes anything; returns the
-    --teacher checkpoints, each loaded once to refuse an unsafe, foreign or mis-sized one
-    before the audit rather than after."""
+    --teacher checkpoints (None to train one, [] for labels alone), each loaded once to refuse
+    an unsafe, foreign or mis-sized one before the audit rather than after."""
     if distributed.is_distributed():
         # audit, export and packaging would run once per rank; the stages themselves are torchrun-ready
         raise ValueError("facekd pipeline runs as one process; under torchrun, run its stages "
@@ -310,9 +320,22 @@ def _check_arguments(prune_from: str, finetune_kd: str, teacher) -> list[str]:
     if prune_from not in PRUNE_FROM:
         raise ValueError(f"--prune-from must be one of {PRUNE_FROM}, got {prune_from!r}")
     finetune_under_teacher(finetune_kd, None, None)  # refuses an unknown policy before any training
-    teachers = teacher_paths(teacher)
+    teachers = given_teacher(teacher)
+    if teachers == [] and finetune_kd == "always":
+        raise ValueError("--finetune-kd always needs a teacher; --teacher none trains from labels alone")
     frozen_teacher(teachers)
     return teachers
+
+
+def given_teacher(value) -> list[str] | None:
+    """--teacher as the pipeline reads it: None when its teacher stage is to train one ('train',
+    or the flag left out), else the checkpoints teacher_paths names ([] for 'none')."""
+    items = [] if value is None else [value] if isinstance(value, (str, Path)) else list(value)
+    if [str(v) for v in items] in ([], [TRAIN_TEACHER]):
+        return None
+    if TRAIN_TEACHER in map(str, items):
+        raise ValueError(f"--teacher: '{TRAIN_TEACHER}' (the pipeline trains one) cannot be combined with {items}")
+    return teacher_paths(items)
 
 
 def _refuse_budget_below_tail(budget: Budget, images, data_root, report_scores_teacher: bool) -> None:
@@ -324,14 +347,14 @@ def _refuse_budget_below_tail(budget: Budget, images, data_root, report_scores_t
                           f"least {3 * tail / 60:.1f} min")
 
 
-def _open_summary(out: Path, preset: str, prune_from: str, teachers: list[str], audit: bool,
+def _open_summary(out: Path, preset: str, prune_from: str, teachers: list[str] | None, audit: bool,
                   finetune_kd: str) -> dict:
     """summary.json's content, new or resumed; a resume with other settings is refused."""
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"preset": preset, "stages": {}}
     if summary.setdefault("prune_from", prune_from) != prune_from:
         raise ValueError(f"{out} was started with --prune-from {summary['prune_from']}; resume it with that")
-    teacher = teacher_record(teachers) if teachers else None
+    teacher = None if teachers is None else teacher_record(teachers)
     if summary.setdefault("teacher_from", teacher) != teacher:
         started = f"--teacher {summary['teacher_from']}" if summary["teacher_from"] else "its own teacher stage"
         raise ValueError(f"{out} was started with {started}; resume it with that")
