@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from facekd.app.cli import build_parser
 from facekd.app.export import REPO_ROOT
 from facekd.data import SAMPLE_DATA
 
@@ -59,3 +61,25 @@ def test_the_readme_set_up_runs_as_written_on_a_fresh_folder(tmp_path):
     assert "made in runs/pipeline/:" in proc.stdout and "shipped val F-score" in proc.stdout
     assert (tmp_path / "runs" / "pipeline" / "submission.zip").is_file()
     assert (tmp_path / "data" / "celebamask-mini").is_symlink()
+
+
+def readme_commands(tool: str = "facekd") -> list[list[str]]:
+    """Every `tool ...` command of the README's bash blocks, continuation lines joined, split
+    as bash would split it ($D and comments aside)."""
+    text = re.sub(r"\\\n\s*", " ", README.read_text())
+    lines = [line.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+             for line in block.splitlines()]
+    return [shlex.split(line.replace("$D", "data/celebamask-mini"))[1:] for line in lines
+            if line.startswith(f"{tool} ")]
+
+
+def test_every_facekd_command_in_the_readme_parses():
+    """A README whose options drift from the CLI fails a new user at the first copy; parsing
+    each command (no torch, no work) catches an option renamed or dropped."""
+    commands = readme_commands()
+    assert len(commands) >= 10 and ["quantize", "--checkpoint"] == commands[[c[0] for c in commands].index(
+        "quantize")][:2]
+    parser = build_parser()
+    for argv in commands:
+        args = parser.parse_args(argv)
+        assert callable(args.func), argv
