@@ -45,6 +45,8 @@ class Int8Student(nn.Module):
     architecture it came from, which gives its parameter and MAC counts (the int8 graph packs
     its weights, so it has no nn.Parameters to count)."""
 
+    cpu_only = True  # fbgemm/oneDNN int8 kernels: facekd.distributed.device_for keeps it off a GPU
+
     def __init__(self, graph: nn.Module, model_cfg: dict):
         super().__init__()
         self.graph = graph

@@ -95,3 +95,17 @@ def test_quantize_from_a_fresh_process_builds_a_student_and_refuses_a_teacher(tm
     assert refused.returncode == 2
     assert refused.stderr.strip() == f"facekd quantize: error: {teacher}: is a teacher checkpoint; quantize a student"
     assert not (tmp_path / "teacher_int8.pt").exists()
+
+
+def test_an_int8_model_stays_on_the_cpu_where_a_gpu_is_picked(tmp_path, tiny_ckpt, int8_ckpt, monkeypatch):
+    from facekd.distributed import device_for
+    int8, fp32 = load(int8_ckpt)[0], load(tiny_ckpt)[0]
+    gpu = torch.device("cuda", 0)  # only compared, never used: the test runs on a CPU machine
+    assert device_for([fp32], gpu) == gpu
+    assert device_for([int8], gpu) == device_for([fp32, int8], gpu) == torch.device("cpu")
+    # predict on a machine whose picked device is not the CPU ("meta", which runs nothing): an
+    # int8 model moved there could not predict
+    import facekd.app.predict as predict
+    monkeypatch.setattr(predict, "pick_device", lambda: torch.device("meta"))
+    result = predict_paths(int8_ckpt, SAMPLE_DATA / "val" / "images", tmp_path / "masks", progress=False)
+    assert result["written"] == 4 and not result["failed"]

@@ -175,7 +175,8 @@ def score_models(runs: list[tuple[str, Path]], run_dirs, data_root=None,
     entries = []
     for label, run in tqdm(runs, desc="report: scoring models", disable=not progress):
         ckpt = load_checkpoint(_checkpoint(run))
-        model = load_model(ckpt, _checkpoint(run)).to(device)
+        model = load_model(ckpt, _checkpoint(run))
+        model.to(distributed.device_for([model], device))
         result = _folder(run) / "result.json"
         entries.append(_entry(label, run, model, ckpt.get("stage", "?"), ckpt["model_cfg"]["arch"],
                               is_teacher(ckpt["model_cfg"]), ckpt.get("config", {}).get("flip_tta", True), val,
