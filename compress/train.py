@@ -11,7 +11,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
-from compress.prune import IMPORTANCES, prune_fastest_rounding, rebuild
+from compress.prune import IMPORTANCES, check_target, prune_fastest_rounding, pruning_bounds, rebuild
 from distill.teacher import frozen_teacher
 from distill.train import distill
 from facekd import distributed
@@ -120,6 +120,9 @@ def _prune(cfg: RunConfig, data_root, out: Path, student_path, target: dict, how
     `how` holds the importance, the channel rounding and the thread count latencies are timed at."""
     ckpt = load_checkpoint(student_path)
     student = load_model(ckpt, student_path, student_for="prune")
+    if target["target_latency_ms"] is not None:  # before the search, which times every step to find it out
+        check_target("--target-latency", "latency", target["target_latency_ms"],
+                     pruning_bounds(student, how["threads"], latency=True), student_path)
     input_size = ckpt["model_cfg"]["input_size"]
     val = load_split(data_root, "val", None, progress=progress)
     before = measure(student, val, input_size, cfg.flip_tta)

@@ -166,6 +166,33 @@ def test_choose_rounding_by_latency_per_mac_near_the_target():
     assert choose_rounding(reports, spreads, {"target_latency_ms": 60.0}) == 8
 
 
+def test_a_latency_target_no_rounding_meets_on_the_retiming_is_refused():
+    from compress.prune import choose_rounding
+    from facekd.latency import spread
+    reports = {8: {"params_after": 990, "macs_after": 100}, 16: {"params_after": 950, "macs_after": 96}}
+    spreads = {8: spread([50.0] * 20), 16: spread([40.0] * 20)}
+    with pytest.raises(ValueError, match=r"--target-latency 30: no channel rounding meets it once the pruned "
+                                         r"candidates are timed side by side \(fastest: round_to 16, 40.00 ms over 20"):
+        choose_rounding(reports, spreads, {"target_latency_ms": 30.0})
+
+
+def test_a_single_prune_checks_the_latency_floor_before_searching(tmp_path, capsys, monkeypatch):
+    import compress.prune as prune
+
+    def search_latency(model, size, threads):
+        raise AssertionError("the target search ran: the floor check should have refused first")
+    monkeypatch.setattr(prune, "search_latency", search_latency)
+    student = small_student("resfpn")
+    save_checkpoint({"model": student.state_dict(), "model_cfg": students.model_config(student),
+                     "stage": "distill", "val_fscore": 0.0}, tmp_path / "student.pt")
+    out = tmp_path / "pruned"
+    assert main(["prune", "--student", str(tmp_path / "student.pt"), "--out", str(out), "--target-latency",
+                 "0.001"]) == 2
+    err = capsys.readouterr().err
+    assert "--target-latency 0.001: unreachable; cutting every layer by 90% leaves" in err
+    assert "ms at 64x64, 1 thread(s)" in err and not out.exists()
+
+
 def test_round_to_auto_prunes_each_and_keeps_the_chosen():
     import compress.prune as prune
     from facekd.profile import count_macs
