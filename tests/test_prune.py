@@ -79,9 +79,25 @@ def test_prune_command_end_to_end(tmp_path, sample_root, capsys):
     assert report["after_pruning"]["params"] <= challenge.count_params(student) // 2
     for stage in ("before", "after_pruning", "after_finetune"):
         assert {"params", "macs", "latency_ms", "val_fscore"} <= set(report[stage])
+    assert_stages_timed_side_by_side(out, report)
     best = load_checkpoint(out / "best.pt")
     assert best["model_cfg"]["widths"] != students.model_config(student)["widths"]
     assert main(args + ["--resume"]) == 0  # a finished run resumes to a no-op
+
+
+def assert_stages_timed_side_by_side(out, report):
+    """Each stage's latency_ms is its median in one record that timed all three stages in the
+    same interleaved rounds, at 1 and 2 threads; TensorBoard's prune/latency_ms says the same."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    stages = ["before", "after_pruning", "after_finetune"]
+    timed = report["latency"]["threads"]
+    assert set(timed) == {"1", "2"} and report["latency"]["size"] == report["before"]["size"]
+    for at in timed.values():
+        assert list(at["models"]) == stages and all(s["runs"] >= 20 for s in at["models"].values())
+    assert [report[s]["latency_ms"] for s in stages] == [timed["1"]["models"][s]["median_ms"] for s in stages]
+    logged = EventAccumulator(str(out)).Reload().Scalars("prune/latency_ms")
+    assert [e.step for e in logged] == [0, 1, 2]
+    assert [e.value for e in logged] == pytest.approx([report[s]["latency_ms"] for s in stages], rel=1e-6)
 
 
 def test_finetune_command_continues_the_student_as_it_is(tmp_path, sample_root, capsys):
