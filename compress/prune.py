@@ -141,6 +141,40 @@ def _unreached(model: nn.Module, report: dict, target_latency_ms: float | None, 
                       f"after {report['steps']} steps without reaching the target")
 
 
+def pruning_bounds(model: nn.Module, threads: int = 1, latency: bool = False) -> dict:
+    """What a target search can reach from `model` (left as it is): {"student_size", "floor",
+    "macs_at"}, the params and MACs of the model and of the floor, every layer cut by MAX_RATIO;
+    with latency=True also both latencies (ms) at their input size and `threads`, timed side by
+    side, and "latency_at" and "threads". The search runs the MAX_RATIO schedule and stops
+    early, and the widths each step leaves do not depend on the importance, so the whole
+    schedule gives the floor exactly, without one latency check per step."""
+    floor_model = copy.deepcopy(model)
+    deepest = prune_to_target(floor_model, ratio=MAX_RATIO)
+    size = {"params": deepest["params_before"], "macs": deepest["macs_before"]}
+    floor = {"params": deepest["params_after"], "macs": deepest["macs_after"]}
+    bounds = {"student_size": size, "floor": floor, "macs_at": deepest["macs_at"]}
+    if latency:
+        timed = measure_latency({"student": model, "floor": floor_model}, deepest["latency_at"], threads)
+        size["latency"], floor["latency"] = timed["student"]["median_ms"], timed["floor"]["median_ms"]
+        bounds.update(latency_at=deepest["latency_at"], threads=threads)
+    return bounds
+
+
+def check_target(flag: str, kind: str, value, bounds: dict, source) -> None:
+    """Refuse a target of `kind` ("params", "macs" or "latency") that is not below the
+    student's own size, or is below the floor (pruning_bounds), naming `source`."""
+    def amount(v):
+        if kind == "latency":
+            return f"{v:.1f} ms at {bounds['latency_at']}x{bounds['latency_at']}, {bounds['threads']} thread(s)"
+        return f"{v:,} {kind}"
+    if value >= bounds["student_size"][kind]:
+        raise ValueError(f"{flag} {value:,}: not below the student's own {amount(bounds['student_size'][kind])} "
+                         f"({source})")
+    if value < bounds["floor"][kind]:
+        raise ValueError(f"{flag} {value:,}: unreachable; cutting every layer by {MAX_RATIO:.0%} leaves "
+                         f"{amount(bounds['floor'][kind])} ({source})")
+
+
 def search_latency(model: nn.Module, size: int, threads: int) -> float:
     """The median latency (ms) a target search stops on; the model is left in its mode."""
     was_training = model.training
@@ -187,13 +221,23 @@ def prune_fastest_rounding(model: nn.Module, *, round_to: int | str = "auto", th
 def choose_rounding(reports: dict[int, dict], spreads: dict[int, dict], target: dict) -> int:
     """The round_to to keep, from each candidate's prune report and latency spread.
 
-    A latency target: the largest candidate that meets it. Any other: of the candidates that
-    land near the target (NEAR_TARGET of the closest one's size, in the target's measure),
-    the one the CPU runs fastest per MAC. Coarse rounding moves widths in big jumps and can
-    land far below a size target; plain "fastest" would reward that overshoot, whose lost
-    accuracy is not free, where the point of rounding is speed at the size asked for."""
+    A latency target: the largest candidate that meets it. Each met it in its own search, by
+    a shorter check; when none meets it on this retiming, the search stopped on noise near
+    the target, and keeping one anyway would fine-tune and report a model slower than asked
+    for, so that is an error giving the latency reached, before anything is written.
+    Any other target: of the candidates that land near the target (NEAR_TARGET of the
+    closest one's size, in the target's measure), the one the CPU runs fastest per MAC.
+    Coarse rounding moves widths in big jumps and can land far below a size target; plain
+    "fastest" would reward that overshoot, whose lost accuracy is not free, where the point
+    of rounding is speed at the size asked for."""
     if target.get("target_latency_ms") is not None:
-        meets = [r for r in reports if spreads[r]["median_ms"] <= target["target_latency_ms"]] or list(reports)
+        ms = target["target_latency_ms"]
+        meets = [r for r in reports if spreads[r]["median_ms"] <= ms]
+        if not meets:
+            r = min(reports, key=lambda r: spreads[r]["median_ms"])
+            raise ValueError(f"--target-latency {ms:g}: no channel rounding meets it once the pruned candidates "
+                             f"are timed side by side (fastest: round_to {r}, {spreads[r]['median_ms']:.2f} ms "
+                             f"over {spreads[r]['runs']} runs); give a target of at least that")
         return max(meets, key=lambda r: reports[r]["params_after"])
     measure = "macs_after" if target.get("target_macs") is not None else "params_after"
     closest = max(reports[r][measure] for r in reports)

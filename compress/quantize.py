@@ -22,6 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+# The registries start empty: `facekd quantize` in a fresh process rebuilds the fp32 student
+# from `students`, and knows a teacher checkpoint (to refuse it by name) from `teachers`.
+import students  # noqa: F401
+import teachers  # noqa: F401
 from facekd.challenge import PARAM_LIMIT, count_params
 from facekd.checkpoint import save_checkpoint
 from facekd.data import load_split
@@ -40,6 +44,8 @@ class Int8Student(nn.Module):
     """An FX-quantized student: its int8 graph, the input size it predicts at, and the fp32
     architecture it came from, which gives its parameter and MAC counts (the int8 graph packs
     its weights, so it has no nn.Parameters to count)."""
+
+    cpu_only = True  # fbgemm/oneDNN int8 kernels: facekd.distributed.device_for keeps it off a GPU
 
     def __init__(self, graph: nn.Module, model_cfg: dict):
         super().__init__()

@@ -13,14 +13,13 @@ latency spread and the rank correlation of latency with MACs.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from pathlib import Path
 
 from tqdm import tqdm
 
-from compress.prune import MAX_RATIO, prune_to_target
+from compress.prune import check_target, pruning_bounds
 from compress.train import prune_and_finetune
 from distill.soft_targets import offline_soft_targets, stored_size
 from distill.teacher import frozen_teacher, teacher_paths, teacher_record
@@ -29,7 +28,7 @@ from facekd.files import load_checkpoint
 from facekd.models import load_model
 from facekd.challenge import count_params
 from facekd.config import RunConfig
-from facekd.latency import latency_record, measure_latency, spearman
+from facekd.latency import latency_record, spearman
 from facekd.profile import count_macs
 from facekd.run_folder import removed_if_budget_refused, run_folder_lock
 
@@ -60,22 +59,10 @@ def check_targets(student_path, kind: str, targets: list, threads: int = 1) -> d
         if bad:
             raise ValueError(f"--ratio {bad[0]:g}: a pruning ratio must be in (0, 1)")
         return {}
-    # The target search runs the MAX_RATIO schedule and stops early; the widths each step
-    # leaves do not depend on the importance, so the whole schedule gives the floor exactly.
-    student = copy.deepcopy(model)
-    deepest = prune_to_target(model, ratio=MAX_RATIO)
-    size = {"params": deepest["params_before"], "macs": deepest["macs_before"]}
-    floor = {"params": deepest["params_after"], "macs": deepest["macs_after"]}
-    if kind == "latency":
-        timed = measure_latency({"student": student, "floor": model}, deepest["latency_at"], threads)
-        size["latency"], floor["latency"] = timed["student"]["median_ms"], timed["floor"]["median_ms"]
+    bounds = pruning_bounds(model, threads, latency=kind == "latency")
     for t in targets:
-        if t >= size[kind]:
-            raise ValueError(f"{flag} {t:,}: not below the student's own {size[kind]:,} {kind} ({student_path})")
-        if t < floor[kind]:
-            raise ValueError(f"{flag} {t:,}: unreachable; cutting every layer by {MAX_RATIO:.0%} leaves "
-                             f"{floor[kind]:,} {kind} ({student_path})")
-    return {"student_size": size, "floor": floor, "macs_at": deepest["macs_at"]}
+        check_target(flag, kind, t, bounds, student_path)
+    return bounds
 
 
 def _finished(report_path: Path) -> dict | None:

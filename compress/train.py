@@ -1,6 +1,10 @@
 """`facekd prune`: prune a trained student to a target, then fine-tune it through the
 distillation stage (same engine, same losses, teacher optional). `facekd finetune` is the
-second half alone: it continues a trained student as it is."""
+second half alone: it continues a trained student as it is.
+
+prune_report.json holds each stage's params, MACs and val F (before, after pruning, after
+fine-tuning). Their latencies are timed once fine-tuning is done, the three models side by
+side by facekd.latency's one measurement, so that they can be compared with each other."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
-from compress.prune import IMPORTANCES, prune_fastest_rounding, rebuild
+from compress.prune import IMPORTANCES, check_target, prune_fastest_rounding, pruning_bounds, rebuild
 from distill.teacher import frozen_teacher
 from distill.train import distill
 from facekd import distributed
@@ -22,7 +26,7 @@ from facekd.config import RunConfig
 from facekd.data import load_split
 from facekd.evaluation import evaluate
 from facekd.inference import normalize
-from facekd.latency import latency_record
+from facekd.latency import THREADS, latency_record
 from facekd.models import build_model, load_model
 from facekd.profile import model_cost
 from facekd.run_folder import refuse_existing_run, removed_if_budget_refused, run_folder_lock
@@ -49,8 +53,34 @@ def taylor_gradients(data_root, size: int = 256, n: int = 16):
     return gradient_fn
 
 
+STAGES = ("before", "after_pruning", "after_finetune")
+
+
 def measure(model, val, input_size: int, flip_tta: bool) -> dict:
-    return {**model_cost(model), "val_fscore": evaluate(model, val, input_size, flip_tta)["fscore"]}
+    """A stage's params, MACs and val F; time_stages adds its latency beside the other stages'."""
+    return {**model_cost(model, latency=False), "val_fscore": evaluate(model, val, input_size, flip_tta)["fscore"]}
+
+
+def time_stages(report: dict, models: dict, threads: int) -> None:
+    """Time the stages' models side by side at the student's input size (interleaved rounds
+    at 1 and 2 threads, and at `threads` if another); set report["latency"] to the record and
+    each stage's latency_ms to its median at `threads`, the count its target was timed at."""
+    record = latency_record(models, report["before"]["size"], tuple(sorted({*THREADS, threads})))
+    for stage in models:
+        report[stage]["latency_ms"] = record["threads"][str(threads)]["models"][stage]["median_ms"]
+    report["latency"] = record
+
+
+def log_stages(out: Path, report: dict) -> None:
+    """The report's stages in TensorBoard, as steps 0, 1 and 2 of prune/<metric>."""
+    with SummaryWriter(str(out)) as writer:
+        for step, stage in enumerate(STAGES):
+            for metric in ("params", "macs", "latency_ms", "val_fscore"):
+                writer.add_scalar(f"prune/{metric}", report[stage][metric], step)
+
+
+def _load(path):
+    return load_model(load_checkpoint(path), path)
 
 
 def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, *, target_params=None,
@@ -74,8 +104,11 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
     if distributed.is_main():
         best = load_checkpoint(out / "best.pt")
         tuned = load_model(best, out / "best.pt")
-        report["after_finetune"] = {**model_cost(tuned), "val_fscore": best["val_fscore"]}
+        report["after_finetune"] = {**model_cost(tuned, latency=False), "val_fscore": best["val_fscore"]}
+        models = {"before": _load(student_path), "after_pruning": _load(out / "pruned.pt"), "after_finetune": tuned}
+        time_stages(report, models, threads)
         report_path.write_text(json.dumps(report, indent=2) + "\n")
+        log_stages(out, report)
     distributed.barrier()
     if not distributed.is_main():
         report = json.loads(report_path.read_text())
@@ -120,6 +153,9 @@ def _prune(cfg: RunConfig, data_root, out: Path, student_path, target: dict, how
     `how` holds the importance, the channel rounding and the thread count latencies are timed at."""
     ckpt = load_checkpoint(student_path)
     student = load_model(ckpt, student_path, student_for="prune")
+    if target["target_latency_ms"] is not None:  # before the search, which times every step to find it out
+        check_target("--target-latency", "latency", target["target_latency_ms"],
+                     pruning_bounds(student, how["threads"], latency=True), student_path)
     input_size = ckpt["model_cfg"]["input_size"]
     val = load_split(data_root, "val", None, progress=progress)
     before = measure(student, val, input_size, cfg.flip_tta)
@@ -130,15 +166,9 @@ def _prune(cfg: RunConfig, data_root, out: Path, student_path, target: dict, how
     after = measure(model, val, input_size, cfg.flip_tta)
     report = {"source": str(student_path), "target": {"params": target["target_params"], "macs": target["target_macs"],
               "ratio": target["ratio"], "latency_ms": target["target_latency_ms"], "threads": how["threads"]},
-              "pruning": pruning, "before": before, "after_pruning": after,
-              # the two timed side by side, at the input size the student predicts at
-              "latency": latency_record({"before": student, "after_pruning": model}, input_size)}
+              "pruning": pruning, "before": before, "after_pruning": after}
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"model": model.state_dict(), "model_cfg": model_cfg, "stage": "pruned",
                      "val_fscore": after["val_fscore"], "params": after["params"]}, out / "pruned.pt")
     (out / "prune_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    with SummaryWriter(str(out)) as writer:
-        for step, key in enumerate(("before", "after_pruning")):
-            for metric in ("params", "macs", "latency_ms", "val_fscore"):
-                writer.add_scalar(f"prune/{metric}", report[key][metric], step)
     return model, model_cfg, report

@@ -42,6 +42,15 @@ def pick_device() -> torch.device:
     return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+def device_for(models, device):
+    """Where `models` run together: `device`, or the CPU when any of them is marked cpu_only
+    (an int8 model, whose quantized kernels exist for the CPU alone; moving it to a GPU would
+    only move its scales there)."""
+    if any(getattr(m, "cpu_only", False) for m in models):
+        return torch.device("cpu")
+    return device
+
+
 def setup() -> None:
     """Join the process group once per process; safe to call from every stage."""
     if not is_distributed() or dist.is_initialized():

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from facekd.distributed import device_for
 from facekd.files import load_checkpoint
 from facekd.models import load_model
 
@@ -57,7 +58,9 @@ def model_or_ensemble(paths: list, device=None) -> tuple[nn.Module, dict]:
     if not paths:
         raise ValueError("no checkpoint given")
     ckpts = [load_checkpoint(p) for p in paths]
-    models = [load_model(c, p).to(device) for p, c in zip(paths, ckpts)]
+    models = [load_model(c, p) for p, c in zip(paths, ckpts)]
+    device = device_for(models, device)  # an int8 member keeps them all on the CPU: one forward, one device
+    models = [m.to(device) for m in models]
     if len(paths) == 1:
         return models[0], ckpts[0]
     members = [{"path": p, "arch": c["model_cfg"]["arch"], "input_size": m.input_size,

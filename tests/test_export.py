@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,14 @@ def make_checkpoint(path: Path, model_cfg: dict) -> Path:
     save_checkpoint({"model": model.state_dict(), "model_cfg": model_cfg, "stage": "distill",
                      "val_fscore": 0.5, "params": count_params(model)}, path)
     return path
+
+
+def facekd_cli(*args, cwd) -> subprocess.CompletedProcess:
+    """`facekd ARGS` in a fresh process, importing this checkout: it starts with the model
+    registries empty, as a user's command does, where the test process has filled them."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, "-m", "facekd.app", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture
@@ -117,6 +126,15 @@ def test_export_refuses_teacher(tmp_path):
     with pytest.raises(ValueError, match="teacher"):
         export(ckpt, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_export_from_a_fresh_process_refuses_a_teacher_by_name(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "teacher.pt", named_config("teacher_tiny", 64))
+    for extra in ([], ["--format", "onnx"]):
+        done = facekd_cli("export", "--checkpoint", ckpt, "--out", tmp_path / "out", *extra, cwd=tmp_path)
+        assert done.returncode == 2
+        assert f"{ckpt}: is a teacher (timm_fpn); only a distilled student can be shipped" in done.stderr
+        assert not (tmp_path / "out").exists()
 
 
 def test_export_refuses_unknown_arch(tmp_path, tiny_ckpt):

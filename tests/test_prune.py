@@ -79,9 +79,25 @@ def test_prune_command_end_to_end(tmp_path, sample_root, capsys):
     assert report["after_pruning"]["params"] <= challenge.count_params(student) // 2
     for stage in ("before", "after_pruning", "after_finetune"):
         assert {"params", "macs", "latency_ms", "val_fscore"} <= set(report[stage])
+    assert_stages_timed_side_by_side(out, report)
     best = load_checkpoint(out / "best.pt")
     assert best["model_cfg"]["widths"] != students.model_config(student)["widths"]
     assert main(args + ["--resume"]) == 0  # a finished run resumes to a no-op
+
+
+def assert_stages_timed_side_by_side(out, report):
+    """Each stage's latency_ms is its median in one record that timed all three stages in the
+    same interleaved rounds, at 1 and 2 threads; TensorBoard's prune/latency_ms says the same."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    stages = ["before", "after_pruning", "after_finetune"]
+    timed = report["latency"]["threads"]
+    assert set(timed) == {"1", "2"} and report["latency"]["size"] == report["before"]["size"]
+    for at in timed.values():
+        assert list(at["models"]) == stages and all(s["runs"] >= 20 for s in at["models"].values())
+    assert [report[s]["latency_ms"] for s in stages] == [timed["1"]["models"][s]["median_ms"] for s in stages]
+    logged = EventAccumulator(str(out)).Reload().Scalars("prune/latency_ms")
+    assert [e.step for e in logged] == [0, 1, 2]
+    assert [e.value for e in logged] == pytest.approx([report[s]["latency_ms"] for s in stages], rel=1e-6)
 
 
 def test_finetune_command_continues_the_student_as_it_is(tmp_path, sample_root, capsys):
@@ -164,6 +180,33 @@ def test_choose_rounding_by_latency_per_mac_near_the_target():
     # a latency target keeps the largest model that meets it
     assert choose_rounding(reports, spreads, {"target_latency_ms": 45.0}) == 16
     assert choose_rounding(reports, spreads, {"target_latency_ms": 60.0}) == 8
+
+
+def test_a_latency_target_no_rounding_meets_on_the_retiming_is_refused():
+    from compress.prune import choose_rounding
+    from facekd.latency import spread
+    reports = {8: {"params_after": 990, "macs_after": 100}, 16: {"params_after": 950, "macs_after": 96}}
+    spreads = {8: spread([50.0] * 20), 16: spread([40.0] * 20)}
+    with pytest.raises(ValueError, match=r"--target-latency 30: no channel rounding meets it once the pruned "
+                                         r"candidates are timed side by side \(fastest: round_to 16, 40.00 ms over 20"):
+        choose_rounding(reports, spreads, {"target_latency_ms": 30.0})
+
+
+def test_a_single_prune_checks_the_latency_floor_before_searching(tmp_path, capsys, monkeypatch):
+    import compress.prune as prune
+
+    def search_latency(model, size, threads):
+        raise AssertionError("the target search ran: the floor check should have refused first")
+    monkeypatch.setattr(prune, "search_latency", search_latency)
+    student = small_student("resfpn")
+    save_checkpoint({"model": student.state_dict(), "model_cfg": students.model_config(student),
+                     "stage": "distill", "val_fscore": 0.0}, tmp_path / "student.pt")
+    out = tmp_path / "pruned"
+    assert main(["prune", "--student", str(tmp_path / "student.pt"), "--out", str(out), "--target-latency",
+                 "0.001"]) == 2
+    err = capsys.readouterr().err
+    assert "--target-latency 0.001: unreachable; cutting every layer by 90% leaves" in err
+    assert "ms at 64x64, 1 thread(s)" in err and not out.exists()
 
 
 def test_round_to_auto_prunes_each_and_keeps_the_chosen():

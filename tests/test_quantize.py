@@ -13,7 +13,7 @@ from facekd.files import load_checkpoint
 from facekd.data import SAMPLE_DATA, load_split
 from facekd.inference import normalize
 from facekd.profile import model_cost
-from tests.test_export import make_checkpoint
+from tests.test_export import facekd_cli, make_checkpoint
 
 
 @pytest.fixture
@@ -83,3 +83,29 @@ def test_report_scores_and_times_an_int8_checkpoint_beside_its_fp32(tmp_path, ti
     page = write_report([tiny_ckpt, int8_ckpt], tmp_path / "report", SAMPLE_DATA, progress=False).read_text()
     assert f"{tmp_path.name}/int8.pt" in page and f"{tmp_path.name}/best.pt" in page
     assert "speed rank" in page and "interquartile range" in page
+
+
+def test_quantize_from_a_fresh_process_builds_a_student_and_refuses_a_teacher(tmp_path, tiny_ckpt):
+    teacher = make_checkpoint(tmp_path / "teacher.pt", named_config("teacher_tiny", 64))
+    done = facekd_cli("quantize", "--checkpoint", tiny_ckpt, "--out", tmp_path / "int8.pt",
+                      "--calibration-images", 4, "--no-tta", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert isinstance(load(tmp_path / "int8.pt")[0], Int8Student)
+    refused = facekd_cli("quantize", "--checkpoint", teacher, "--out", tmp_path / "teacher_int8.pt", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == f"facekd quantize: error: {teacher}: is a teacher checkpoint; quantize a student"
+    assert not (tmp_path / "teacher_int8.pt").exists()
+
+
+def test_an_int8_model_stays_on_the_cpu_where_a_gpu_is_picked(tmp_path, tiny_ckpt, int8_ckpt, monkeypatch):
+    from facekd.distributed import device_for
+    int8, fp32 = load(int8_ckpt)[0], load(tiny_ckpt)[0]
+    gpu = torch.device("cuda", 0)  # only compared, never used: the test runs on a CPU machine
+    assert device_for([fp32], gpu) == gpu
+    assert device_for([int8], gpu) == device_for([fp32, int8], gpu) == torch.device("cpu")
+    # predict on a machine whose picked device is not the CPU ("meta", which runs nothing): an
+    # int8 model moved there could not predict
+    import facekd.app.predict as predict
+    monkeypatch.setattr(predict, "pick_device", lambda: torch.device("meta"))
+    result = predict_paths(int8_ckpt, SAMPLE_DATA / "val" / "images", tmp_path / "masks", progress=False)
+    assert result["written"] == 4 and not result["failed"]

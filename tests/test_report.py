@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from facekd.app.cli import main
@@ -114,6 +115,44 @@ def test_one_prune_refuses_a_list_and_a_list_must_parse(runs, tmp_path, capsys):
 def test_pareto_front():
     # (cost, score): the third costs more than the second for less; the fourth ties the first's cost
     assert pareto_front([1, 2, 3, 1], [0.5, 0.7, 0.6, 0.4]) == [True, True, False, False]
+
+
+def test_models_are_timed_and_ranked_at_1_and_2_threads(monkeypatch):
+    import facekd.app.report as report
+    from facekd.latency import spread
+
+    def latency_record(models, size, threads):
+        assert tuple(threads) == (1, 2) and set(models) == {"a", "b"}
+        # a clearly faster than b at 1 thread; their spreads overlap at 2
+        spreads = {"1": {"a": spread([10, 11, 12, 13]), "b": spread([20, 21, 22, 23])},
+                   "2": {"a": spread([8, 9, 10, 11]), "b": spread([9, 10, 11, 12])}}
+        return {"size": size, "runs": 4, "threads": {n: {"matmul_gflops": 50.0 * int(n), "models": spreads[n]}
+                                                       for n in map(str, threads)}}
+    monkeypatch.setattr(report, "latency_record", latency_record)
+    entries = [report.Entry(label=name, run_dir=Path(name), stage="distill", arch="resfpn", teacher=False,
+                            input_size=64, params=1000, macs=10**6, fscore=0.5, per_class={}, swap_rate=0.0,
+                            train_seconds=None, model=torch.nn.Identity()) for name in ("a", "b")]
+    report.time_entries(entries)
+    assert [(e.latency_rank, e.model) for e in entries] == [({"1": 1, "2": 1}, None), ({"1": 2, "2": 1}, None)]
+    table = report._models_table(entries)
+    for header in ("CPU latency ms, 1 thread", "speed rank, 1 thread", "CPU latency ms, 2 threads",
+                   "speed rank, 2 threads"):
+        assert f"<th>{header}</th>" in table
+    assert "<td>9.5 <small>[8.8–10.2]</small></td><td>1</td>" in table  # a at 2 threads: median [IQR], rank
+
+
+def test_a_sweeps_latency_is_labelled_with_the_size_it_was_timed_at(tmp_path):
+    from facekd.app.report import _sweeps_section
+    from facekd.latency import spread
+    timed = {n: spread([1.0, 2.0, 3.0, 4.0]) for n in ("1", "2")}
+    sweep = {"targets": [{"run": "params_9000", "params": 9000, "macs": 10**6, "latency": timed,
+                          "val_fscore_pruned": 0.1, "val_fscore_finetuned": 0.2}],
+             "latency": {"size": 64, "runs": 4, "threads": {n: {"spearman_latency_macs": 1.0} for n in ("1", "2")}}}
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps(sweep))
+    (tmp_path / "out").mkdir()
+    section = _sweeps_section([tmp_path / "sweep"], tmp_path / "out")
+    assert "Latency at the student's input size, 64×64," in section and "Latency at 512" not in section
 
 
 class Page(HTMLParser):

@@ -15,6 +15,7 @@ from pathlib import Path
 import compress.quantize  # noqa: F401  (registers the int8 format, which export refuses by name)
 import facekd
 import students
+import teachers  # noqa: F401  (in a fresh process, shippable_student knows a teacher only from here)
 from facekd.checkpoint import save_checkpoint
 from facekd.files import check_output_folder, load_checkpoint
 from facekd.models import shippable_student

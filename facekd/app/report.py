@@ -31,7 +31,7 @@ from facekd.challenge import PARAM_LIMIT
 from facekd.data import CachedSplit, load_split
 from facekd.evaluation import evaluate
 from facekd.labels import CLASS_NAMES, FLIP_PERMUTATION, PALETTE, colourise
-from facekd.latency import latency_record, rank_groups
+from facekd.latency import THREADS, latency_record, rank_groups
 from facekd.metric import confusion_matrices, per_class_f1
 from facekd.profile import count_macs, model_cost
 
@@ -59,12 +59,13 @@ class Entry:
     preds: torch.Tensor | None = None
     shipped: bool = False
     model: torch.nn.Module | None = None  # kept until every model is timed side by side
-    latency: dict | None = None           # one image at 1 thread, at the model's own input size (facekd.latency)
-    latency_rank: int | None = None       # models whose spreads overlap share a rank
+    latency: dict | None = None           # thread count -> spread of one image at the model's input size
+    latency_rank: dict | None = None      # thread count -> rank; models whose spreads overlap share one
 
     @property
     def latency_ms(self) -> float:
-        return self.latency["median_ms"]
+        """The median at 1 thread: the latency the Pareto plot places the model at."""
+        return self.latency["1"]["median_ms"]
 
 
 def find_runs(run_dirs: Sequence[str | Path]) -> list[tuple[str, Path]]:
@@ -175,7 +176,8 @@ def score_models(runs: list[tuple[str, Path]], run_dirs, data_root=None,
     entries = []
     for label, run in tqdm(runs, desc="report: scoring models", disable=not progress):
         ckpt = load_checkpoint(_checkpoint(run))
-        model = load_model(ckpt, _checkpoint(run)).to(device)
+        model = load_model(ckpt, _checkpoint(run))
+        model.to(distributed.device_for([model], device))
         result = _folder(run) / "result.json"
         entries.append(_entry(label, run, model, ckpt.get("stage", "?"), ckpt["model_cfg"]["arch"],
                               is_teacher(ckpt["model_cfg"]), ckpt.get("config", {}).get("flip_tta", True), val,
@@ -203,14 +205,17 @@ def _entry(label: str, run: Path, model, stage: str, arch: str, teacher: bool, f
 
 
 def time_entries(entries: list[Entry]) -> dict:
-    """Time every model side by side at 1 thread, each at its own input size, on the CPU; set
-    each entry's latency spread and rank, and drop the model. Returns the latency record."""
+    """Time every model side by side at 1 and 2 threads, each at its own input size, on the
+    CPU; set each entry's latency spread and rank at each thread count, and drop the model.
+    Returns the latency record."""
     record = latency_record({e.label: e.model.cpu() for e in entries}, {e.label: e.input_size for e in entries},
-                            threads=(1,))
-    spreads = record["threads"]["1"]["models"]
-    ranks = rank_groups(spreads)
+                            threads=THREADS)
     for e in entries:
-        e.latency, e.latency_rank, e.model = spreads[e.label], ranks[e.label], None
+        e.latency, e.latency_rank, e.model = {}, {}, None
+    for n, at in record["threads"].items():
+        ranks = rank_groups(at["models"])
+        for e in entries:
+            e.latency[n], e.latency_rank[n] = at["models"][e.label], ranks[e.label]
     return record
 
 
@@ -422,14 +427,17 @@ def _counted(n: int, noun: str) -> str:
 
 
 def _models_table(entries: list[Entry]) -> str:
+    threads = [(n, _counted(int(n), "thread")) for n in entries[0].latency]
     rows = []
     for e in sorted(entries, key=lambda e: -e.fscore):
         flags = (" (shipped)" if e.shipped else "") + (" (over the limit)" if e.params >= PARAM_LIMIT else "")
+        timed = [cell for n, _ in threads for cell in (_spread_cell(e.latency[n]), str(e.latency_rank[n]))]
         rows.append([html.escape(e.label) + flags, e.stage, e.arch, f"{e.params:,}", f"{e.macs / 1e9:.3f}",
-                     f"{_spread_cell(e.latency)} @{e.input_size}", str(e.latency_rank), f"{e.fscore:.4f}",
+                     str(e.input_size), *timed, f"{e.fscore:.4f}",
                      "—" if e.train_seconds is None else f"{e.train_seconds / 60:.1f}", html.escape(str(e.run_dir))])
-    return _table(["model", "stage", "arch", "params", "GMACs @512²", "CPU latency ms @input, 1 thread",
-                   "speed rank", "val F", "train loop min", "run"], rows, left=3)
+    timed = [h for _, counted in threads for h in (f"CPU latency ms, {counted}", f"speed rank, {counted}")]
+    return _table(["model", "stage", "arch", "params", "GMACs @512²", "input side", *timed, "val F",
+                   "train loop min", "run"], rows, left=3)
 
 
 def _spread_cell(s: dict) -> str:
@@ -455,13 +463,15 @@ def _legend() -> str:
 
 def _header(entries: list[Entry], run_dirs, val: CachedSplit, root: Path, timing: dict) -> str:
     """The page's title and what it measured how."""
+    matmul = " and ".join(f"{at['matmul_gflops']:.1f} GFLOP/s at {_counted(int(n), 'thread')}"
+                          for n, at in timing["threads"].items())
     return (f"<h1>facekd report</h1><p>{_counted(len(entries), 'model')} from "
             f"{_counted(len(run_dirs), 'run folder')}, each scored on "
             f"the {len(val)} masked val images of <code>{html.escape(str(root))}</code>; latency is one image on "
-            f"this machine's CPU at the model's input size and 1 thread, every model timed in the same "
+            f"this machine's CPU at the model's input size, at 1 and at 2 threads, every model timed in the same "
             f"{timing['runs']} interleaved rounds: median [interquartile range]. Models share a speed rank where "
-            f"their ranges overlap, since the timing cannot order them. The machine's fp32 matmul (2048³, 1 thread) "
-            f"ran at {timing['threads']['1']['matmul_gflops']:.1f} GFLOP/s.</p>")
+            f"their ranges overlap, since the timing cannot order them. The machine's fp32 matmul (2048³) ran at "
+            f"{matmul}.</p>")
 
 
 def _worst_section(chosen: Entry, val: CachedSplit, f1: torch.Tensor, present: torch.Tensor, worst: int,
@@ -505,8 +515,9 @@ def _sweeps_section(run_dirs, out: Path) -> str:
                  f"{r['val_fscore_pruned']:.4f}", f"{r['val_fscore_finetuned']:.4f}"] for r in sweep["targets"]]
         rho = ", ".join(f"{at['spearman_latency_macs']:.2f} at {n} thread(s)"
                         for n, at in sweep["latency"]["threads"].items())
-        parts.append(f"<h3>{html.escape(str(path))}</h3><p>Latency at 512², timed side by side with the student; "
-                     f"rank correlation with MACs: {rho}.</p>" + _table(
+        size = sweep["latency"]["size"]
+        parts.append(f"<h3>{html.escape(str(path))}</h3><p>Latency at the student's input size, {size}×{size}, "
+                     f"timed side by side with the student; rank correlation with MACs: {rho}.</p>" + _table(
             ["run", "params", "GMACs @512²", "ms, 1 thread", "ms, 2 threads", "val F pruned", "val F fine-tuned"],
             rows)
             + f'<img src="{draw_sweep(sweep, out / f"sweep_{n}.png")}" alt="sweep">')
