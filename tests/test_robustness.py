@@ -647,6 +647,18 @@ def test_a_folder_holding_run_files_is_not_overwritten(tmp_path, capsys, name):
     assert (out / name).read_text() == "my own notes\n" and sorted(p.name for p in out.iterdir()) == [name]
 
 
+@pytest.mark.parametrize("name", ["pruned.pt", "prune_report.json"])
+def test_prune_does_not_overwrite_a_users_prune_files(tmp_path, capsys, name):
+    """Fault 14: prune --out mine overwrote the user's own pruned.pt and prune_report.json."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / name).write_text("my own notes\n")
+    err = cli_error(capsys, "prune", "--ratio", "0.3", "--checkpoint", _student(tmp_path), "--out", out,
+                    "--set", "resolutions=[[64, 1]]")
+    assert f"{out} already holds a run ({name})" in err
+    assert (out / name).read_text() == "my own notes\n" and sorted(p.name for p in out.iterdir()) == [name]
+
+
 def test_two_runs_on_one_folder_at_once_are_refused_and_a_stale_lock_is_taken_over(tmp_path, capsys):
     """Fault 15: two runs given the same --out both exited 0, their metrics interleaved."""
     out = tmp_path / "run"
