@@ -29,7 +29,10 @@ from facekd.inference import normalize
 from facekd.latency import THREADS, latency_record
 from facekd.models import build_model, load_model
 from facekd.profile import model_cost
-from facekd.run_folder import refuse_existing_run, removed_if_budget_refused, run_folder_lock
+from facekd.run_folder import RUN_FILES, refuse_existing_run, removed_if_budget_refused, run_folder_lock
+
+# What pruning writes before fine-tuning: a user's own files of these names mark the folder too.
+PRUNE_FILES = ("pruned.pt", "prune_report.json")
 
 
 def taylor_gradients(data_root, size: int = 256, n: int = 16):
@@ -124,7 +127,7 @@ def _pruned_model(cfg: RunConfig, data_root, out: Path, student_path, target: di
         model_cfg = load_checkpoint(out / "last.pt")["model_cfg"]
         model = build_model(model_cfg, allow_over_budget=True)  # last.pt's weights come back in fit
         return model, model_cfg, json.loads(report_path.read_text())
-    refuse_existing_run(out, resume)
+    refuse_existing_run(out, resume, RUN_FILES + PRUNE_FILES)
     # Under torchrun rank 0 alone prunes and the others rebuild its result from pruned.pt:
     # Taylor importance comes from gradients, which need not agree bit for bit across
     # GPUs, and one differing channel choice would give the ranks different models.

@@ -57,7 +57,7 @@ with zipfile.ZipFile(T / "backslash.zip", "w") as zf:
 # holding a user's own run files, zips with a name stored twice or the code-running ckpt.pth,
 # and 40 images that a zip has no masks for
 sys.path.insert(0, str(REPO))
-import students  # noqa: F401
+import students, teachers  # noqa: F401 (the model registries)
 from facekd.models import build_model, named_config
 from facekd.checkpoint import save_checkpoint
 tiny_cfg = named_config("tiny", 64)
@@ -76,6 +76,23 @@ with zipfile.ZipFile(T / "evilsub.zip", "w") as zf:
 (T / "many").mkdir()
 for i in range(40):
     Image.new("RGB", (8, 8)).save(T / "many" / f"image_{i:03d}.jpg")
+# more of issue 28's: teachers of 19 and 5 classes, a student whose weights are all NaN, a text
+# file named like a checkpoint, a copy of the sample, a folder holding a user's own pruned.pt,
+# and a zip whose member is a symbolic link
+t_cfg = named_config("teacher_tiny", 64)
+save_checkpoint({"model": build_model(t_cfg).state_dict(), "model_cfg": t_cfg}, T / "t19.pt")
+save_checkpoint({"model": build_model({**t_cfg, "num_classes": 5}).state_dict(),
+                 "model_cfg": {**t_cfg, "num_classes": 5}}, T / "t5.pt")
+nan_student = build_model(tiny_cfg)
+torch.nn.init.constant_(next(nan_student.parameters()), float("nan"))
+save_checkpoint({"model": nan_student.state_dict(), "model_cfg": tiny_cfg, "stage": "distill"}, T / "nan.pt")
+(T / "notes.pt").write_text("not a checkpoint at all\n")
+shutil.copytree(REPO / "facekd/sample_data", T / "data2")
+(T / "mine2").mkdir(); (T / "mine2/pruned.pt").write_text("my own pruned model\n")
+with zipfile.ZipFile(T / "links.zip", "w") as zf:
+    link = zipfile.ZipInfo("solution/escape")
+    link.external_attr = 0o120777 << 16  # S_IFLNK: unzip would create a symbolic link
+    zf.writestr(link, "../../../../etc/passwd")
 HOLD = ("python -c \"import sys, time; from facekd.run_folder import run_folder_lock; "
         "held = run_folder_lock(sys.argv[1]); held.__enter__(); print('held', flush=True); time.sleep(30)\"")
 SMALL = "--set 'resolutions=[[64, 1]]'"
@@ -127,20 +144,42 @@ cases = [
     ("check-submission: not a zip", f"{F} check-submission notes.txt"),
     ("export: --checkpoint missing", f"{F} export --checkpoint nope.pt --out out"),
     ("export: refresh an existing folder's code", f"{F} export --out sol"),
+    ("issue 28.1: --budget inf", f"{F} distill --teacher none --budget inf --out r1; rc=$?; ls r1; exit $rc"),
+    ("issue 28.1: --budget 1e300", f"{F} distill --teacher none --budget 1e300 --out r1"),
+    ("issue 28.2: resume a finished budgeted run", f"{F} distill --teacher none --budget 0.2 --out r2 {SMALL} 2>/dev/null | grep budget_spent; /usr/bin/time -f '%e s' {F} distill --teacher none --budget 0.2 --out r2 {SMALL} --resume 2>&1 | grep -o -e 'resumed.*left)' -e '.budget_spent_s.*' -e '^[0-9.]* s$'"),
+    ("issue 28.3: a run killed mid-way, resumed with --teacher none", f"timeout -s INT 20 {F} distill --teacher t19.pt --out r3 --set 'resolutions=[[64, 500]]' >/dev/null 2>&1; ls r3/last.pt && {F} distill --teacher none --out r3 --set 'resolutions=[[64, 500]]' --resume"),
+    ("issue 28.4: the same run resumed with other --data", f"{F} distill --teacher t19.pt --data data2 --out r3 --set 'resolutions=[[64, 500]]' --resume"),
     ("issue 28.5: prune, --budget too small", f"{F} prune --checkpoint tiny_student.pt --ratio 0.3 --budget 0.01 --out p5 {SMALL}; rc=$?; ls p5; exit $rc"),
     ("issue 28.5: prune --sweep, --budget too small", f"{F} prune --checkpoint tiny_student.pt --ratio 0.3,0.5 --sweep --budget 0.01 --out s5 {SMALL}; rc=$?; ls s5; exit $rc"),
     ("issue 28.5: pipeline, --budget 0.05", f"{F} pipeline --budget 0.05 --out pipe5; rc=$?; ls pipe5; exit $rc"),
+    ("issue 28.6: --set lr=inf", f"{F} distill --teacher none --out r6 --set lr=inf; rc=$?; ls r6; exit $rc"),
+    ("issue 28.6: a loss that overflows mid-run (--set lr=1e30)", f"{F} distill --teacher none --out r6b --set 'resolutions=[[64, 3]]' --set lr=1e30 2>&1 | tail -1; rc=${{PIPESTATUS[0]}}; ls r6b; exit $rc"),
+    ("issue 28.7: export a checkpoint whose weights are NaN", f"{F} export --checkpoint nan.pt --out s7; rc=$?; ls s7; exit $rc"),
+    ("issue 28.8: --set warmup_epochs=nan", f"{F} distill --teacher none --out r8 --set warmup_epochs=nan"),
+    ("issue 28.8: --set scale_max=inf", f"{F} distill --teacher none --out r8 --set scale_max=inf"),
+    ("issue 28.9: distill, a 5-class teacher", f"{F} distill --teacher t5.pt --out r9; rc=$?; ls r9; exit $rc"),
+    ("issue 28.9: pipeline, a 5-class teacher", f"{F} pipeline --teacher t5.pt --out p9; rc=$?; ls p9; exit $rc"),
+    ("issue 28.10: a text file as a checkpoint", f"{F} export --checkpoint notes.pt --out s10"),
     ("issue 28.11: prune --teacher evil.pt", f"{F} prune --checkpoint tiny_student.pt --ratio 0.3 --teacher evil.pt --out p11; rc=$?; ls p11 ran; exit $rc"),
+    ("issue 28.11: pipeline --teacher evil.pt", f"{F} pipeline --teacher evil.pt --out p11b; rc=$?; ls p11b ran; exit $rc"),
+    ("issue 28.11: pipeline --images nowhere", f"{F} pipeline --images nowhere --out p11c; rc=$?; ls p11c; exit $rc"),
     ("issue 28.12: check-submission, a ckpt.pth that would run code", f"{F} check-submission evilsub.zip | grep -e ckpt.pth -e weights_only; ls ran"),
     ("issue 28.14: --out a folder holding my config.json", f"{F} distill --teacher none --out mine {SMALL}; rc=$?; cat mine/config.json; exit $rc"),
+    ("issue 28.14: prune --out a folder holding my pruned.pt", f"{F} prune --checkpoint tiny_student.pt --ratio 0.3 --out mine2 {SMALL}; rc=$?; cat mine2/pruned.pt; exit $rc"),
     ("issue 28.15: --out a folder another run holds", f"{HOLD} busy & sleep 3; {F} distill --teacher none --out busy {SMALL}; rc=$?; kill %1; exit $rc"),
     ("issue 28.15: the holder killed -9 (a stale lock)", f"{HOLD} stale & sleep 3; kill -9 $!; wait $! 2>/dev/null; ls stale; {F} distill --teacher none --out stale {SMALL} >/dev/null 2>&1; rc=$?; ls stale | tr '\\n' ' '; exit $rc"),
+    ("issue 28.16: a soft-target cache with bytes overwritten mid-file", f"{F} distill --teacher t19.pt --out c1 {SMALL} --set distill_mode=offline --set soft_target_cache=cache >/dev/null 2>&1; python -c \"import glob; p = glob.glob('cache/*.pt')[0]; d = bytearray(open(p, 'rb').read()); m = len(d) // 2; d[m:m + 64] = b'\\xff' * 64; open(p, 'wb').write(d)\"; {F} distill --teacher t19.pt --out c2 {SMALL} --set distill_mode=offline --set soft_target_cache=cache 2>/dev/null | grep checksum"),
+    ("issue 28.17: check-submission, a member that is a symbolic link", f"{F} check-submission links.zip | grep 'symbolic'"),
     ("issue 28.18: check-submission, a mask stored twice", f"{F} check-submission twice.zip 2>/dev/null | grep 'stored'"),
     ("issue 28 friction 2: facekd pipeline (the sample)", f"{F} pipeline --out pipe 2>/dev/null | tail -9"),
-    ("issue 28 friction 3: distill with no teacher trained", f"{F} distill --out runs/x"),
+    ("issue 28.13: the pipeline above resumed with --no-audit", f"{F} pipeline --no-audit --resume --out pipe"),
+    ("issue 28 friction 3: distill --help, --teacher's default", f"{F} distill --help | grep -A2 -e '--teacher'"),
+    ("issue 28 friction 3: distill --teacher gone.pt", f"{F} distill --teacher gone.pt --out r"),
     ("issue 28 friction 4: predict, old and new option names", f"{F} predict --weights {REPO}/solution/ckpt.pth --input {I} --output old && {F} predict --checkpoint {REPO}/solution/ckpt.pth --images {I} --out new"),
     ("issue 28 friction 6: facekd --help, a bad argument", f"/usr/bin/time -f '%e s' {F} --help >/dev/null; /usr/bin/time -f '%e s' {F} distill --bogus 2>&1 | tail -2"),
+    ("issue 28 friction 8: a budgeted distill, cut mid-epoch", f"/usr/bin/time -f '%e s wall' {F} distill --teacher none --budget 0.25 --out f8 --set 'resolutions=[[64, 3], [96, 1]]' 2>&1 | grep -e '\"epochs' -e budget_ -e wall"),
     ("issue 28 friction 10: check-submission, 40 masks missing", f"{F} check-submission twice.zip --images many 2>/dev/null | grep 'no mask'"),
+    ("issue 28 friction 11: the report's header", f"{F} report f8 --out rep >/dev/null 2>&1; grep -o '<p>[0-9]* models* from [0-9]* run folders*' rep/index.html"),
     ("--debug: the same error with its traceback", f"{F} --debug export --checkpoint nope.pt --out out 2>&1 | tail -1; exit ${{PIPESTATUS[0]}}"),
 ]
 tmpl = str(T)

@@ -9,7 +9,9 @@ down mid-run because progress is re-read at every step.
 
 Everything the stage does counts: decoding the data, loading a teacher, validation and
 checkpoints. What a final validation and checkpoint will cost is held back as a reserve,
-re-measured at every validation, so that training stops early enough for them to fit.
+re-measured at every validation, so that training stops early enough for them to fit. So is
+what decoding the training split again at each later resolution will cost (`ahead`): the
+switch to the last phase then comes early enough for its decode and its share of training.
 """
 
 from __future__ import annotations
@@ -47,7 +49,11 @@ class Budget:
         self.spent_before = spent_before
         self._t0 = time.monotonic()
         self.reserve = 0.0        # seconds held back for the final validation and checkpoint
-        self.train_start = None   # spent() when the training loop began; progress counts from there
+        self.ahead = 0.0          # seconds of decoding that later resolution phases will need
+        # spent() when the training loop began, moved on by the decoding done since (set_aside):
+        # progress counts training time from there
+        self.train_start = None
+        self._progress = 0.0      # the furthest progress read: it never goes back (see progress)
 
     @classmethod
     def from_minutes(cls, minutes: float) -> Budget | None:
@@ -69,11 +75,21 @@ class Budget:
         if self.train_start is None:
             self.train_start = self.spent()
 
+    def set_aside(self, seconds: float) -> None:
+        """`seconds` just spent inside the training loop on work that is not training (decoding
+        a new resolution): progress stands still over it rather than jumping ahead."""
+        if self.train_start is not None:
+            self.train_start += seconds
+
     def progress(self) -> float:
-        """0 when the training loop began, 1 when only the reserve is left."""
+        """0 when the training loop began, 1 when only the reserve and the decoding ahead are left.
+        It never goes back: a decode that took less than was held back for it would otherwise
+        move the run back into the resolution phase it has just left, and decode again."""
         start = self.train_start if self.train_start is not None else self.spent()
-        window = self.seconds - self.reserve - start
-        return 1.0 if window <= 0 else min(1.0, max(0.0, (self.spent() - start) / window))
+        window = self.seconds - self.reserve - self.ahead - start
+        now = 1.0 if window <= 0 else min(1.0, max(0.0, (self.spent() - start) / window))
+        self._progress = max(self._progress, now)
+        return self._progress
 
     def used_fraction(self) -> float:
         return min(1.0, self.spent() / self.seconds)

@@ -149,6 +149,11 @@ class RunConfig:
         """The resolution phase at a share of a budget, each phase's epochs read as its share."""
         return self.size_at(min(int(progress * self.epochs), self.epochs - 1))
 
+    def switches_after(self, progress: float) -> int:
+        """How many times the resolution changes after the phase at a share of a budget."""
+        sizes = [self.size_at(e) for e in range(min(int(progress * self.epochs), self.epochs - 1), self.epochs)]
+        return sum(a != b for a, b in zip(sizes, sizes[1:]))
+
     def size_at(self, epoch: int) -> int:
         for size, n in self.resolutions:
             if epoch < n:

@@ -23,7 +23,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -97,9 +96,6 @@ class Loop:
         if self.world == 1:
             return self.budget.progress()
         return float(distributed.broadcast(torch.tensor(self.budget.progress(), dtype=torch.float64)))
-
-    def size_now(self, epoch: int) -> int:
-        return self.cfg.size_at_progress(self.progress()) if self.budget else self.cfg.size_at(epoch)
 
 
 def train_step(loop: Loop, images: torch.Tensor, masks: torch.Tensor,
@@ -302,7 +298,7 @@ def fit(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_
         return _finish(loop)
 
 
-def _train_epochs(loop: Loop, train_split: Callable, sampler) -> None:
+def _train_epochs(loop: Loop, train_split: TrainSplit, sampler) -> None:
     """Epochs until the last one (or the budget's end); a finished run resumed does nothing."""
     cfg = loop.cfg
     epochs = itertools.count(loop.epoch + 1) if loop.budget else range(loop.epoch + 1, cfg.epochs)
@@ -316,11 +312,26 @@ def _train_epochs(loop: Loop, train_split: Callable, sampler) -> None:
                 break
 
 
-def _run_epoch(loop: Loop, epoch: int, train_split: Callable, sampler) -> bool:
+def _epoch_data(loop: Loop, epoch: int, train_split: TrainSplit) -> tuple[int, CachedSplit]:
+    """The epoch's resolution and the training split at it. Under a budget the time spent
+    decoding a new resolution is set aside from training time, and what the switches still to
+    come will spend decoding is held back, so that a slow decode cannot push the run past
+    its end (issue 28: 193 s of a 180-s budget) and the last phase still gets its share."""
+    if not loop.budget:
+        return loop.cfg.size_at(epoch), train_split(loop.cfg.size_at(epoch))
+    progress = loop.progress()
+    size = loop.cfg.size_at_progress(progress)
+    t0 = time.monotonic()
+    data = train_split(size)
+    loop.budget.set_aside(time.monotonic() - t0)
+    loop.budget.ahead = train_split.decode_s * loop.cfg.switches_after(progress)
+    return size, data
+
+
+def _run_epoch(loop: Loop, epoch: int, train_split: TrainSplit, sampler) -> bool:
     """Train one epoch, then log, validate and save; returns whether it was the last."""
     loop.epoch = epoch
-    size = loop.size_now(epoch)
-    data = train_split(size)
+    size, data = _epoch_data(loop, epoch, train_split)
     sampler.set_epoch(epoch)
     loop.net.train()
     t0 = time.time()
@@ -348,16 +359,26 @@ def _finish(loop: Loop) -> dict:
     return result
 
 
+class TrainSplit:
+    """The training split at one resolution at a time (train_split(size)), decoded when the
+    resolution changes; decode_s is what the latest decode took, the price of the next."""
+
+    def __init__(self, cfg: RunConfig, data_root, progress: bool):
+        self.cfg, self.data_root, self.progress = cfg, data_root, progress
+        self.size, self.split, self.decode_s = None, None, 0.0
+
+    def __call__(self, size: int) -> CachedSplit:
+        if size != self.size:
+            self.split = None  # keep one resolution in memory at a time
+            t0 = time.monotonic()
+            self.split = load_split(self.data_root, "train", size, self.cfg.train_limit, progress=self.progress)
+            self.size, self.decode_s = size, time.monotonic() - t0
+        return self.split
+
+
 def _training_data(cfg: RunConfig, data_root, world: int, rank: int, progress: bool, soft_targets):
-    """(train split at a size, cached one size at a time; val on rank 0; the epoch sampler)."""
-    train_cache: dict[int, CachedSplit] = {}
-
-    def train_split(size: int) -> CachedSplit:
-        if size not in train_cache:
-            train_cache.clear()  # keep one resolution in memory at a time
-            train_cache[size] = load_split(data_root, "train", size, cfg.train_limit, progress=progress and rank == 0)
-        return train_cache[size]
-
+    """(the training split, by resolution; val on rank 0; the epoch sampler)."""
+    train_split = TrainSplit(cfg, data_root, progress and rank == 0)
     val = load_split(data_root, "val", None, progress=progress) if rank == 0 else None
     first = train_split(cfg.size_at(0))
     if len(first) < 2:
@@ -374,7 +395,7 @@ def _training_data(cfg: RunConfig, data_root, world: int, rank: int, progress: b
 
 def _prepare(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig, run_dir: str | Path, *,
              data_root: str | Path, stage: str, resume: bool, extra_config: dict, progress: bool,
-             budget: Budget | None, soft_targets: torch.Tensor | None) -> tuple[Loop, Callable, object]:
+             budget: Budget | None, soft_targets: torch.Tensor | None) -> tuple[Loop, TrainSplit, object]:
     """Everything before the first step: process set-up, resume checks, data, optimiser, state."""
     distributed.setup()
     world, rank, device = distributed.world_size(), distributed.rank(), distributed.pick_device()

@@ -30,9 +30,10 @@ class RunFolderLocked(OSError):
     """Another live process is writing to this run folder."""
 
 
-def refuse_existing_run(folder, resume: bool) -> None:
-    """A folder holding any of RUN_FILES is continued with --resume or not used at all."""
-    found = [name for name in RUN_FILES if (Path(folder) / name).exists()]
+def refuse_existing_run(folder, resume: bool, names: tuple[str, ...] = RUN_FILES) -> None:
+    """A folder holding any of `names` (a command's RUN_FILES and what else it writes) is
+    continued with --resume or not used at all."""
+    found = [name for name in names if (Path(folder) / name).exists()]
     if found and not resume:
         raise FileExistsError(f"{folder} already holds a run ({', '.join(found)}); pass --resume to continue "
                               "it or choose another --out")

@@ -84,6 +84,34 @@ def test_the_last_step_runs_at_the_floor_however_the_reads_fall(tmp_path, sample
     assert records(tmp_path / "run")[-1]["lr"] == pytest.approx(tiny().lr * tiny().min_lr_ratio)
 
 
+def test_a_slow_decode_at_the_resolution_switch_is_paid_within_the_budget(tmp_path, sample_root, monkeypatch):
+    """Issue 28, friction 8: decoding the training split again at the switch to the last
+    resolution was not priced, and a 180-s budget whose decodes took most of a minute each
+    spent 193 s. Here each whole-split decode takes 6 s, more than the last phase's share."""
+    real_load = engine.load_split
+
+    def slow_load(root, split, size=None, limit=0, **kwargs):
+        if split == "train":
+            time.sleep(6.0)
+        return real_load(root, split, size, limit, **kwargs)
+    monkeypatch.setattr(engine, "load_split", slow_load)
+    cfg = tiny(resolutions=[[64, 9], [96, 1]], budget_minutes=0.4)
+    result, wall = timed(distill, cfg, sample_root, tmp_path / "run", None, progress=False)
+    assert result["budget_spent_s"] <= result["budget_s"] and abs(wall - 24) < SLACK_S, (result, wall)
+    assert records(tmp_path / "run")[-1]["size"] == 96  # the last phase still ran, after its decode
+
+
+def test_a_run_cut_mid_epoch_counts_a_fraction_of_an_epoch(tmp_path, sample_root, monkeypatch):
+    """Issue 28, friction 8: result.json said "epochs": 2 for a run whose first epoch ran 12 of
+    its 125 steps. 16 images in batches of 4: an epoch is 4 steps, and the budget ends in the
+    second (progress is read once an epoch and once a step)."""
+    reads = itertools.count(1)
+    monkeypatch.setattr(Budget, "progress", lambda self: min(1.0, next(reads) / 7))
+    result = distill(tiny(resolutions=[[64, 4]]), sample_root, tmp_path / "run", None, progress=False)
+    assert result["steps"] == 5 and result["images_seen"] == 20 and result["epochs_started"] == 2
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs"] == result["epochs"] == 1.25
+
+
 def test_a_killed_and_resumed_budgeted_run_spends_only_what_is_left(tmp_path, sample_root, kill_after_epoch):
     kill_after_epoch(2)
     with pytest.raises(KeyboardInterrupt):

@@ -607,6 +607,33 @@ def test_prune_checks_its_teacher_before_pruning(tmp_path, capsys):
         assert not out.exists() and not marker.exists()
 
 
+def test_pipeline_checks_its_teacher_before_any_stage(tmp_path, capsys):
+    """Fault 11: pipeline --teacher evil.pt was refused after the audit stage, leaving a folder
+    that neither a rerun nor --resume with a good teacher would accept."""
+    marker = tmp_path / "ran"
+    evil = _evil_checkpoint(tmp_path / "evil.pt", marker)
+    out = tmp_path / "pipe"
+    err = cli_error(capsys, "pipeline", "--teacher", evil, "--out", out)
+    assert "evil.pt: holds pickled Python objects" in err
+    assert not out.exists() and not marker.exists()
+
+
+def test_pipeline_checks_its_images_before_any_stage(tmp_path, capsys, monkeypatch):
+    """Fault 11: pipeline --images nowhere ran the audit, teacher and distill stages and failed
+    only when packaging."""
+    import facekd.app.pipeline as pipeline
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("--images should have been refused before any stage")
+    monkeypatch.setattr(pipeline.Pipeline, "run_stage", no_work)
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "pipe"
+    for images in (tmp_path / "nowhere", tmp_path / "empty"):
+        err = cli_error(capsys, "pipeline", "--images", images, "--out", out)
+        assert f"--images {images}: not a folder of images" in err
+        assert not out.exists()
+
+
 @pytest.mark.parametrize("name", ["config.json", "metrics.jsonl", "result.json"])
 def test_a_folder_holding_run_files_is_not_overwritten(tmp_path, capsys, name):
     """Fault 14: only an existing last.pt blocked reuse; a user's own files were overwritten."""
@@ -616,6 +643,18 @@ def test_a_folder_holding_run_files_is_not_overwritten(tmp_path, capsys, name):
     for argv in (["distill", "--teacher", "none"], ["prune", "--ratio", "0.3", "--student", _student(tmp_path)]):
         err = cli_error(capsys, *argv, "--out", out, "--set", "resolutions=[[64, 1]]")
         assert f"{out} already holds a run ({name})" in err
+    assert (out / name).read_text() == "my own notes\n" and sorted(p.name for p in out.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("name", ["pruned.pt", "prune_report.json"])
+def test_prune_does_not_overwrite_a_users_prune_files(tmp_path, capsys, name):
+    """Fault 14: prune --out mine overwrote the user's own pruned.pt and prune_report.json."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / name).write_text("my own notes\n")
+    err = cli_error(capsys, "prune", "--ratio", "0.3", "--checkpoint", _student(tmp_path), "--out", out,
+                    "--set", "resolutions=[[64, 1]]")
+    assert f"{out} already holds a run ({name})" in err
     assert (out / name).read_text() == "my own notes\n" and sorted(p.name for p in out.iterdir()) == [name]
 
 

@@ -44,6 +44,7 @@ from facekd.audit import audit_split, save_panel, write_fixed
 from facekd.budget import Budget, BudgetError
 from facekd.challenge import PARAM_LIMIT
 from facekd.config import resolve_config
+from facekd.files import InputError
 from facekd.inference import list_images
 from facekd.latency import RUNS, WARMUP
 from facekd.app.export import export
@@ -283,9 +284,7 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"{out} already holds a pipeline; pass --resume to continue it or choose another --out")
-    if images is None:
-        test_images = Path(data_root) / "test" / "images"
-        images = test_images if test_images.is_dir() else Path(data_root) / "val" / "images"
+    images = _images_to_package(images, data_root)
     configs = {name: resolve_config(name, preset, config_file, assignments, seed=seed)
                for name in ("teacher", "distill", "prune")}
     if prune_from == "wide":
@@ -336,6 +335,18 @@ def given_teacher(value) -> list[str] | None:
     if TRAIN_TEACHER in map(str, items):
         raise ValueError(f"--teacher: '{TRAIN_TEACHER}' (the pipeline trains one) cannot be combined with {items}")
     return teacher_paths(items)
+
+
+def _images_to_package(images, data_root) -> Path:
+    """--images, or the data's test (else val) images. Packaging them is the pipeline's last
+    stage, so a folder with no images is refused here rather than after every training stage."""
+    if images is None:
+        test_images = Path(data_root) / "test" / "images"
+        images = test_images if test_images.is_dir() else Path(data_root) / "val" / "images"
+    images = Path(images)
+    if not images.is_dir() or not list_images(images):
+        raise InputError(f"--images {images}: not a folder of images")
+    return images
 
 
 def _refuse_budget_below_tail(budget: Budget, images, data_root, report_scores_teacher: bool) -> None:
