@@ -343,6 +343,7 @@ def _run_epoch(loop: Loop, epoch: int, train_split: TrainSplit, sampler) -> bool
     end_of_epoch(loop, size, sums, seen, elapsed, is_last)
     return is_last
 
+
 def _finish(loop: Loop) -> dict:
     distributed.dump_final_state(loop.model)
     # "epochs" counts what was trained, in epochs of the training split: a budget that ends one
@@ -457,7 +458,6 @@ def _wrap(model: nn.Module, cfg: RunConfig, device: torch.device, world: int) ->
     net = model if world == 1 else DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
     return torch.compile(net) if cfg.compile else net
-
 
 
 def _restore(loop: Loop, state: dict) -> None:
