@@ -104,7 +104,8 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
         result = distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
                          model_cfg=model_cfg, stage="prune", budget=budget)
     report_path = out / "prune_report.json"
-    if distributed.is_main():
+    # a finished run resumed is a no-op: its report, timings and TensorBoard points stand
+    if distributed.is_main() and "after_finetune" not in report:
         best = load_checkpoint(out / "best.pt")
         tuned = load_model(best, out / "best.pt")
         report["after_finetune"] = {**model_cost(tuned, latency=False), "val_fscore": best["val_fscore"]}

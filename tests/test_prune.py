@@ -82,7 +82,9 @@ def test_prune_command_end_to_end(tmp_path, sample_root, capsys):
     assert_stages_timed_side_by_side(out, report)
     best = load_checkpoint(out / "best.pt")
     assert best["model_cfg"]["widths"] != students.model_config(student)["widths"]
-    assert main(args + ["--resume"]) == 0  # a finished run resumes to a no-op
+    assert main(args + ["--resume"]) == 0  # a finished run resumes to a no-op, not timed again
+    assert json.loads((out / "prune_report.json").read_text()) == report
+    assert_stages_timed_side_by_side(out, report)
 
 
 def assert_stages_timed_side_by_side(out, report):
