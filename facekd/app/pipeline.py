@@ -44,11 +44,10 @@ from facekd.audit import audit_split, save_panel, write_fixed
 from facekd.budget import Budget, BudgetError
 from facekd.challenge import PARAM_LIMIT
 from facekd.config import resolve_config
-from facekd.files import InputError
 from facekd.inference import list_images
 from facekd.latency import RUNS, WARMUP
 from facekd.app.export import export
-from facekd.files import load_checkpoint
+from facekd.files import InputError, load_checkpoint
 from facekd.models import load_model
 from teachers.ensemble import model_or_ensemble
 from facekd.app.report import write_report
@@ -194,11 +193,10 @@ class Pipeline:
             # the student it would have cut is trained already: ship that rather than nothing
             tqdm.write(f"[pipeline] {name}: skipped, {e}; the best model so far is exported")
             info, checkpoint = {"skipped": str(e)}, None
-        if checkpoint and name == "teacher":
-            if self.teacher_checkpoints:
-                info.update(_teacher_cost(self.teacher_checkpoints, self.configs["distill"], self.data_root))
-        elif checkpoint:
+        if checkpoint and name != "teacher":
             info.update(_cost(self.out / name / checkpoint))
+        elif checkpoint and self.teacher_checkpoints:  # labels alone: no teacher to cost
+            info.update(_teacher_cost(self.teacher_checkpoints, self.configs["distill"], self.data_root))
         self.stages[name] = {"wall_s": time.time() - t0, **info}
         self.save()
 
