@@ -184,7 +184,7 @@ def cmd_export(args) -> int:
         raise ValueError(f"--checkpoint given {len(args.checkpoint)} times: an ensemble cannot be exported, the "
                          "solution is one model; distil it into a student (facekd distill --teacher A --teacher B) "
                          "and export that")
-    meta = export(args.checkpoint[0], args.out) if args.checkpoint else refresh(args.out)
+    meta = export(args.checkpoint[0], args.out, force=args.force) if args.checkpoint else refresh(args.out)
     score = "n/a" if meta["val_fscore"] is None else f"{meta['val_fscore']:.4f}"
     print(f"exported {meta['model_cfg']['arch']} ({meta['params']:,} params, val F-score {score}) to {args.out}")
     return 0
@@ -361,6 +361,8 @@ def _add_shipping_parsers(sub) -> None:
                    help="a student's best.pt; leave out to refresh the code of the export already in --out, "
                         "keeping its weights")
     p.add_argument("--out", required=True, help="solution folder to write")
+    p.add_argument("--force", action="store_true",
+                   help="replace the model of a solution folder that holds one already (refused without it)")
     p.add_argument("--format", default="solution", choices=["solution", "onnx"],
                    help="solution (default): ckpt.pth and run.py; onnx: model.onnx (opset 17, flip TTA inside the "
                         "graph) and run_onnx.py, after a parity check against torch on val (needs the deploy extra)")

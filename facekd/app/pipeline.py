@@ -256,7 +256,8 @@ class Pipeline:
         # ship the better of the two students by validation F-score, among those under the limit
         legal = [n for n in ("distill", "prune") if self.stages[n].get("params", PARAM_LIMIT) < PARAM_LIMIT]
         best = max(legal, key=lambda n: self.stages[n]["val_fscore"] or 0)
-        return {"from": best, **export(self.out / best / "best.pt", self.out / "solution")}
+        # force: the folder is this pipeline's own, and holds a model only if a killed run exported it
+        return {"from": best, **export(self.out / best / "best.pt", self.out / "solution", force=True)}
 
     def package(self) -> dict:
         report = package_submission(self.images, self.out / "solution", self.out / "submission.zip")
