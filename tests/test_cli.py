@@ -123,3 +123,25 @@ def test_check_submission_cuts_the_list_of_missing_masks(tmp_path, capsys):
     missing = next(f for f in faults if "have no mask" in f)
     assert missing.startswith("40 image(s) have no mask: image_000.png, ") and "(35 more)" in missing
     assert len(missing) < 200
+
+
+def test_the_default_preset_follows_the_data(tmp_path, sample_root, data_copy, monkeypatch, capsys):
+    """Issue 34: `facekd distill --data data/celebamask-mini --budget 1` trained the smoke preset's
+    18,707-parameter toy at 128 px, without a word. Left out, --preset is smoke for the embedded
+    sample and cpu for a dataset of the user's, and the command says which it took."""
+    import distill.train
+    import facekd.app.pipeline
+    trained = []
+    monkeypatch.setattr(distill.train, "distill", lambda cfg, *a, **k: trained.append(cfg.model) or {})
+    monkeypatch.setattr(facekd.app.pipeline, "run_pipeline", lambda root, out, preset, *a, **k: trained.append(preset))
+    distill_cmd = ["distill", "--teacher", "none", "--out", str(tmp_path / "r")]
+    assert main(distill_cmd) == 0 and main(distill_cmd + ["--data", str(sample_root)]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(distill_cmd + ["--data", str(data_copy)]) == 0
+    assert capsys.readouterr().err.strip() == (
+        f"facekd distill: --preset cpu, the default for --data {data_copy} (smoke is sized for the embedded "
+        "sample and the tests; gpu is for a GPU)")
+    assert main(distill_cmd + ["--data", str(data_copy), "--preset", "smoke"]) == 0  # a preset given is kept
+    assert main(["pipeline", "--data", str(data_copy), "--json"]) == 0
+    assert main(["pipeline", "--json"]) == 0
+    assert trained == ["tiny", "tiny", "resfpn", "tiny", "cpu", "smoke"]
