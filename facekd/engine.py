@@ -209,7 +209,11 @@ def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: boo
                          # what this model cost to train, summed over every resume of its run
                          "train_seconds": loop.train_seconds, "images_seen": loop.images_seen,
                          "config": cfg.to_dict()}, loop.run.dir / "best.pt")
-    tqdm.write(f"[{loop.stage}] epoch {loop.epoch} @{size}: loss {record.get('loss/loss', 0):.4f} "
+    # under a budget the epochs are cut short: say how much was trained (issue 34: "epoch 1 @384"
+    # for a run of 0.42 epochs), not which epoch began
+    trained = (f"{loop.images_seen / loop.epoch_images:.2f} epochs ({loop.images_seen} images)" if loop.budget
+               else f"epoch {loop.epoch}")
+    tqdm.write(f"[{loop.stage}] {trained} @{size}: loss {record.get('loss/loss', 0):.4f} "
                f"val F {summary['fscore']:.4f} (best {loop.best:.4f}) {record['images_per_s']:.1f} img/s"
                + (f", {loop.budget.describe()}" if loop.budget else ""))
 

@@ -108,15 +108,18 @@ def test_a_slow_decode_at_the_resolution_switch_is_paid_within_the_budget(tmp_pa
     assert sizes[-1] == 96 and records(tmp_path / "run")[-1]["size"] == 96
 
 
-def test_a_run_cut_mid_epoch_counts_a_fraction_of_an_epoch(tmp_path, sample_root, monkeypatch, fake_clock):
+def test_a_run_cut_mid_epoch_counts_a_fraction_of_an_epoch(tmp_path, sample_root, monkeypatch, fake_clock, capsys):
     """Issue 28, friction 8: result.json said "epochs": 2 for a run whose first epoch ran 12 of
     its 125 steps. 16 images in batches of 4: an epoch is 4 steps, and the budget ends in the
-    second (progress is read once an epoch and once a step)."""
+    second (progress is read once an epoch and once a step). Issue 34: its log line said
+    "epoch 1 @384" for a run of 0.42 epochs; it says what was trained."""
     reads = itertools.count(1)
     monkeypatch.setattr(Budget, "progress", lambda self: min(1.0, next(reads) / 7))
     result = distill(tiny(resolutions=[[64, 4]]), sample_root, tmp_path / "run", None, progress=False)
     assert result["steps"] == 5 and result["images_seen"] == 20 and result["epochs_started"] == 2
     assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs"] == result["epochs"] == 1.25
+    logged = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[distill]")]
+    assert logged[-1].startswith("[distill] 1.25 epochs (20 images) @64: loss"), logged
 
 
 def test_a_killed_and_resumed_budgeted_run_spends_only_what_is_left(tmp_path, sample_root, kill_after_epoch,
