@@ -50,8 +50,9 @@ def _preset(args) -> str:
     from facekd.data import SAMPLE_DATA
     if _data_root(args).resolve() == SAMPLE_DATA.resolve():
         return "smoke"
-    print(f"facekd {args.command}: --preset cpu, the default for --data {args.data} (smoke is sized for the "
-          "embedded sample and the tests; gpu is for a GPU)", file=sys.stderr)
+    if _data_root(args).is_dir():  # one that is not is refused next, and the preset is moot
+        print(f"facekd {args.command}: --preset cpu, the default for --data {args.data} (smoke is sized for the "
+              "embedded sample and the tests; gpu is for a GPU)", file=sys.stderr)
     return "cpu"
 
 
@@ -59,6 +60,20 @@ def _teacher(args) -> list[str] | None:
     """--teacher as the stages take it: the checkpoints given (several make an ensemble), or None
     when the flag is left out: labels alone, or for the pipeline a teacher it trains itself."""
     return args.teacher or None
+
+
+def _student_checkpoint(args, default: str) -> str:
+    """--checkpoint (a run folder stands for its best.pt), or the earlier stage's best.pt it
+    defaults to; a missing one is refused naming the flag (issue 34: "runs/distill/best.pt:
+    checkpoint not found" named none, when the flag had been left out)."""
+    from facekd.run_folder import best_of_run
+    path = best_of_run(args.checkpoint or default, "--checkpoint")
+    if Path(path).exists():
+        return path
+    if args.checkpoint:
+        raise FileNotFoundError(f"--checkpoint {path}: checkpoint not found")
+    raise FileNotFoundError(f"--checkpoint left out, and its default {path} (an earlier stage's output) is not "
+                            "there; give --checkpoint a student's best.pt or its run folder")
 
 
 def _data_root(args) -> Path:
@@ -93,28 +108,30 @@ def _number_list(kind):
 
 def cmd_prune(args) -> int:
     from compress.sweep import KINDS, format_table, sweep
-    from compress.train import prune_and_finetune
+    from compress.train import closing_lines, prune_and_finetune
     kind, targets = next((k, v) for k, v in (("params", args.target_params), ("macs", args.target_macs),
                                              ("ratio", args.ratio), ("latency", args.target_latency)) if v is not None)
     speed = {"round_to": args.round_to, "threads": args.threads}
     if args.threads < 1:
         raise ValueError(f"--threads {args.threads}: give at least 1")
+    checkpoint = _student_checkpoint(args, "runs/distill/best.pt")
     if args.sweep:
-        record = sweep(_config("prune", args), _data_root(args), args.out, args.checkpoint, _teacher(args), kind=kind,
+        record = sweep(_config("prune", args), _data_root(args), args.out, checkpoint, _teacher(args), kind=kind,
                        targets=targets, importance=args.importance, resume=args.resume, **speed)
-        print(format_table(record))
+        print(json.dumps(record, indent=2) if args.json else format_table(record))
         return 0
     if len(targets) > 1:
         raise ValueError(f"{len(targets)} targets given; pass --sweep to prune to each of them")
-    result = prune_and_finetune(_config("prune", args), _data_root(args), args.out, args.checkpoint, _teacher(args),
+    result = prune_and_finetune(_config("prune", args), _data_root(args), args.out, checkpoint, _teacher(args),
                                 importance=args.importance, resume=args.resume, **speed, **{KINDS[kind]: targets[0]})
-    print(json.dumps(result["report"], indent=2))
+    print(json.dumps(result["report"], indent=2) if args.json else "\n".join(closing_lines(result["report"], args.out)))
     return 0
 
 
 def cmd_finetune(args) -> int:
     from compress.train import finetune
-    result = finetune(_config("prune", args), _data_root(args), args.out, args.checkpoint, _teacher(args), args.resume)
+    result = finetune(_config("prune", args), _data_root(args), args.out, _student_checkpoint(args, "runs/prune/best.pt"),
+                      _teacher(args), args.resume)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -254,8 +271,8 @@ def cmd_check_submission(args) -> int:
 # Every command names things the same way: --data a dataset root, --images a folder of images,
 # --checkpoint a model file it reads, --arch an architecture name, --teacher the checkpoint(s)
 # to distil from, --out what it writes. Older spellings stay as aliases.
-TEACHER_HELP = ("a teacher's best.pt to distil from (repeat it for an ensemble), or 'none' to train from "
-                "labels alone (default: {})")
+TEACHER_HELP = ("a teacher's best.pt (or its run folder) to distil from (repeat it for an ensemble), or 'none' "
+                "to train from labels alone (default: {})")
 
 
 def _add_teacher_arg(p: argparse.ArgumentParser, default_means: str = "none, labels alone") -> None:
@@ -277,8 +294,8 @@ def _add_training_parsers(sub) -> None:
 
     p = sub.add_parser("prune", help="prune a student with torch-pruning, then fine-tune it")
     _add_run_args(p, "runs/prune")
-    p.add_argument("--checkpoint", "--student", dest="checkpoint", default="runs/distill/best.pt", metavar="CKPT",
-                   help="the student's best.pt to prune (default: runs/distill/best.pt)")
+    p.add_argument("--checkpoint", "--student", dest="checkpoint", default=None, metavar="CKPT",
+                   help="the student's best.pt to prune, or its run folder (default: runs/distill/best.pt)")
     _add_teacher_arg(p)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-params", type=_number_list(int), help="prune until at most this many parameters")
@@ -298,12 +315,14 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--sweep", action="store_true",
                    help="prune to each of a comma-separated list of targets, one sub-run each, gathered in "
                         "OUT/sweep.json")
+    p.add_argument("--json", action="store_true",
+                   help="print prune_report.json (with --sweep: sweep.json) instead of a few closing lines")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("finetune", help="continue training a student as it is, with the prune stage's config")
     _add_run_args(p, "runs/finetuned")
-    p.add_argument("--checkpoint", "--student", dest="checkpoint", default="runs/prune/best.pt", metavar="CKPT",
-                   help="the student's best.pt to continue (default: runs/prune/best.pt)")
+    p.add_argument("--checkpoint", "--student", dest="checkpoint", default=None, metavar="CKPT",
+                   help="the student's best.pt to continue, or its run folder (default: runs/prune/best.pt)")
     _add_teacher_arg(p)
     p.set_defaults(func=cmd_finetune)
 
