@@ -96,6 +96,11 @@ with zipfile.ZipFile(T / "links.zip", "w") as zf:
 HOLD = ("python -c \"import sys, time; from facekd.run_folder import run_folder_lock; "
         "held = run_folder_lock(sys.argv[1]); held.__enter__(); print('held', flush=True); time.sleep(30)\"")
 SMALL = "--set 'resolutions=[[64, 1]]'"
+# issue 34's: a teacher's run folder (best.pt inside), a folder holding a copy of the shipped
+# solution (val 0.8455) to export over, and an empty folder to run prune and finetune in
+(T / "t19run").mkdir(); shutil.copy(T / "t19.pt", T / "t19run/best.pt")
+(T / "fresh").mkdir()
+VAL_OF = "python -c \"import sys, torch; print('ckpt.pth val F', torch.load(sys.argv[1], weights_only=True)['val_fscore'])\""
 
 F = "facekd"
 R = f"python {REPO}/solution/run.py"
@@ -180,6 +185,15 @@ cases = [
     ("issue 28 friction 8: a budgeted distill, cut mid-epoch", f"/usr/bin/time -f '%e s wall' {F} distill --teacher none --budget 0.25 --out f8 --set 'resolutions=[[64, 3], [96, 1]]' 2>&1 | grep -e '\"epochs' -e budget_ -e wall"),
     ("issue 28 friction 10: check-submission, 40 masks missing", f"{F} check-submission twice.zip --images many 2>/dev/null | grep 'no mask'"),
     ("issue 28 friction 11: the report's header", f"{F} report f8 --out rep >/dev/null 2>&1; grep -o '<p>[0-9]* models* from [0-9]* run folders*' rep/index.html"),
+    ("issue 34.2: export over a solution folder", f"{F} export --checkpoint tiny_student.pt --out sol; rc=$?; {VAL_OF} sol/ckpt.pth; exit $rc"),
+    ("issue 34.2: the same with --force, over a copy", f"cp -r sol solf && {F} export --checkpoint tiny_student.pt --out solf --force"),
+    ("issue 34.3: distill --data (the sample copied), no --preset", f"{F} distill --teacher none --data data2 --out r34 {SMALL} 2>&1 | grep -e 'preset' -e '\"params\"'"),
+    ("issue 34.5: pipeline --data wrong/path", f"{F} pipeline --data wrong/path --out p34; rc=$?; ls p34; exit $rc"),
+    ("issue 34.5: distill --teacher a run folder", f"{F} distill --teacher t19run --out r34t {SMALL} >/dev/null 2>&1; rc=$?; grep '\"teacher\"' r34t/config.json; exit $rc"),
+    ("issue 34.5: prune without --checkpoint", f"cd fresh && {F} prune --ratio 0.3"),
+    ("issue 34.5: finetune without --checkpoint", f"cd fresh && {F} finetune"),
+    ("issue 34.5: a budgeted run's log line, cut mid-epoch", f"{F} distill --teacher none --budget 0.25 --out f34 --set 'resolutions=[[64, 3], [96, 1]]' 2>/dev/null | grep '^.distill' | tail -1; grep '\"epochs\"' f34/result.json"),
+    ("issue 34.5: prune's output", f"{F} prune --checkpoint tiny_student.pt --ratio 0.3 --out p34b {SMALL} 2>/dev/null > p34b.txt; rc=$?; echo \"$(wc -l < p34b.txt) lines on stdout (the validation's, then these):\"; tail -4 p34b.txt | paste -sd ';'; exit $rc"),
     ("--debug: the same error with its traceback", f"{F} --debug export --checkpoint nope.pt --out out 2>&1 | tail -1; exit ${{PIPESTATUS[0]}}"),
 ]
 tmpl = str(T)
