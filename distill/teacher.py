@@ -12,6 +12,7 @@ from facekd.config import RunConfig
 from facekd.data import load_split
 from facekd.distributed import pick_device
 from facekd.evaluation import evaluate
+from facekd.precision import resolve_precision
 from teachers.ensemble import model_or_ensemble
 
 
@@ -54,4 +55,6 @@ def teacher_val_fscore(teacher: nn.Module, info: dict, cfg: RunConfig, data_root
     if not distributed.is_main():
         return None
     val = load_split(data_root, "val", None, progress=False)
-    return evaluate(teacher, val, teacher.input_size, cfg.flip_tta, cfg.batch_size, pick_device())["fscore"]
+    device = pick_device()
+    return evaluate(teacher, val, teacher.input_size, cfg.flip_tta, cfg.batch_size, device,
+                    precision=resolve_precision(cfg.precision, device))["fscore"]

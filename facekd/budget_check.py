@@ -33,7 +33,8 @@ def check_budget_fits(loop: "Loop", step_seconds: float) -> None:
     batch = CachedSplit(val.stems[:loop.cfg.batch_size], val.images[:loop.cfg.batch_size],
                         val.masks[:loop.cfg.batch_size])
     t0 = time.perf_counter()
-    evaluate(loop.model, batch, loop.cfg.resolutions[-1][0], loop.cfg.flip_tta, loop.cfg.batch_size, loop.device)
+    evaluate(loop.model, batch, loop.cfg.resolutions[-1][0], loop.cfg.flip_tta, loop.cfg.batch_size, loop.device,
+             precision=loop.precision)
     eval_s = (time.perf_counter() - t0) * math.ceil(len(val) / len(batch))
     loop.budget.reserve = 1.2 * eval_s + 1.0
     if loop.budget.spent() + loop.budget.reserve > loop.budget.seconds:
