@@ -54,8 +54,17 @@ def _data_root(args) -> Path:
 
 def cmd_train_teacher(args) -> int:
     from teachers.train import train_teacher
-    result = train_teacher(_config("teacher", args), _data_root(args), args.out, args.resume)
+    result = train_teacher(_config("teacher", args), _data_root(args), args.out, args.resume, init=args.init)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_grow(args) -> int:
+    from teachers.grow import grow_checkpoint
+    record = grow_checkpoint(args.checkpoint, args.out, args.depth if len(args.depth) > 1 else args.depth[0],
+                             args.width, args.seed)
+    print(f"grew {args.checkpoint} ({record['student_params']:,} params) into {args.out} ({record['params']:,} "
+          f"params, the same function); train it with facekd train-teacher --init {args.out}")
     return 0
 
 
@@ -249,9 +258,13 @@ def _add_teacher_arg(p: argparse.ArgumentParser, default_means: str = "none, lab
 
 
 def _add_training_parsers(sub) -> None:
-    p = sub.add_parser("train-teacher", help="train a teacher from scratch")
+    p = sub.add_parser("train-teacher", help="train a teacher from scratch (or from a grown student, --init)")
     _add_run_args(p, "runs/teacher")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from this teacher checkpoint's model and weights (facekd grow writes one) "
+                        "instead of the preset's teacher, freshly initialised")
     p.set_defaults(func=cmd_train_teacher)
+
 
     p = sub.add_parser("distill", help="train a student from a teacher's soft logits (or from scratch)")
     _add_run_args(p, "runs/distill")
@@ -292,6 +305,18 @@ def _add_training_parsers(sub) -> None:
                    help="the student's best.pt to continue (default: runs/prune/best.pt)")
     _add_teacher_arg(p)
     p.set_defaults(func=cmd_finetune)
+
+
+def _add_grow_parser(sub) -> None:
+    p = sub.add_parser("grow", help="grow a trained student into a larger teacher that computes the same function")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="the resfpn student's best.pt to grow")
+    p.add_argument("--out", required=True, help="the grown teacher's checkpoint file to write")
+    p.add_argument("--depth", type=_number_list(int), default=[0], metavar="N[,N,N,N]",
+                   help="residual blocks to add to every stage, or one count per stage (default: 0)")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="factor for every inner width: each block's, the stem's first and the head's (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed for which channels are copied and how they split")
+    p.set_defaults(func=cmd_grow)
 
 
 def _add_pipeline_parser(sub) -> None:
@@ -398,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_training_parsers(sub)
+    _add_grow_parser(sub)
     _add_pipeline_parser(sub)
     _add_inspection_parsers(sub)
     _add_shipping_parsers(sub)
