@@ -123,3 +123,11 @@ def test_check_submission_cuts_the_list_of_missing_masks(tmp_path, capsys):
     missing = next(f for f in faults if "have no mask" in f)
     assert missing.startswith("40 image(s) have no mask: image_000.png, ") and "(35 more)" in missing
     assert len(missing) < 200
+
+
+@pytest.mark.parametrize("module", ["facekd", "facekd.app"])
+def test_python_dash_m_runs_the_command(module):
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": str(REPO_ROOT), "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: facekd" in proc.stdout and "train-teacher" in proc.stdout and "grow" in proc.stdout
