@@ -31,12 +31,22 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(lines[:2])}{more}"
 
 
-def _is_torch_file(f) -> bool:
-    """Whether a file object holds what torch.save writes: a zip archive, or (before torch
-    1.6) a pickle stream, which starts with the protocol opcode 0x80."""
+ZIP_START = b"PK\x03\x04"  # the local header that opens every zip archive torch.save writes
+
+
+def _torch_file_kind(f) -> str:
+    """What a file object holds: "torch" for what torch.save writes (a zip archive, or before
+    torch 1.6 a pickle stream, which starts with the protocol opcode 0x80), "damaged" for a
+    zip archive cut short (a copy interrupted, or `truncate -s 30000 last.pt`): it starts as
+    a zip does, but the central directory that zipfile looks for at the end is gone; or
+    "other"."""
     start = f.tell()
     try:
-        return f.read(1) == b"\x80" or zipfile.is_zipfile(f)
+        head = f.read(len(ZIP_START))
+        f.seek(start)
+        if head[:1] == b"\x80" or zipfile.is_zipfile(f):
+            return "torch"
+        return "damaged" if head == ZIP_START else "other"
     finally:
         f.seek(start)
 
@@ -71,7 +81,11 @@ def read_torch_file(source: str | os.PathLike | io.BytesIO, name: str | None = N
 
 
 def _load_safely(f, name: str):
-    if not _is_torch_file(f):
+    kind = _torch_file_kind(f)
+    if kind == "damaged":
+        raise InputError(f"{name}: truncated or damaged (a zip archive, as torch.save writes, whose end is "
+                         "missing); copy or save it again")
+    if kind == "other":
         raise InputError(f"{name}: not a PyTorch checkpoint (torch.save writes a zip archive)")
     try:
         with warnings.catch_warnings():
@@ -79,12 +93,12 @@ def _load_safely(f, name: str):
             return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" not in str(e):  # a damaged file, not one that asks for objects
-            raise InputError(f"{name}: not a readable weights file (damaged pickle data)") from e
+            raise InputError(f"{name}: not a readable weights file (truncated or damaged pickle data)") from e
         raise InputError(f"{name}: holds pickled Python objects, not only tensors; refusing to load it, "
                          "since that could run code from the file") from e
     except Exception as e:  # a corrupt or foreign file raises many types
         advice = "weights_only" in str(e)  # torch's advice to load it unsafely is never passed on
-        raise InputError(f"{name}: not a readable weights file "
+        raise InputError(f"{name}: not a readable weights file, truncated or damaged "
                          f"({type(e).__name__ if advice else one_line(e)})") from e
 
 

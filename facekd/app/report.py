@@ -170,12 +170,14 @@ def score_models(runs: list[tuple[str, Path]], run_dirs, data_root=None,
     metrics = {d: read_metrics(_folder(d) / "metrics.jsonl") for _, d in runs}
     notes = [note for _, note in metrics.values() if note]
     root = _val_root(runs, data_root)
+    # every checkpoint read before the val split is decoded: a bad file costs nothing
+    ckpts = {run: load_checkpoint(_checkpoint(run)) for _, run in runs}
     val = load_split(root, "val", None, progress=progress)
     shipped = {_shipped(Path(top)) for top in run_dirs}
     device = distributed.pick_device()
     entries = []
     for label, run in tqdm(runs, desc="report: scoring models", disable=not progress):
-        ckpt = load_checkpoint(_checkpoint(run))
+        ckpt = ckpts.pop(run)  # let each go once its model is built
         model = load_model(ckpt, _checkpoint(run))
         model.to(distributed.device_for([model], device))
         result = _folder(run) / "result.json"
