@@ -38,6 +38,41 @@ def student(tmp_path) -> Path:
     return make_checkpoint(tmp_path / "student.pt", named_config("tiny", 64))
 
 
+# 9. run.py and every command read an image as it is displayed: its EXIF orientation applied
+
+def _portrait_stored_sideways(tmp_path: Path) -> tuple[Path, Path]:
+    """(upright.png, sideways.png): a 512x384 crop of a sample face, and the same pixels stored
+    turned a quarter left with EXIF orientation 6 ("turn right to display"), as a phone
+    stores a portrait. PNG keeps the pixels exact, so the two must give the same mask."""
+    upright = Image.open(next(VAL_IMAGES.glob("*.jpg"))).convert("RGB").crop((0, 64, 512, 448))
+    upright.save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.png", exif=exif)
+    return tmp_path / "upright.png", tmp_path / "sideways.png"
+
+
+def test_an_image_is_read_in_its_displayed_orientation(tmp_path):
+    upright, sideways = _portrait_stored_sideways(tmp_path)
+    assert Image.open(sideways).size == (384, 512)  # as stored
+    assert np.array_equal(load_rgb(sideways), load_rgb(upright))
+
+
+def test_run_py_writes_the_mask_of_a_sideways_stored_portrait_upright(tmp_path):
+    upright, sideways = _portrait_stored_sideways(tmp_path)
+    solution = tmp_path / "solution"
+    export(make_checkpoint(tmp_path / "best.pt", named_config("tiny", 64)), solution)
+    masks = {}
+    for image in (upright, sideways):
+        out = tmp_path / f"{image.stem}_mask.png"
+        done = subprocess.run([sys.executable, "-I", str(solution / "run.py"), "--input", str(image),
+                               "--output", str(out)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        masks[image.stem] = np.asarray(Image.open(out))
+    assert masks["sideways"].shape == (384, 512)  # the displayed height and width
+    assert np.array_equal(masks["sideways"], masks["upright"])
+
+
 # 13. a checkpoint cut short is called truncated, by every command that reads one
 
 def _truncated(path: Path) -> Path:
