@@ -402,3 +402,26 @@ def test_every_class_chip_is_readable():
     assert [text for text, _, _ in chips.texts] == [f"{c} {name}" for c, name in enumerate(CLASS_NAMES)]
     for text, ink, background in chips.texts:
         assert _contrast(_rgb(ink), _rgb(background)) >= 4.5, text
+
+
+def test_report_checks_its_out_before_scoring(runs, tmp_path, capsys, monkeypatch):
+    """Fault 14: `report RUN --out myfile.txt` scored every model, then failed "Not a directory"."""
+    import facekd.app.report as report
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("--out should have been refused before any model was scored")
+    monkeypatch.setattr(report, "score_models", no_scoring)
+    root, _ = runs
+    (tmp_path / "myfile.txt").write_text("mine\n")
+    assert main(["report", str(root / "student"), "--out", str(tmp_path / "myfile.txt")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'myfile.txt'}: is a file" in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "myfile.txt").read_text() == "mine\n"
+
+
+def test_a_run_given_twice_is_one_model_from_one_folder(runs, tmp_path):
+    """Fault 15: `report r r` read "1 model from 2 run folders"."""
+    root, _ = runs
+    student = root / "student"
+    page = write_report([student, student, student / "best.pt"], tmp_path / "twice", progress=False).read_text()
+    assert "1 model from 1 run folder," in page

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import compress.quantize  # noqa: F401  (registers the int8 checkpoint format that load_model reads)
 from facekd import distributed
-from facekd.files import load_checkpoint
+from facekd.files import check_output_folder, load_checkpoint
 from facekd.models import is_teacher, load_model
 from teachers.ensemble import model_or_ensemble
 from facekd.challenge import PARAM_LIMIT
@@ -68,14 +68,25 @@ class Entry:
         return self.latency["1"]["median_ms"]
 
 
+def distinct_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """The paths with each file or folder kept once, as first given: `report r r`, or `r` and
+    `./r`, name one run folder, whose model the page must count and show once."""
+    kept: dict[Path, Path] = {}
+    for path in map(Path, paths):
+        kept.setdefault(path.resolve(), path)
+    return list(kept.values())
+
+
 def find_runs(run_dirs: Sequence[str | Path]) -> list[tuple[str, Path]]:
     """(label, run folder) for every best.pt in or below each given folder, labelled by its
     path from that folder's name (pipe/teacher, sweep/params_1400000). A checkpoint file given
     itself (an int8 model from `facekd quantize`) is its own run, read from the folder it is in."""
-    runs, taken = [], set()
+    runs, taken = [], set()  # taken: the checkpoints found so far, resolved
     for top in map(Path, run_dirs):
         if top.is_file():
-            runs.append((f"{top.resolve().parent.name}/{top.name}", top))
+            if top.resolve() not in taken:
+                taken.add(top.resolve())
+                runs.append((f"{top.resolve().parent.name}/{top.name}", top))
             continue
         if not top.is_dir():
             raise FileNotFoundError(f"{top}: not a folder or a checkpoint file")
@@ -84,8 +95,9 @@ def find_runs(run_dirs: Sequence[str | Path]) -> list[tuple[str, Path]]:
             raise ValueError(f"{top}: holds no run (no best.pt in it or below it)")
         name = top.resolve().name
         for d in found:
-            if d.resolve() not in taken:  # a run given both alone and inside its pipeline is one model
-                taken.add(d.resolve())
+            # a run given both alone and inside its pipeline (or as its best.pt) is one model
+            if _checkpoint(d).resolve() not in taken:
+                taken.add(_checkpoint(d).resolve())
                 runs.append((name if d == top else f"{name}/{d.relative_to(top).as_posix()}", d))
     seen: dict[str, int] = {}
     for i, (label, d) in enumerate(runs):  # two folders of the same name given side by side
@@ -559,6 +571,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, data_root:
     figures; returns the page's path. data_root=None takes the val split the runs trained with."""
     if worst < 1:
         raise ValueError(f"--worst {worst}: show at least one image")
+    check_output_folder(out_dir)  # before the minutes of scoring, not after
+    run_dirs = distinct_paths(run_dirs)
     runs = find_runs(run_dirs)
     if focus is not None and focus not in (labels := [label for label, _ in runs]):
         raise ValueError(f"--focus {focus!r}: no such model; choose from {', '.join(labels)}")
