@@ -290,4 +290,6 @@ def resolve_config(stage: str, preset: str, config_file: str | None = None, assi
 
 
 def save_config(cfg: RunConfig, run_dir: Path, extra: dict | None = None) -> None:
-    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), **(extra or {})}, indent=2) + "\n")
+    from facekd.files import naming_failed_writes  # here: it imports torch, which this module must not
+    with naming_failed_writes(run_dir / "config.json"):
+        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), **(extra or {})}, indent=2) + "\n")

@@ -4,9 +4,13 @@ tests/test_report.py, check-submission's and package's in tests/test_submission.
 
 from __future__ import annotations
 
+import builtins
 import errno
+import io
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,15 @@ def one_line_error(capsys, *argv) -> str:
     lines = err.split("\r")[-1].strip().splitlines()  # a progress bar that cleared itself is not a line
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def last_line_error(capsys, *argv) -> str:
+    """A user error met once training's nested progress bars had started (tqdm leaves the outer
+    one standing): exit status 2, no traceback, and the error is the last line."""
+    assert main(list(map(str, argv))) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("facekd "), err
+    return err.strip().splitlines()[-1]
 
 
 @pytest.fixture
@@ -101,3 +114,71 @@ def test_a_truncated_checkpoint_is_called_truncated(tmp_path, capsys, student, c
     err = one_line_error(capsys, *argv[command])
     assert f"{bad}: truncated or damaged" in err
     assert "not a PyTorch checkpoint" not in err
+
+
+# 11. a full disk: the file that could not be written is named, and no thread prints a traceback
+
+class _NoSpaceLeft:
+    """A file object whose writes fail as they do on a full disk."""
+
+    def __init__(self, f):
+        self._file = f
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """full_disk(part): from now on, a file opened for writing whose name holds `part` fails
+    its writes with ENOSPC. Returns the uncaught exceptions of other threads, as a list."""
+    real_open = builtins.open
+
+    def opened(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        writes = any(c in mode for c in "wax+")
+        return _NoSpaceLeft(f) if writes and monkeypatch.part in Path(str(file)).name else f
+
+    thread_errors = []
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+
+    def fill(part: str) -> list:
+        monkeypatch.part = part
+        monkeypatch.setattr(builtins, "open", opened)
+        monkeypatch.setattr(io, "open", opened)
+        return thread_errors
+    return fill
+
+
+@pytest.mark.parametrize("part", ["events.out.tfevents", "config.json", "metrics.jsonl", "last.pt", "best.pt"])
+def test_distill_on_a_full_disk_names_the_file(tmp_path, capsys, full_disk, part):
+    thread_errors = full_disk(part)
+    out = tmp_path / "run"
+    err = last_line_error(capsys, "distill", "--teacher", "none", "--out", out, *SMALL)
+    assert f"{out}/{part}" in err and err.endswith("could not be written (No space left on device)"), err
+    assert not thread_errors  # TensorBoard's writer thread printed its traceback
+
+
+def test_export_quantize_and_package_on_a_full_disk_name_the_file(tmp_path, capsys, full_disk, student):
+    export(student, tmp_path / "solution")
+    for part, argv in [("ckpt.pth", ["export", "--checkpoint", student, "--out", tmp_path / "s1"]),
+                       ("requirements.txt", ["export", "--checkpoint", student, "--out", tmp_path / "s2"]),
+                       ("int8.pt", ["quantize", "--checkpoint", student, "--out", tmp_path / "int8.pt",
+                                    "--calibration-images", "2", "--no-tta"]),
+                       (".sub.zip.", ["package", "--images", VAL_IMAGES, "--solution", tmp_path / "solution",
+                                      "--out", tmp_path / "sub.zip", "--no-tta"])]:
+        full_disk(part)
+        # package's bar over the predicted masks has finished when the zip is written
+        err = (last_line_error if part == ".sub.zip." else one_line_error)(capsys, *argv)
+        written = {"ckpt.pth": tmp_path / "s1" / "ckpt.pth", "requirements.txt": tmp_path / "s2" / "requirements.txt",
+                   "int8.pt": tmp_path / "int8.pt", ".sub.zip.": tmp_path / "sub.zip"}[part]
+        assert f"{written}: could not be written (No space left on device)" in err, err

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from facekd.models import load_model
 import students  # noqa: F401  (fills the registry load_model rebuilds the shipped student from)
 from facekd import challenge
-from facekd.files import atomic_write, check_output_file, load_checkpoint
+from facekd.files import atomic_write, check_output_file, load_checkpoint, naming_failed_writes
 from facekd.inference import list_images
 from facekd.labels import NUM_CLASSES
 from facekd.metric import name_some
@@ -216,8 +216,9 @@ def package(images: str | Path, solution: str | Path, out: str | Path, flip_tta:
         masks_dir.mkdir()
         status = predict_with_solution(solution, images, masks_dir, flip_tta)
         # listed before the zip is created, so a zip written inside solution/ cannot include itself
-        with zipfile.ZipFile(candidate, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path, arcname in _zip_members(masks_dir, solution):
+        members = _zip_members(masks_dir, solution)
+        with naming_failed_writes(candidate), zipfile.ZipFile(candidate, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path, arcname in members:
                 zf.write(path, arcname)
         report = check_submission(candidate, images)
         if status != 0:

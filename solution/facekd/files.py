@@ -23,6 +23,35 @@ class InputError(ValueError):
     """A bad input file, or an output that cannot or must not be written; the message names the path."""
 
 
+class WriteError(OSError):
+    """A write that failed part-way, on a full disk (ENOSPC) for one: the OS error names no
+    file ("[Errno 28] No space left on device"), so this one-line error names the output.
+    errno and strerror are the cause's, so callers can still tell a full disk apart."""
+
+    def __init__(self, path: str | os.PathLike, cause: OSError):
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+
+    def __str__(self) -> str:
+        return f"{self.filename}: could not be written ({self.strerror})"
+
+
+@contextmanager
+def naming_failed_writes(path: str | os.PathLike):
+    """Raise an OSError from the block that names no file (what a write or a flush to a full
+    disk raises), or names `path` among others (a copy's source and destination), as a
+    WriteError naming `path`, the output the block writes. An error about another file
+    passes unchanged."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        named = {str(name) for name in (e.filename, e.filename2) if name is not None}
+        if named and str(path) not in named:
+            raise
+        raise WriteError(path, e) from e
+
+
 def one_line(e: BaseException) -> str:
     """An exception as one line of a user error: torch's state-dict errors, for one, put
     each mismatch on a line of its own."""
@@ -106,13 +135,20 @@ def _load_safely(f, name: str):
 def atomic_write(path: str | os.PathLike):
     """A binary file object that becomes `path` only when the block succeeds, so a crash or
     a refused input never leaves a partial file and never replaces a previous good one.
-    Unlike mkstemp's owner-only 0600, the file gets the umask's usual mode (0644)."""
+    Unlike mkstemp's owner-only 0600, the file gets the umask's usual mode (0644).
+    A write that fails (a full disk) is a WriteError naming `path`, not the partial file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "xb") as f:
-            yield f
-        os.replace(tmp, path)
+        with naming_failed_writes(path):
+            try:
+                with open(tmp, "xb") as f:
+                    yield f
+                os.replace(tmp, path)
+            except OSError as e:
+                if e.filename == str(tmp):  # the partial file is ours, not a name the user knows
+                    raise WriteError(path, e) from e
+                raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
