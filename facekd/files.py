@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import uuid
 import warnings
 import zipfile
@@ -129,6 +130,16 @@ def _load_safely(f, name: str):
         advice = "weights_only" in str(e)  # torch's advice to load it unsafely is never passed on
         raise InputError(f"{name}: not a readable weights file, truncated or damaged "
                          f"({type(e).__name__ if advice else one_line(e)})") from e
+
+
+# The partial file atomic_write writes next to its target: .<name>.<8 hex digits>.tmp
+PARTIAL_WRITE = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
+def is_partial_write(name: str) -> bool:
+    """Whether a file name is atomic_write's partial file, left behind only by a process
+    killed mid-write: never part of what a folder is meant to hold."""
+    return PARTIAL_WRITE.fullmatch(name) is not None
 
 
 @contextmanager
