@@ -245,6 +245,9 @@ def load_toml(path: str | Path) -> dict:
         raise FileNotFoundError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: invalid TOML ({e})") from None
+    except UnicodeDecodeError as e:  # its message names a codec and a byte, not the file
+        raise ValueError(f"{path}: not a TOML file: TOML is UTF-8 text, and byte {e.start} is not "
+                         f"({e.reason})") from None
 
 
 # Presets per stage. smoke: the embedded sample in well under two minutes. cpu: sized for a

@@ -182,3 +182,104 @@ def test_export_quantize_and_package_on_a_full_disk_name_the_file(tmp_path, caps
         written = {"ckpt.pth": tmp_path / "s1" / "ckpt.pth", "requirements.txt": tmp_path / "s2" / "requirements.txt",
                    "int8.pt": tmp_path / "int8.pt", ".sub.zip.": tmp_path / "sub.zip"}[part]
         assert f"{written}: could not be written (No space left on device)" in err, err
+
+
+# 12. settings that do nothing without a teacher are named; one teacher twice is refused
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """distill, prune and finetune do no work: the tests below read what the CLI says first."""
+    import compress.train
+    import distill.train
+    for module, name in ((distill.train, "distill"), (compress.train, "prune_and_finetune"),
+                         (compress.train, "finetune")):
+        monkeypatch.setattr(module, name, lambda *args, **kwargs: {"report": {}})
+
+
+def test_settings_that_need_a_teacher_are_named_when_there_is_none(tmp_path, capsys, no_training):
+    (tmp_path / "kd.toml").write_text("cwd_weight = 3.0\ntemperature = 2.0\n")
+    argv = ["--out", tmp_path / "run", "--set", "kd_weight=2", "--set", "dist_weight=0.5", "--set",
+            "distill_mode=offline", "--set", f"soft_target_cache={tmp_path / 'cache'}", "--config", tmp_path / "kd.toml"]
+    for command in (["distill", "--teacher", "none"], ["prune", "--ratio", "0.3"], ["finetune"]):
+        assert main(list(map(str, command + argv))) == 0
+        err = capsys.readouterr().err
+        assert err.startswith(f"facekd {command[0]}: warning: kd_weight=2, cwd_weight=3, dist_weight=0.5, "
+                              f"temperature=2.0, distill_mode='offline', soft_target_cache="), err
+        assert "do nothing without a teacher" in err and len(err.strip().splitlines()) == 1
+    # the same settings with a teacher, and a preset's own teacher losses without one, say nothing
+    teacher = make_checkpoint(tmp_path / "teacher.pt", named_config("teacher_tiny", 64))
+    assert main(list(map(str, ["distill", "--teacher", teacher] + argv))) == 0
+    assert main(["distill", "--teacher", "none", "--out", str(tmp_path / "plain")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_one_teacher_given_twice_is_refused(tmp_path, capsys):
+    teacher = make_checkpoint(tmp_path / "teacher.pt", named_config("teacher_tiny", 64))
+    (tmp_path / "copy.pt").write_bytes(teacher.read_bytes())
+    other = tmp_path / "other"
+    other.mkdir()
+    out = tmp_path / "run"
+    for second, why in [(teacher, "the same file as"), (other / ".." / "teacher.pt", "the same file as"),
+                        (tmp_path / "copy.pt", "a copy of")]:
+        err = one_line_error(capsys, "distill", "--teacher", teacher, "--teacher", second, "--out", out, *SMALL)
+        assert f"--teacher {second}: {why} --teacher {teacher}" in err, err
+        assert not out.exists()
+    # two teachers of one architecture, files of one size but not the same bytes, are an ensemble
+    from distill.teacher import refuse_repeated_members
+    first = make_checkpoint(tmp_path / "a.pt", named_config("teacher_tiny", 64))
+    second = make_checkpoint(tmp_path / "b.pt", named_config("teacher_tiny", 96))
+    assert first.stat().st_size == second.stat().st_size
+    refuse_repeated_members([str(first), str(second)])
+
+
+# 15. smaller faults
+
+def test_distill_refuses_a_teacher_as_the_student(tmp_path, capsys):
+    out = tmp_path / "run"
+    err = one_line_error(capsys, "distill", "--teacher", "none", "--arch", "teacher_tiny", "--out", out, *SMALL)
+    assert "--arch teacher_tiny: is a teacher; distill trains a student" in err
+    assert not out.exists()
+
+
+def test_a_broken_onnx_import_shows_its_own_error(monkeypatch):
+    from facekd.app.onnx_export import require_onnx
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "onnxruntime":  # installed, but its native library cannot load
+            raise ImportError("libonnxruntime.so.1: cannot open shared object file: No such file or directory")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(ValueError) as e:
+        require_onnx()
+    assert "libonnxruntime.so.1: cannot open shared object file" in str(e.value)
+    assert "None" not in str(e.value) and "not installed" not in str(e.value)
+
+
+def test_training_images_without_masks_are_reported(data_copy, capsys):
+    from facekd.data import load_split
+    unmasked = sorted((data_copy / "train" / "masks").glob("*.png"))[:3]
+    for mask in unmasked:
+        mask.unlink()
+    for size in (64, 96):  # a second resolution does not say it again
+        assert len(load_split(data_copy, "train", size, progress=False)) == 13
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1, err
+    assert f"{data_copy / 'train' / 'images'}: 3 of 16 images have no mask" in err
+    assert all(f"{mask.stem}.jpg" in err for mask in unmasked)
+
+
+def test_two_images_of_one_stem_are_refused(data_copy):
+    from facekd.data import DataError, load_split
+    image = sorted((data_copy / "train" / "images").glob("*.jpg"))[0]
+    (image.parent / f"{image.stem}.JPG").write_bytes(image.read_bytes())
+    with pytest.raises(DataError) as e:
+        load_split(data_copy, "train", 64, progress=False)
+    assert str(e.value).startswith(f"{image.parent}: {image.stem}.JPG and {image.stem}.jpg share one stem")
+
+
+def test_an_undecodable_toml_names_its_file(tmp_path, capsys):
+    (tmp_path / "bad.toml").write_bytes(b"\xff\xfelr = 1\n")
+    err = one_line_error(capsys, "distill", "--teacher", "none", "--config", tmp_path / "bad.toml",
+                         "--out", tmp_path / "run")
+    assert f"{tmp_path / 'bad.toml'}: not a TOML file" in err
