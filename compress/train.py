@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import torch.nn.functional as F
-from torch.utils.tensorboard import SummaryWriter
 
 from compress.prune import IMPORTANCES, check_target, prune_fastest_rounding, pruning_bounds, rebuild
 from distill.teacher import frozen_teacher
@@ -29,7 +28,8 @@ from facekd.inference import normalize
 from facekd.latency import THREADS, latency_record
 from facekd.models import build_model, load_model
 from facekd.profile import model_cost
-from facekd.run_folder import RUN_FILES, refuse_existing_run, removed_if_budget_refused, run_folder_lock
+from facekd.run_folder import (RUN_FILES, EventWriter, refuse_existing_run, removed_if_budget_refused,
+                               run_folder_lock)
 
 # What pruning writes before fine-tuning: a user's own files of these names mark the folder too.
 PRUNE_FILES = ("pruned.pt", "prune_report.json")
@@ -76,10 +76,11 @@ def time_stages(report: dict, models: dict, threads: int) -> None:
 
 def log_stages(out: Path, report: dict) -> None:
     """The report's stages in TensorBoard, as steps 0, 1 and 2 of prune/<metric>."""
-    with SummaryWriter(str(out)) as writer:
-        for step, stage in enumerate(STAGES):
-            for metric in ("params", "macs", "latency_ms", "val_fscore"):
-                writer.add_scalar(f"prune/{metric}", report[stage][metric], step)
+    writer = EventWriter(out)
+    for step, stage in enumerate(STAGES):
+        for metric in ("params", "macs", "latency_ms", "val_fscore"):
+            writer.add_scalar(f"prune/{metric}", report[stage][metric], step)
+    writer.close()
 
 
 def _load(path):

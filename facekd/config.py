@@ -250,6 +250,9 @@ def load_toml(path: str | Path) -> dict:
         raise FileNotFoundError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: invalid TOML ({e})") from None
+    except UnicodeDecodeError as e:  # its message names a codec and a byte, not the file
+        raise ValueError(f"{path}: not a TOML file: TOML is UTF-8 text, and byte {e.start} is not "
+                         f"({e.reason})") from None
 
 
 # Presets per stage. smoke: the embedded sample in well under two minutes. cpu: sized for a
@@ -295,4 +298,6 @@ def resolve_config(stage: str, preset: str, config_file: str | None = None, assi
 
 
 def save_config(cfg: RunConfig, run_dir: Path, extra: dict | None = None) -> None:
-    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), **(extra or {})}, indent=2) + "\n")
+    from facekd.files import naming_failed_writes  # here: it imports torch, which this module must not
+    with naming_failed_writes(run_dir / "config.json"):
+        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), **(extra or {})}, indent=2) + "\n")

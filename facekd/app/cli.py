@@ -47,6 +47,22 @@ def _teacher(args) -> list[str] | None:
     return args.teacher or None
 
 
+def _warn_of_settings_without_teacher(args, cfg) -> None:
+    """Name the settings the user gave (--set, --config) that do nothing without a teacher,
+    when training from labels alone: run as if they were absent, they would pass unseen."""
+    from distill.teacher import settings_without_teacher, teacher_paths
+    from facekd.config import load_toml, parse_assignments
+    if teacher_paths(_teacher(args)):
+        return
+    given = set(parse_assignments(args.set))
+    table = load_toml(args.config) if args.config else {}
+    given |= set(table) | set(table.get("loss_weights", {}) if isinstance(table.get("loss_weights"), dict) else ())
+    unused = settings_without_teacher(cfg, given)
+    if unused:
+        print(f"facekd {args.command}: warning: {', '.join(unused)} {'does' if len(unused) == 1 else 'do'} nothing "
+              "without a teacher; it trains from labels alone (--teacher none)", file=sys.stderr)
+
+
 def _data_root(args) -> Path:
     from facekd.data import default_data_root
     return Path(args.data) if args.data else default_data_root()
@@ -70,8 +86,9 @@ def cmd_grow(args) -> int:
 
 def cmd_distill(args) -> int:
     from distill.train import distill
-    result = distill(_config("distill", args, model=args.arch), _data_root(args), args.out,
-                     _teacher(args), args.resume)
+    cfg = _config("distill", args, model=args.arch)
+    _warn_of_settings_without_teacher(args, cfg)
+    result = distill(cfg, _data_root(args), args.out, _teacher(args), args.resume)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -94,14 +111,16 @@ def cmd_prune(args) -> int:
     speed = {"round_to": args.round_to, "threads": args.threads}
     if args.threads < 1:
         raise ValueError(f"--threads {args.threads}: give at least 1")
+    cfg = _config("prune", args)
+    _warn_of_settings_without_teacher(args, cfg)
     if args.sweep:
-        record = sweep(_config("prune", args), _data_root(args), args.out, args.checkpoint, _teacher(args), kind=kind,
+        record = sweep(cfg, _data_root(args), args.out, args.checkpoint, _teacher(args), kind=kind,
                        targets=targets, importance=args.importance, resume=args.resume, **speed)
         print(format_table(record))
         return 0
     if len(targets) > 1:
         raise ValueError(f"{len(targets)} targets given; pass --sweep to prune to each of them")
-    result = prune_and_finetune(_config("prune", args), _data_root(args), args.out, args.checkpoint, _teacher(args),
+    result = prune_and_finetune(cfg, _data_root(args), args.out, args.checkpoint, _teacher(args),
                                 importance=args.importance, resume=args.resume, **speed, **{KINDS[kind]: targets[0]})
     print(json.dumps(result["report"], indent=2))
     return 0
@@ -109,7 +128,9 @@ def cmd_prune(args) -> int:
 
 def cmd_finetune(args) -> int:
     from compress.train import finetune
-    result = finetune(_config("prune", args), _data_root(args), args.out, args.checkpoint, _teacher(args), args.resume)
+    cfg = _config("prune", args)
+    _warn_of_settings_without_teacher(args, cfg)
+    result = finetune(cfg, _data_root(args), args.out, args.checkpoint, _teacher(args), args.resume)
     print(json.dumps(result, indent=2))
     return 0
 
