@@ -16,14 +16,15 @@ from facekd.distributed import pick_device
 from facekd.evaluation import evaluate
 from facekd.losses import active_losses, weight_of
 from facekd.precision import resolve_precision
+from facekd.run_folder import best_of_run
 from teachers.ensemble import model_or_ensemble
 
 
 def teacher_paths(value) -> list[str]:
     """The checkpoints a --teacher value names: none for None, [] or 'none' (labels alone), one
-    for a path, several (an ensemble) for a list of paths."""
+    for a path, several (an ensemble) for a list of paths; a run folder names its best.pt."""
     items = [] if value is None else [value] if isinstance(value, (str, Path)) else list(value)
-    paths = [str(p) for p in items if str(p).lower() != "none"]
+    paths = [best_of_run(p, "--teacher") for p in items if str(p).lower() != "none"]
     if paths and len(paths) != len(items):
         raise ValueError(f"--teacher: 'none' (labels alone) cannot be combined with checkpoints {paths}")
     return paths

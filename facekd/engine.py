@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from facekd import distributed
 from facekd.challenge import count_params
-from facekd.budget import Budget, format_seconds
+from facekd.budget import Budget, format_seconds, now
 from facekd.budget_check import check_budget_fits, probe_budget
 from facekd.checkpoint import (restore_training_state, resume_state, run_inputs, save_checkpoint,
                                training_state)
@@ -170,10 +170,10 @@ def _steps(loop: Loop, data: CachedSplit, order: torch.Tensor, size: int, bar) -
         if len(idx) < 2:  # BatchNorm cannot train on a batch of one (equal on all ranks)
             continue
         soft = None if loop.soft_targets is None else loop.soft_targets[idx].to(loop.device)
-        t0 = time.perf_counter()
+        t0 = now()
         terms, progress = train_step(loop, data.images[idx].to(loop.device), data.masks[idx].to(loop.device), soft)
         if not loop.run.writer and loop.main:  # the run's first step
-            check_budget_fits(loop, step_seconds=time.perf_counter() - t0)
+            check_budget_fits(loop, step_seconds=now() - t0)
             loop.run.open(cfg, loop.config_record)
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v * len(idx)
@@ -212,7 +212,11 @@ def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: boo
                          # what this model cost to train, summed over every resume of its run
                          "train_seconds": loop.train_seconds, "images_seen": loop.images_seen,
                          "config": cfg.to_dict()}, loop.run.dir / "best.pt")
-    tqdm.write(f"[{loop.stage}] epoch {loop.epoch} @{size}: loss {record.get('loss/loss', 0):.4f} "
+    # under a budget the epochs are cut short: say how much was trained (issue 34: "epoch 1 @384"
+    # for a run of 0.42 epochs), not which epoch began
+    trained = (f"{loop.images_seen / loop.epoch_images:.2f} epochs ({loop.images_seen} images)" if loop.budget
+               else f"epoch {loop.epoch}")
+    tqdm.write(f"[{loop.stage}] {trained} @{size}: loss {record.get('loss/loss', 0):.4f} "
                f"val F {summary['fscore']:.4f} (best {loop.best:.4f}) {record['images_per_s']:.1f} img/s"
                + (f", {loop.budget.describe()}" if loop.budget else ""))
 
@@ -245,7 +249,7 @@ def end_of_epoch(loop: Loop, size: int, sums: dict, seen: int, elapsed: float, i
     # the F-score is a mean of per-image scores and the panel needs the first images,
     # so sharding validation would mean gathering per-image results, for little gain.
     if loop.main:
-        t0 = time.perf_counter()
+        t0 = now()
         loop.run.open(loop.cfg, loop.config_record)
         if not loop.logged_start:
             loop.logged_start = True
@@ -267,7 +271,7 @@ def end_of_epoch(loop: Loop, size: int, sums: dict, seen: int, elapsed: float, i
         loop.run.log(record)
         save_training_state(loop, rng_gens)
         if loop.budget:  # what a validation and a checkpoint really cost here, held back for the last ones
-            loop.budget.reserve = max(loop.budget.reserve, 1.2 * (time.perf_counter() - t0) + 1.0)
+            loop.budget.reserve = max(loop.budget.reserve, 1.2 * (now() - t0) + 1.0)
     if loop.world > 1:
         distributed.barrier()
         loop.best = float(distributed.broadcast(torch.tensor(loop.best, dtype=torch.float64)))
@@ -324,9 +328,9 @@ def _epoch_data(loop: Loop, epoch: int, train_split: TrainSplit) -> tuple[int, C
         return loop.cfg.size_at(epoch), train_split(loop.cfg.size_at(epoch))
     progress = loop.progress()
     size = loop.cfg.size_at_progress(progress)
-    t0 = time.monotonic()
+    t0 = now()
     data = train_split(size)
-    loop.budget.set_aside(time.monotonic() - t0)
+    loop.budget.set_aside(now() - t0)
     loop.budget.ahead = train_split.decode_s * loop.cfg.switches_after(progress)
     return size, data
 
@@ -374,9 +378,9 @@ class TrainSplit:
     def __call__(self, size: int) -> CachedSplit:
         if size != self.size:
             self.split = None  # keep one resolution in memory at a time
-            t0 = time.monotonic()
+            t0 = now()
             self.split = load_split(self.data_root, "train", size, self.cfg.train_limit, progress=self.progress)
-            self.size, self.decode_s = size, time.monotonic() - t0
+            self.size, self.decode_s = size, now() - t0
         return self.split
 
 

@@ -32,6 +32,18 @@ class RunFolderLocked(OSError):
     """Another live process is writing to this run folder."""
 
 
+def best_of_run(path, flag: str) -> str:
+    """A checkpoint that `flag` names, where a run folder stands for its best.pt (issue 34:
+    `--teacher runs/teacher` said "no such checkpoint"); other paths are returned as given."""
+    if not Path(path).is_dir():
+        return str(path)
+    best = Path(path) / "best.pt"
+    if not best.is_file():
+        raise FileNotFoundError(f"{flag} {path}: a folder without best.pt; give a checkpoint, or the folder of a "
+                                "run that has validated at least once")
+    return str(best)
+
+
 def refuse_existing_run(folder, resume: bool, names: tuple[str, ...] = RUN_FILES) -> None:
     """A folder holding any of `names` (a command's RUN_FILES and what else it writes) is
     continued with --resume or not used at all."""

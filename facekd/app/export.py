@@ -85,8 +85,26 @@ def refresh(out: str | Path) -> dict:
     return {k: v for k, v in ckpt.items() if k != "model"}
 
 
-def export(checkpoint: str | Path, out: str | Path) -> dict:
-    """Write a runnable solution folder; returns the metadata stored in its ckpt.pth.
+def refuse_replacing(out: Path) -> None:
+    """Refuse to export over a folder whose ckpt.pth holds a model already, naming the score
+    that would be lost (issue 34: the README's example replaced the shipped student, val
+    0.8455, with a 3-minute one, 0.1006, without a word). --force lets it through."""
+    existing = out / "ckpt.pth"
+    if not existing.exists():
+        return
+    try:
+        held = load_checkpoint(existing)
+        score = held.get("val_fscore")
+        what = f"{held['model_cfg'].get('arch', 'a model')}, val F-score " + ("n/a" if score is None else f"{score:.4f}")
+    except (ValueError, OSError, KeyError, AttributeError):  # a damaged file is still the user's
+        what = "a file that does not load as a checkpoint"
+    raise FileExistsError(f"{existing}: holds a solution already ({what}); pass --force to replace it, "
+                          "or choose another --out")
+
+
+def export(checkpoint: str | Path, out: str | Path, force: bool = False) -> dict:
+    """Write a runnable solution folder; returns the metadata stored in its ckpt.pth. A folder
+    holding a ckpt.pth already is refused unless `force`.
 
     Everything is checked before anything is written, and the weights are written last,
     so a refused or failed export never leaves a ckpt.pth that looks complete.
@@ -95,6 +113,8 @@ def export(checkpoint: str | Path, out: str | Path) -> dict:
         raise FileNotFoundError(f"{RUN_PY}: canonical run.py not found (export needs the facekd source tree)")
     checkpoint, out = Path(checkpoint), Path(out)
     check_output_folder(out)
+    if not force:
+        refuse_replacing(out)
     ckpt = load_checkpoint(checkpoint)
     model, n_params = shippable_student(ckpt, checkpoint)
     val = ckpt.get("val_fscore")
