@@ -61,7 +61,12 @@ def test_the_teacher_flag_has_one_meaning_and_one_default(tmp_path, capsys, monk
     pipeline = next(a for a in subcommands()["pipeline"]._actions if a.dest == "teacher")
     assert "(default: 'train', the pipeline's teacher stage trains one" in pipeline.help
     assert parser.parse_args(["distill"]).teacher is None
-    assert main(["prune", "--checkpoint", "s.pt", "--ratio", "0.5", "--teacher", "gone.pt"]) == 2
+    from facekd.checkpoint import save_checkpoint
+    from facekd.models import build_model, named_config
+    student = tmp_path / "s.pt"
+    save_checkpoint({"model": build_model(named_config("tiny", 64)).state_dict(),
+                     "model_cfg": named_config("tiny", 64)}, student)
+    assert main(["prune", "--checkpoint", str(student), "--ratio", "0.5", "--teacher", "gone.pt"]) == 2
     assert "--teacher gone.pt: no such checkpoint" in capsys.readouterr().err
 
 
