@@ -1,0 +1,106 @@
+"""Issue 34, "faults found with bad inputs", items 1-8: each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import compress.train
+import facekd.engine as engine
+from compress.quantize import quantize_checkpoint
+from facekd.app.cli import main
+from facekd.app.export import REPO_ROOT
+from facekd.checkpoint import save_checkpoint
+from facekd.config import RunConfig, apply_overrides, save_config
+from facekd.cpu_kernels import conv_backward_at_risk
+from facekd.data import SAMPLE_DATA
+from facekd.losses import training_loss
+from facekd.metric import read_mask
+from facekd.models import build_model, named_config
+from tests.test_export import facekd_cli, make_checkpoint
+from tests.test_robustness import cli_error, save_ids
+
+SMALL = ["--set", "resolutions=[[64, 1]]"]
+
+
+@pytest.fixture
+def student(tmp_path) -> Path:
+    return make_checkpoint(tmp_path / "student.pt", named_config("tiny", 64))
+
+
+@pytest.fixture
+def threads():
+    """Restores torch's thread count, which a run's `threads` setting changes for the process."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+# 1. odd batches crashed torch 2.14.1's oneDNN convolution backward on 2 threads
+
+def _record_steps(tmp_path, **overrides) -> list[dict]:
+    """Train the tiny student for an epoch of 7 images in batches of 4 (then 3), recording what
+    each step's loss saw: the batch, its memory layout and whether oneDNN was on."""
+    cfg = apply_overrides(RunConfig(), dict(model="tiny", resolutions=[[64, 1]], batch_size=4, train_limit=7,
+                                            threads=2, **overrides))
+    supervised, steps = training_loss(cfg), []
+
+    def recording(logits, images, labels, soft_targets=None):
+        steps.append({"batch": len(images), "onednn": torch.backends.mkldnn.enabled,
+                      "channels_last": images.is_contiguous(memory_format=torch.channels_last)
+                      and not images.is_contiguous()})
+        return supervised(logits, images, labels)
+    model_cfg = named_config("tiny", 64)
+    engine.fit(build_model(model_cfg), model_cfg, recording, cfg, tmp_path / "run", data_root=SAMPLE_DATA,
+               stage="teacher", progress=False)
+    return steps
+
+
+def test_odd_cpu_batches_step_with_onednn_off_and_even_ones_keep_it(tmp_path, threads):
+    steps = _record_steps(tmp_path)
+    assert [(s["batch"], s["onednn"]) for s in steps] == [(4, True), (3, False)]
+    assert torch.backends.mkldnn.enabled  # given back after the step
+    assert not conv_backward_at_risk(3, "cuda") and not conv_backward_at_risk(4, "cpu")
+
+
+def test_channels_last_false_trains_on_contiguous_batches(tmp_path, threads):
+    """transforms.train_batch made every batch channels_last, and a conv runs channels_last when
+    its input is, so `--set channels_last=false` changed nothing that the kernels saw."""
+    assert all(s["channels_last"] for s in _record_steps(tmp_path / "a"))
+    assert not any(s["channels_last"] for s in _record_steps(tmp_path / "b", channels_last=False))
+
+
+REPORTED_CONV = """
+import torch
+from facekd.cpu_kernels import safe_conv_backward
+torch.set_num_threads(2)
+conv = torch.nn.Conv2d(8, 16, 1, 2, bias=False).to(memory_format=torch.channels_last)
+for _ in range(5):
+    x = torch.randn(3, 8, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with safe_conv_backward(3, "cpu"):
+        conv(x).sum().backward()
+print("survived")
+"""
+
+
+def test_odd_batches_train_in_a_fresh_process_without_a_crash(tmp_path):
+    """In a process of its own, so that a crash fails this test instead of killing pytest: the
+    reported conv under the step's guard, then a run whose every batch holds 3 (as the last of
+    `--set train_limit=15` does)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", REPORTED_CONV], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "survived" in done.stdout, (done.returncode, done.stderr[-2000:])
+    out = tmp_path / "run"
+    done = facekd_cli("distill", "--teacher", "none", *SMALL, "--set", "threads=2", "--set", "batch_size=3",
+                      "--set", "train_limit=15", "--out", out, cwd=tmp_path)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])  # -11: SIGSEGV, -6: the double free
+    assert (out / "best.pt").is_file()
