@@ -104,3 +104,25 @@ def test_odd_batches_train_in_a_fresh_process_without_a_crash(tmp_path):
                       "--set", "train_limit=15", "--out", out, cwd=tmp_path)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])  # -11: SIGSEGV, -6: the double free
     assert (out / "best.pt").is_file()
+
+
+# 2. evaluate scored ground truth holding ids above 18 without a word
+
+@pytest.mark.parametrize("fault", ["id 25 in a corner", "all 255"])
+def test_evaluate_refuses_ground_truth_holding_ids_above_18(tmp_path, capsys, fault):
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    for i, path in enumerate(sorted((SAMPLE_DATA / "val" / "masks").glob("*.png"))[:3]):
+        mask = read_mask(path)
+        save_ids(mask, pred_dir / f"{i}.png")
+        if i == 1:
+            mask = mask.copy()
+            if fault == "all 255":
+                mask[:] = 255
+            else:
+                mask[:50, :50] = 25
+        save_ids(mask, gt_dir / f"{i}.png")
+    err = cli_error(capsys, "evaluate", "--pred", pred_dir, "--gt", gt_dir)
+    assert f"{gt_dir / '1.png'}: ground truth holds id(s) {255 if fault == 'all 255' else 25} outside 0..18" in err
+    assert not capsys.readouterr().out  # no score printed
