@@ -126,3 +126,32 @@ def test_evaluate_refuses_ground_truth_holding_ids_above_18(tmp_path, capsys, fa
     err = cli_error(capsys, "evaluate", "--pred", pred_dir, "--gt", gt_dir)
     assert f"{gt_dir / '1.png'}: ground truth holds id(s) {255 if fault == 'all 255' else 25} outside 0..18" in err
     assert not capsys.readouterr().out  # no score printed
+
+
+# 3. a resumed run could go on under a teacher rewritten in place
+
+def _teacher_file(path: Path, seed: int) -> str:
+    torch.manual_seed(seed)
+    cfg = named_config("teacher_tiny", 64)
+    save_checkpoint({"model": build_model(cfg).state_dict(), "model_cfg": cfg}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_resume_refuses_a_teacher_whose_content_changed(tmp_path, capsys, kill_after_epoch, members):
+    teachers = [_teacher_file(tmp_path / f"t{i}.pt", seed=i) for i in range(members)]
+    run = tmp_path / "run"
+    argv = ["distill", "--out", str(run), "--set", "resolutions=[[64, 2]]", "--set", "batch_size=8"]
+    argv += [arg for t in teachers for arg in ("--teacher", t)]
+    kill_after_epoch(0)
+    assert main(argv) == 130  # interrupted after epoch 0's last.pt
+    kill_after_epoch(None)
+    capsys.readouterr()
+    changed = teachers[-1]
+    original = Path(changed).read_bytes()
+    _teacher_file(Path(changed), seed=7)  # what train-teacher --resume does to runs/teacher/best.pt
+    err = cli_error(capsys, *argv, "--resume")
+    assert f"--teacher {changed}: its content changed since the run started" in err
+    assert all(f"--teacher {t}:" not in err for t in teachers[:-1])  # only the changed member is named
+    Path(changed).write_bytes(original)
+    assert main(argv + ["--resume"]) == 0
