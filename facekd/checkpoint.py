@@ -107,6 +107,7 @@ def resume_state(run_dir: Path, resume: bool, device, world: int, cfg: RunConfig
     if not resume:
         return None
     if not last_path.exists():
+        refuse_existing_run(run_dir, resume)  # before saying so: a folder of a user's own files is refused
         tqdm.write(f"--resume: {run_dir} holds no last.pt, so this run starts from scratch")
         return None
     # every rank reads the same file; checkpoints hold the unwrapped model, as without DDP

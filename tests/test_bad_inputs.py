@@ -155,3 +155,26 @@ def test_resume_refuses_a_teacher_whose_content_changed(tmp_path, capsys, kill_a
     assert all(f"--teacher {t}:" not in err for t in teachers[:-1])  # only the changed member is named
     Path(changed).write_bytes(original)
     assert main(argv + ["--resume"]) == 0
+
+
+# 5. --resume over a folder of the user's own files, with no last.pt, overwrote them
+
+def test_resume_without_last_pt_refuses_a_folder_of_a_users_files(tmp_path, capsys, student):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("config.json", "metrics.jsonl"):
+        (mine / name).write_text('{"my": "own notes"}\n')
+    for argv in (["distill", "--teacher", "none"], ["prune", "--ratio", "0.3", "--checkpoint", student]):
+        err = cli_error(capsys, *argv, "--out", mine, "--resume", *SMALL)
+        assert f"--resume: {mine} holds no last.pt to continue" in err and "config.json, metrics.jsonl" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "metrics.jsonl"]
+    assert all((mine / n).read_text() == '{"my": "own notes"}\n' for n in ("config.json", "metrics.jsonl"))
+
+
+def test_resume_without_last_pt_starts_over_a_run_killed_in_its_first_epoch(tmp_path):
+    """What such a run leaves is the engine's own config.json (written after the first step)."""
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    save_config(RunConfig(), killed, {"data_root": str(SAMPLE_DATA), "world_size": 1})
+    assert main(["distill", "--teacher", "none", "--out", str(killed), "--resume", *SMALL]) == 0
+    assert (killed / "last.pt").is_file()
