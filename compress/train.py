@@ -15,7 +15,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
-from compress.prune import IMPORTANCES, check_target, prune_fastest_rounding, pruning_bounds, rebuild
+from compress.prune import IMPORTANCES, check_targets, prune_fastest_rounding, rebuild, target_kind
 from distill.teacher import frozen_teacher
 from distill.train import distill
 from facekd import distributed
@@ -23,8 +23,8 @@ from facekd.checkpoint import save_checkpoint
 from facekd.files import load_checkpoint
 from facekd.budget import Budget
 from facekd.config import RunConfig
-from facekd.data import load_split
 from facekd.cpu_kernels import safe_conv_backward
+from facekd.data import load_split
 from facekd.evaluation import evaluate
 from facekd.inference import normalize
 from facekd.latency import THREADS, latency_record
@@ -91,16 +91,17 @@ def _load(path):
 def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, *, target_params=None,
                        target_macs=None, ratio=None, target_latency_ms=None, threads: int = 1,
                        round_to: int | str = "auto", importance: str = "magnitude", resume: bool = False,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, bounds: dict | None = None) -> dict:
     """Prune student_path to one target (latency: one image at its input size on `threads` threads) in
-    out/pruned.pt, then fine-tune it in out; returns distill's result with the prune report."""
+    out/pruned.pt, then fine-tune it in out; returns distill's result with the prune report. `bounds`
+    are the student's pruning bounds when a sweep has found them already (compress.prune.check_targets)."""
     budget = Budget.from_minutes(cfg.budget_minutes)  # pruning and its measurements count too
     out = Path(out)
     frozen_teacher(teacher_path)  # an unsafe, foreign or mis-sized teacher is refused before pruning, not after
     distributed.setup()  # under torchrun, for the barriers below
     target = {"target_params": target_params, "target_macs": target_macs, "ratio": ratio,
               "target_latency_ms": target_latency_ms}
-    how = {"importance": importance, "round_to": round_to, "threads": threads}
+    how = {"importance": importance, "round_to": round_to, "threads": threads, "bounds": bounds}
     with run_folder_lock(out, enabled=distributed.is_main()), removed_if_budget_refused(out):
         model, model_cfg, report = _pruned_model(cfg, data_root, out, student_path, target, how, resume, progress)
         result = distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
@@ -156,12 +157,14 @@ def finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, resume:
 
 def _prune(cfg: RunConfig, data_root, out: Path, student_path, target: dict, how: dict, progress: bool) -> tuple:
     """Prune the student, save pruned.pt and prune_report.json; returns (model, model_cfg, report).
-    `how` holds the importance, the channel rounding and the thread count latencies are timed at."""
+    `how` holds the importance, the channel rounding, the thread count latencies are timed at and
+    the student's pruning bounds if a sweep has found them."""
     ckpt = load_checkpoint(student_path)
     student = load_model(ckpt, student_path, student_for="prune")
-    if target["target_latency_ms"] is not None:  # before the search, which times every step to find it out
-        check_target("--target-latency", "latency", target["target_latency_ms"],
-                     pruning_bounds(student, how["threads"], latency=True), student_path)
+    # before the search, which ran to its end on a target at or above the student's size and failed
+    # after it on one at or below zero
+    kind, value = target_kind(target)
+    check_targets(student, kind, [value], how["threads"], student_path, how["bounds"])
     input_size = ckpt["model_cfg"]["input_size"]
     val = load_split(data_root, "val", None, progress=progress)
     before = measure(student, val, input_size, cfg.flip_tta)

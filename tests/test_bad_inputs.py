@@ -178,3 +178,30 @@ def test_resume_without_last_pt_starts_over_a_run_killed_in_its_first_epoch(tmp_
     save_config(RunConfig(), killed, {"data_root": str(SAMPLE_DATA), "world_size": 1})
     assert main(["distill", "--teacher", "none", "--out", str(killed), "--resume", *SMALL]) == 0
     assert (killed / "last.pt").is_file()
+
+
+# 6. prune targets were checked (if at all) only after the search
+
+@pytest.mark.parametrize("target, says", [
+    (["--target-params", "{size}"], "--target-params {size:,}: not below the student's own"),
+    (["--target-params", "50000"], "--target-params 50,000: not below the student's own"),
+    (["--target-params", "0"], "--target-params 0: a target must be a positive number"),
+    (["--target-params", "-1"], "--target-params -1: a target must be a positive number"),
+    (["--target-macs", "-1"], "--target-macs -1: a target must be a positive number"),
+    (["--target-latency", "0"], "--target-latency 0: a target must be a positive number"),
+    (["--target-latency", "-5"], "--target-latency -5: a target must be a positive number"),
+    (["--target-latency", "nan"], "--target-latency nan: a target must be a positive number"),
+    (["--target-params=-1,900", "--sweep"], "--target-params -1: a target must be a positive number"),
+])
+def test_every_prune_target_is_checked_before_any_work(tmp_path, capsys, monkeypatch, student, target, says):
+    from facekd.challenge import count_params
+    from facekd.models import load_model
+    from facekd.files import load_checkpoint
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the target should have been refused before the search")
+    monkeypatch.setattr(compress.train, "prune_fastest_rounding", no_search)
+    size = count_params(load_model(load_checkpoint(student), student))
+    out = tmp_path / "pruned"
+    err = cli_error(capsys, "prune", "--checkpoint", student, *[t.format(size=size) for t in target], "--out", out)
+    assert says.format(size=size) in err and not out.exists()
