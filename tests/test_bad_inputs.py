@@ -157,6 +157,34 @@ def test_resume_refuses_a_teacher_whose_content_changed(tmp_path, capsys, kill_a
     assert main(argv + ["--resume"]) == 0
 
 
+# 4. prune --resume ignored another --checkpoint or --ratio, and pruned into a distill run
+
+def test_a_finished_prune_resumed_with_other_values_is_refused(tmp_path, capsys, student):
+    out = tmp_path / "pruned"
+    argv = ["prune", "--ratio", "0.3", "--round-to", "8", "--out", str(out), *SMALL]
+    assert main(argv + ["--checkpoint", str(student)]) == 0
+    capsys.readouterr()
+    kept = {name: (out / name).read_bytes() for name in ("config.json", "result.json", "prune_report.json")}
+    other = make_checkpoint(tmp_path / "other.pt", {**named_config("tiny", 64), "head_dim": 16})
+    err = cli_error(capsys, *argv, "--checkpoint", other, "--resume")
+    assert f"--checkpoint {other}: not the student this run pruned" in err
+    err = cli_error(capsys, *[a if a != "0.3" else "0.5" for a in argv], "--checkpoint", student, "--resume")
+    assert "--ratio: 0.3 != 0.5" in err
+    assert {name: (out / name).read_bytes() for name in kept} == kept
+    same = shutil.copy(student, tmp_path / "same.pt")  # the same student from another path resumes
+    assert main(argv + ["--checkpoint", str(same), "--resume"]) == 0
+
+
+def test_prune_resume_refuses_a_distill_run_before_writing_into_it(tmp_path, capsys, student):
+    run = tmp_path / "distilled"
+    assert main(["distill", "--teacher", "none", "--out", str(run), *SMALL]) == 0
+    capsys.readouterr()
+    before = sorted(p.name for p in run.iterdir())
+    err = cli_error(capsys, "prune", "--ratio", "0.3", "--checkpoint", student, "--out", run, "--resume", *SMALL)
+    assert f"--resume: {run} holds a distill run's last.pt but no prune_report.json" in err
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
 # 5. --resume over a folder of the user's own files, with no last.pt, overwrote them
 
 def test_resume_without_last_pt_refuses_a_folder_of_a_users_files(tmp_path, capsys, student):
