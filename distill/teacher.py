@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
+import compress.quantize  # noqa: F401  (registers the int8 format, so that an int8 teacher is named as one)
 from facekd import distributed
 from facekd.config import RunConfig
 from facekd.data import load_split
@@ -41,7 +42,7 @@ def frozen_teacher(value) -> tuple[nn.Module | None, dict]:
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"--teacher {path}: no such checkpoint")
-    teacher, info = model_or_ensemble(paths)
+    teacher, info = model_or_ensemble(paths, fp32_for="distil from")  # an int8 teacher is refused by name
     teacher.requires_grad_(False)
     return teacher, info
 

@@ -233,3 +233,33 @@ def test_every_prune_target_is_checked_before_any_work(tmp_path, capsys, monkeyp
     out = tmp_path / "pruned"
     err = cli_error(capsys, "prune", "--checkpoint", student, *[t.format(size=size) for t in target], "--out", out)
     assert says.format(size=size) in err and not out.exists()
+
+
+# 7. an int8 checkpoint as a training source read as mismatched weights, with 5 kB of key names
+
+INT8_SOURCES = """
+import sys
+from facekd.app.cli import main
+int8, fp32, out = sys.argv[1:4]
+small = ["--set", "resolutions=[[64, 1]]"]
+for argv in (["distill", "--teacher", int8], ["distill", "--teacher", fp32, "--teacher", int8],
+             ["prune", "--ratio", "0.3", "--checkpoint", fp32, "--teacher", int8],
+             ["prune", "--ratio", "0.3", "--checkpoint", int8], ["finetune", "--checkpoint", int8]):
+    print(main(argv + small + ["--out", out]), flush=True)
+"""
+
+
+def test_an_int8_checkpoint_as_a_training_source_is_named_as_one(tmp_path, student):
+    """In a fresh process, as a user's command starts: there nothing had registered the int8
+    format, so the checkpoint was read as fp32 weights that do not match their config."""
+    int8 = tmp_path / "int8.pt"
+    quantize_checkpoint(student, int8, SAMPLE_DATA, n_images=4, flip_tta=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", INT8_SOURCES, str(int8), str(student), str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.stdout.split() == ["2"] * 5, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 5 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    for line in lines:
+        assert f"{int8}: is a quantized checkpoint;" in line and f"its fp32 source ({student})" in line, line
+    assert not (tmp_path / "out").exists()
