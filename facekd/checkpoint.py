@@ -30,6 +30,9 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write `state` to `path` atomically, making its folder if need be: `quantize --out newdir/i.pt`
+    failed here, after all its work (the folder was checked to be makeable up front)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:  # a run killed mid-write keeps the previous checkpoint intact
         torch.save(state, f)
 

@@ -263,3 +263,22 @@ def test_an_int8_checkpoint_as_a_training_source_is_named_as_one(tmp_path, stude
     for line in lines:
         assert f"{int8}: is a quantized checkpoint;" in line and f"its fp32 source ({student})" in line, line
     assert not (tmp_path / "out").exists()
+
+
+# 8. quantize: a NaN checkpoint failed deep in torch.histc, --out newdir/i.pt after all the work
+
+def test_quantize_refuses_non_finite_weights_up_front(tmp_path, capsys):
+    model_cfg = named_config("tiny", 64)
+    model = build_model(model_cfg)
+    torch.nn.init.constant_(next(model.parameters()), float("nan"))
+    save_checkpoint({"model": model.state_dict(), "model_cfg": model_cfg, "stage": "distill"}, tmp_path / "nan.pt")
+    err = cli_error(capsys, "quantize", "--checkpoint", tmp_path / "nan.pt", "--out", tmp_path / "int8.pt")
+    assert f"{tmp_path / 'nan.pt'}: 1 weight tensor(s) hold inf or NaN" in err and "cannot be quantized" in err
+    assert not (tmp_path / "int8.pt").exists()
+
+
+def test_quantize_writes_into_a_folder_it_makes(tmp_path, capsys, student):
+    out = tmp_path / "newdir" / "deeper" / "i.pt"
+    assert main(["quantize", "--checkpoint", str(student), "--out", str(out), "--calibration-images", "4",
+                 "--no-tta"]) == 0, capsys.readouterr().err
+    assert out.is_file()

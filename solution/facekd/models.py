@@ -106,6 +106,15 @@ def _fp32_model(ckpt: dict, source) -> nn.Module:
     return model.eval()
 
 
+def refuse_non_finite(model: nn.Module, source, cannot_be: str) -> None:
+    """Refuse weights holding inf or NaN, before any work on them (export, quantize), naming
+    `source` and what cannot be done (`cannot_be`: "shipped", "quantized")."""
+    broken = [name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+    if broken:
+        raise ValueError(f"{source}: {len(broken)} weight tensor(s) hold inf or NaN (e.g. {broken[0]}); "
+                         f"its training diverged, so it cannot be {cannot_be}")
+
+
 def shippable_student(ckpt: dict, source) -> tuple[nn.Module, int]:
     """Rebuild the checkpoint's model and refuse anything the challenge would reject.
 
@@ -122,10 +131,7 @@ def shippable_student(ckpt: dict, source) -> tuple[nn.Module, int]:
     if "input_size" not in cfg:
         raise ValueError(f"{source}: model_cfg has no input_size, which run.py needs")
     model = _fp32_model(ckpt, source)
-    broken = [name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
-    if broken:
-        raise ValueError(f"{source}: {len(broken)} weight tensor(s) hold inf or NaN (e.g. {broken[0]}); "
-                         "its training diverged, so it cannot be shipped")
+    refuse_non_finite(model, source, "shipped")
     n = challenge.count_params(model)
     if n >= challenge.PARAM_LIMIT:
         raise ValueError(f"{source}: {arch} has {n:,} trainable parameters; the challenge needs fewer than "
