@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from facekd.checkpoint import file_sha256, hash_file
 from facekd.config import RunConfig
 from facekd.data import find_pairs, load_split
 from facekd.distributed import pick_device
@@ -82,14 +83,6 @@ def teacher_logits(teacher: nn.Module, images: torch.Tensor, out_size: int, scal
     return out
 
 
-def hash_file(h, path: str | Path):
-    """Feed a file's bytes into the hash object `h`, in chunks; returns `h`."""
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h
-
-
 def cache_key(teacher_paths: list, data_root: str | Path, train_limit: int, scales: list, size: int,
               precision: str = "fp32") -> dict:
     """Everything the stored maps depend on. The images are identified by stem and content,
@@ -104,7 +97,7 @@ def cache_key(teacher_paths: list, data_root: str | Path, train_limit: int, scal
     for p in pairs:
         data.update(f"{p.stem}\0".encode())
         hash_file(data, p.image)
-    teachers = sorted(hash_file(hashlib.sha256(), p).hexdigest() for p in teacher_paths)
+    teachers = sorted(file_sha256(p) for p in teacher_paths)
     key = {"format": CACHE_FORMAT, "teacher_sha256": teachers[0] if len(teachers) == 1 else teachers,
            "data_sha256": data.hexdigest(), "images": len(pairs), "train_limit": train_limit,
            "scales": [float(s) for s in scales], "size": size}

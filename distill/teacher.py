@@ -3,13 +3,13 @@ several, as a --teacher value names them, and what the run records of it."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch.nn as nn
 
-from distill.soft_targets import hash_file
+import compress.quantize  # noqa: F401  (registers the int8 format, so that an int8 teacher is named as one)
 from facekd import distributed
+from facekd.checkpoint import file_sha256
 from facekd.config import RunConfig
 from facekd.data import load_split
 from facekd.distributed import pick_device
@@ -47,7 +47,7 @@ def frozen_teacher(value) -> tuple[nn.Module | None, dict]:
         if not Path(path).is_file():
             raise FileNotFoundError(f"--teacher {path}: no such checkpoint")
     refuse_repeated_members(paths)
-    teacher, info = model_or_ensemble(paths)
+    teacher, info = model_or_ensemble(paths, fp32_for="distil from")  # an int8 teacher is refused by name
     teacher.requires_grad_(False)
     return teacher, info
 
@@ -66,7 +66,7 @@ def refuse_repeated_members(paths: list[str]) -> None:
     sizes = [Path(p).stat().st_size for p in paths]
     for path, size in zip(paths, sizes):
         if sizes.count(size) > 1:
-            digest = hash_file(hashlib.sha256(), path).hexdigest()
+            digest = file_sha256(path)
             if digest in first:
                 raise ValueError(f"--teacher {path}: a copy of --teacher {first[digest]} (the same bytes); an "
                                  "ensemble needs different models")

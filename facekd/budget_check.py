@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from facekd.budget import Budget, BudgetError, now
 from facekd.config import RunConfig
+from facekd.cpu_kernels import safe_conv_backward
 from facekd.data import CachedSplit, find_pairs, load_split
 from facekd.evaluation import evaluate
 from facekd.losses import LossFn
@@ -60,8 +61,9 @@ def probe_budget(model: nn.Module, loss_fn: LossFn, cfg: RunConfig, data_root, b
     probe = copy.deepcopy(model).to(device).train()  # the run's own model and RNG stay untouched
     t0 = now()
     images, labels, _ = train_batch(train.images.to(device), train.masks.to(device), AugmentConfig.from_run_config(cfg),
-                                    torch.Generator(device=device).manual_seed(0), None)
-    loss_fn(probe(images).float(), images, labels, None)["loss"].backward()
+                                    torch.Generator(device=device).manual_seed(0), None, cfg.channels_last)
+    with safe_conv_backward(len(images), device):  # as the engine's step does
+        loss_fn(probe(images).float(), images, labels, None)["loss"].backward()
     step_s = now() - t0
     t0 = now()
     evaluate(probe, val, cfg.resolutions[-1][0], cfg.flip_tta, n, device)

@@ -38,6 +38,7 @@ from facekd.budget_check import check_budget_fits, probe_budget
 from facekd.checkpoint import (restore_training_state, resume_state, run_inputs, save_checkpoint,
                                training_state)
 from facekd.config import RunConfig
+from facekd.cpu_kernels import safe_conv_backward
 from facekd.data import CachedSplit, load_split
 from facekd.evaluation import evaluate
 from facekd.labels import NUM_CLASSES, colourise
@@ -106,7 +107,7 @@ def train_step(loop: Loop, images: torch.Tensor, masks: torch.Tensor,
     the progress reading that set the next step's lr: the caller's stop and phase checks must
     use that same reading, since a fresh one could pass 1.0 while the lr sat above its floor,
     and the run would stop without a step at the floor."""
-    images, labels, soft = train_batch(images, masks, loop.augment, loop.generator, soft)
+    images, labels, soft = train_batch(images, masks, loop.augment, loop.generator, soft, loop.cfg.channels_last)
     with autocast(loop.precision, loop.device):
         logits = loop.net(images)
     terms = loop.loss_fn(logits.float(), images, labels, soft)  # fp32: an online teacher casts itself
@@ -171,7 +172,8 @@ def _steps(loop: Loop, data: CachedSplit, order: torch.Tensor, size: int, bar) -
             continue
         soft = None if loop.soft_targets is None else loop.soft_targets[idx].to(loop.device)
         t0 = now()
-        terms, progress = train_step(loop, data.images[idx].to(loop.device), data.masks[idx].to(loop.device), soft)
+        with safe_conv_backward(len(idx), loop.device):  # odd CPU batches crash oneDNN (facekd/cpu_kernels.py)
+            terms, progress = train_step(loop, data.images[idx].to(loop.device), data.masks[idx].to(loop.device), soft)
         if not loop.run.writer and loop.main:  # the run's first step
             check_budget_fits(loop, step_seconds=now() - t0)
             loop.run.open(cfg, loop.config_record)

@@ -46,11 +46,40 @@ def best_of_run(path, flag: str) -> str:
 
 def refuse_existing_run(folder, resume: bool, names: tuple[str, ...] = RUN_FILES) -> None:
     """A folder holding any of `names` (a command's RUN_FILES and what else it writes) is
-    continued with --resume or not used at all."""
-    found = [name for name in names if (Path(folder) / name).exists()]
+    continued with --resume or not used at all. --resume where there is no last.pt starts the
+    run from scratch, which overwrites the folder's files: that is done only over what a run
+    killed before its first last.pt leaves (written_before_last_pt), never over a user's own."""
+    folder = Path(folder)
+    found = [name for name in names if (folder / name).exists()]
     if found and not resume:
         raise FileExistsError(f"{folder} already holds a run ({', '.join(found)}); pass --resume to continue "
                               "it or choose another --out")
+    if found and not (folder / "last.pt").exists():
+        foreign = [name for name in found if not written_before_last_pt(folder, name)]
+        if foreign:
+            raise FileExistsError(f"--resume: {folder} holds no last.pt to continue, and starting from scratch "
+                                  f"would overwrite its {', '.join(foreign)}; choose another --out")
+
+
+# Keys that only facekd's own files hold: config.json's (the config and the engine's record of
+# the run) and prune_report.json's.
+_OWN_KEYS = {"config.json": {"model", "resolutions", "batch_size", "data_root", "world_size"},
+             "prune_report.json": {"source", "target", "pruning", "before", "after_pruning"}}
+
+
+def written_before_last_pt(folder: Path, name: str) -> bool:
+    """Whether `name` in `folder` is a file a facekd run writes before its first last.pt (the
+    config snapshot after the first step, and prune's pruned.pt and prune_report.json before
+    fine-tuning), told from a user's own file of that name by its content."""
+    if name == "pruned.pt":  # written just before its report, which vouches for it
+        name = "prune_report.json"
+    if name not in _OWN_KEYS:
+        return False  # metrics.jsonl, best.pt and result.json come with or after last.pt
+    try:
+        content = json.loads((folder / name).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(content, dict) and _OWN_KEYS[name] <= content.keys()
 
 
 def _lock_owner(lock: Path) -> int | None:
