@@ -13,6 +13,7 @@ side, and choose_rounding keeps one.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,6 +37,19 @@ NEAR_TARGET = 0.9
 # Timed runs per latency check inside a target search: one check per pruning step, so fewer
 # than the 20 a reported figure gets; the median of 8 is steady enough to stop on.
 SEARCH_RUNS = 8
+
+
+# A target's kind -> prune_to_target's keyword for it, and the flag a user gives it with.
+KINDS = {"params": "target_params", "macs": "target_macs", "ratio": "ratio", "latency": "target_latency_ms"}
+FLAGS = {"params": "--target-params", "macs": "--target-macs", "ratio": "--ratio", "latency": "--target-latency"}
+
+
+def target_kind(target: dict) -> tuple[str, float]:
+    """(kind, value) of the one target set in `target`, a dict of prune_to_target's keywords."""
+    given = [(kind, target.get(key)) for kind, key in KINDS.items() if target.get(key) is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {', '.join(FLAGS.values())}")
+    return given[0]
 
 
 def classifier_layers(model: nn.Module) -> list[nn.Module]:
@@ -93,8 +107,8 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
     (one image at the model's input size, as it predicts, on `threads` CPU threads). gradient_fn(model)
     fills .grad before each step for an importance that needs gradients. Returns what was reached:
     params and MACs (at example_size, the challenge resolution) before and after."""
-    if sum(x is not None for x in (target_params, target_macs, ratio, target_latency_ms)) != 1:
-        raise ValueError("give exactly one of --target-params, --target-macs, --ratio, --target-latency")
+    target_kind({"target_params": target_params, "target_macs": target_macs, "ratio": ratio,
+                 "target_latency_ms": target_latency_ms})
     if ratio is not None and not 0 < ratio < 1:
         raise ValueError(f"--ratio must be in (0, 1), got {ratio}")
     if IMPORTANCES[importance].needs_gradients and gradient_fn is None:
@@ -157,6 +171,34 @@ def pruning_bounds(model: nn.Module, threads: int = 1, latency: bool = False) ->
         timed = measure_latency({"student": model, "floor": floor_model}, deepest["latency_at"], threads)
         size["latency"], floor["latency"] = timed["student"]["median_ms"], timed["floor"]["median_ms"]
         bounds.update(latency_at=deepest["latency_at"], threads=threads)
+    return bounds
+
+
+def check_targets(model: nn.Module, kind: str, targets: list, threads: int = 1, source="the student",
+                  bounds: dict | None = None) -> dict:
+    """The one check of prune targets, for a single prune and a sweep alike, before any work:
+    `targets` (of one `kind`, from `source`'s `model`) must be listed once each, be positive and
+    finite (a ratio in (0, 1)), and lie below the student's own size and no lower than the floor
+    (check_target). Returns the bounds (pruning_bounds; empty for ratios), or checks against
+    `bounds` given, as a sweep's targets are checked first by the sweep and then one by one."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown target kind {kind!r}; choose from {sorted(KINDS)}")
+    flag = FLAGS[kind]
+    if not targets:
+        raise ValueError(f"{flag}: give at least one target")
+    twice = sorted({t for t in targets if targets.count(t) > 1})
+    if twice:
+        raise ValueError(f"{flag}: {twice[0]} is listed twice")
+    for t in targets:  # before the bounds, which cost a pruning and, for latency, timings
+        if kind == "ratio" and not 0 < t < 1:
+            raise ValueError(f"--ratio {t:g}: a pruning ratio must be in (0, 1)")
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(f"{flag} {t:g}: a target must be a positive number")
+    if kind == "ratio":
+        return {}
+    bounds = bounds or pruning_bounds(model, threads, latency=kind == "latency")
+    for t in targets:
+        check_target(flag, kind, t, bounds, source)
     return bounds
 
 

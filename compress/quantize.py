@@ -32,7 +32,7 @@ from facekd.data import load_split
 from facekd.evaluation import evaluate
 from facekd.files import check_output_file, load_checkpoint
 from facekd.inference import normalize
-from facekd.models import build_model, load_model
+from facekd.models import build_model, load_model, refuse_non_finite
 from facekd.registry import CHECKPOINT_FORMATS
 
 BACKEND = "x86"
@@ -119,6 +119,7 @@ def quantize_checkpoint(checkpoint, out, data_root, n_images: int = CALIBRATION_
         raise ValueError(f"--calibration-images {n_images}: give at least one")
     ckpt = load_checkpoint(checkpoint)
     model = load_model(ckpt, checkpoint, student_for="quantize")  # a teacher, or an int8 model, is refused by name
+    refuse_non_finite(model, checkpoint, "quantized")  # calibrating NaN weights failed deep in torch.histc
     n_params = count_params(model)
     if n_params >= PARAM_LIMIT:
         raise ValueError(f"{checkpoint}: has {n_params:,} trainable parameters; the challenge needs fewer than "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from compress.prune import check_target, pruning_bounds
+from compress.prune import KINDS, check_targets
 from compress.train import prune_and_finetune
 from distill.soft_targets import offline_soft_targets, stored_size
 from distill.teacher import frozen_teacher, teacher_paths, teacher_record
@@ -32,37 +32,17 @@ from facekd.latency import latency_record, spearman
 from facekd.profile import count_macs
 from facekd.run_folder import removed_if_budget_refused, run_folder_lock
 
-# sweep kind -> prune_and_finetune's keyword for one target of that kind
-KINDS = {"params": "target_params", "macs": "target_macs", "ratio": "ratio", "latency": "target_latency_ms"}
-FLAGS = {"params": "--target-params", "macs": "--target-macs", "ratio": "--ratio", "latency": "--target-latency"}
-
 
 def run_name(kind: str, value) -> str:
     return f"{kind}_{value:g}" if isinstance(value, float) else f"{kind}_{value}"
 
 
-def check_targets(student_path, kind: str, targets: list, threads: int = 1) -> dict:
-    """The student's size and the smallest reachable size, {"student_size", "floor"} (empty
-    for ratios; for latency, both timed side by side at `threads`); a ValueError names the
-    first target that is above the one or below the other."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown sweep kind {kind!r}; choose from {sorted(KINDS)}")
-    flag = FLAGS[kind]
-    if not targets:
-        raise ValueError(f"{flag}: give at least one target")
-    twice = sorted({t for t in targets if targets.count(t) > 1})
-    if twice:
-        raise ValueError(f"{flag}: {twice[0]} is listed twice")
+def check_sweep_targets(student_path, kind: str, targets: list, threads: int = 1) -> dict:
+    """compress.prune.check_targets on the student in `student_path`: its size and the smallest
+    reachable size, {"student_size", "floor"} (empty for ratios; for latency, both timed side by
+    side at `threads`); a ValueError names the first target that cannot be pruned to."""
     model = load_model(load_checkpoint(student_path), student_path, student_for="sweep")
-    if kind == "ratio":
-        bad = [r for r in targets if not 0 < r < 1]
-        if bad:
-            raise ValueError(f"--ratio {bad[0]:g}: a pruning ratio must be in (0, 1)")
-        return {}
-    bounds = pruning_bounds(model, threads, latency=kind == "latency")
-    for t in targets:
-        check_target(flag, kind, t, bounds, student_path)
-    return bounds
+    return check_targets(model, kind, targets, threads, student_path)
 
 
 def _finished(report_path: Path) -> dict | None:
@@ -120,7 +100,7 @@ def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: s
         if (previous["student"], previous["kind"]) != (str(student_path), kind):
             raise ValueError(f"{sweep_path}: is a sweep of {previous['kind']} from {previous['student']}, "
                              f"not of {kind} from {student_path}")
-    bounds = check_targets(student_path, kind, targets, threads)
+    bounds = check_sweep_targets(student_path, kind, targets, threads)
     teacher, _ = frozen_teacher(teacher_path)  # an unsafe or foreign teacher is refused before any pruning
     distils = teacher is not None
     if cfg.distill_mode == "offline" and not cfg.soft_target_cache and distils:
@@ -136,7 +116,9 @@ def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: s
             offline_soft_targets(cfg, teacher, teacher_paths(teacher_path), data_root,
                                  stored_size(cfg, _load(student_path)), progress)
         del teacher  # the targets load it again, each in its own run
-        options = dict(importance=importance, round_to=round_to, threads=threads, resume=resume, progress=progress)
+        # each target's own check reuses the bounds found above, rather than pruning (and timing) again
+        options = dict(importance=importance, round_to=round_to, threads=threads, resume=resume, progress=progress,
+                       bounds=bounds)
         macs_at = _sweep_targets(cfg, data_root, out, student_path, teacher_path, kind, targets, record, options)
         time_sweep(record, out, student_path, macs_at)
         sweep_path.write_text(json.dumps(record, indent=2) + "\n")

@@ -13,23 +13,25 @@ import json
 from pathlib import Path
 
 import torch.nn.functional as F
-from torch.utils.tensorboard import SummaryWriter
 
-from compress.prune import IMPORTANCES, check_target, prune_fastest_rounding, pruning_bounds, rebuild
+import compress.quantize  # noqa: F401  (registers the int8 format, so that an int8 student is named as one)
+from compress.prune import IMPORTANCES, check_targets, prune_fastest_rounding, rebuild, target_kind
 from distill.teacher import frozen_teacher
 from distill.train import distill
 from facekd import distributed
-from facekd.checkpoint import save_checkpoint
+from facekd.checkpoint import file_sha256, save_checkpoint
 from facekd.files import load_checkpoint
 from facekd.budget import Budget
 from facekd.config import RunConfig
+from facekd.cpu_kernels import safe_conv_backward
 from facekd.data import load_split
 from facekd.evaluation import evaluate
 from facekd.inference import normalize
 from facekd.latency import THREADS, latency_record
 from facekd.models import build_model, load_model
 from facekd.profile import model_cost
-from facekd.run_folder import RUN_FILES, refuse_existing_run, removed_if_budget_refused, run_folder_lock
+from facekd.run_folder import (RUN_FILES, EventWriter, refuse_existing_run, removed_if_budget_refused,
+                               run_folder_lock)
 
 # What pruning writes before fine-tuning: a user's own files of these names mark the folder too.
 PRUNE_FILES = ("pruned.pt", "prune_report.json")
@@ -48,9 +50,10 @@ def taylor_gradients(data_root, size: int = 256, n: int = 16):
         was_training = model.training
         model.eval()
         try:
-            logits = model(normalize(split.images))
-            logits = F.interpolate(logits, size=split.masks.shape[-2:], mode="bilinear", align_corners=False)
-            F.cross_entropy(logits, split.masks.long()).backward()
+            with safe_conv_backward(len(split), "cpu"):  # a train split of 15 images is an odd batch
+                logits = model(normalize(split.images))
+                logits = F.interpolate(logits, size=split.masks.shape[-2:], mode="bilinear", align_corners=False)
+                F.cross_entropy(logits, split.masks.long()).backward()
         finally:
             model.train(was_training)
     return gradient_fn
@@ -95,10 +98,11 @@ def closing_lines(report: dict, out) -> list[str]:
 
 def log_stages(out: Path, report: dict) -> None:
     """The report's stages in TensorBoard, as steps 0, 1 and 2 of prune/<metric>."""
-    with SummaryWriter(str(out)) as writer:
-        for step, stage in enumerate(STAGES):
-            for metric in ("params", "macs", "latency_ms", "val_fscore"):
-                writer.add_scalar(f"prune/{metric}", report[stage][metric], step)
+    writer = EventWriter(out)
+    for step, stage in enumerate(STAGES):
+        for metric in ("params", "macs", "latency_ms", "val_fscore"):
+            writer.add_scalar(f"prune/{metric}", report[stage][metric], step)
+    writer.close()
 
 
 def _load(path):
@@ -108,16 +112,17 @@ def _load(path):
 def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, *, target_params=None,
                        target_macs=None, ratio=None, target_latency_ms=None, threads: int = 1,
                        round_to: int | str = "auto", importance: str = "magnitude", resume: bool = False,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, bounds: dict | None = None) -> dict:
     """Prune student_path to one target (latency: one image at its input size on `threads` threads) in
-    out/pruned.pt, then fine-tune it in out; returns distill's result with the prune report."""
+    out/pruned.pt, then fine-tune it in out; returns distill's result with the prune report. `bounds`
+    are the student's pruning bounds when a sweep has found them already (compress.prune.check_targets)."""
     budget = Budget.from_minutes(cfg.budget_minutes)  # pruning and its measurements count too
     out = Path(out)
     frozen_teacher(teacher_path)  # an unsafe, foreign or mis-sized teacher is refused before pruning, not after
     distributed.setup()  # under torchrun, for the barriers below
     target = {"target_params": target_params, "target_macs": target_macs, "ratio": ratio,
               "target_latency_ms": target_latency_ms}
-    how = {"importance": importance, "round_to": round_to, "threads": threads}
+    how = {"importance": importance, "round_to": round_to, "threads": threads, "bounds": bounds}
     with run_folder_lock(out, enabled=distributed.is_main()), removed_if_budget_refused(out):
         model, model_cfg, report = _pruned_model(cfg, data_root, out, student_path, target, how, resume, progress)
         result = distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
@@ -143,10 +148,11 @@ def _pruned_model(cfg: RunConfig, data_root, out: Path, student_path, target: di
     """(model, model_cfg, report): the student pruned here, or when resuming a run whose
     architecture was already cut, rebuilt from last.pt's plain config."""
     report_path = out / "prune_report.json"
-    if resume and (out / "last.pt").exists() and report_path.exists():
+    if resume and (out / "last.pt").exists():
+        report = resumable_report(out, student_path, target, how)
         model_cfg = load_checkpoint(out / "last.pt")["model_cfg"]
         model = build_model(model_cfg, allow_over_budget=True)  # last.pt's weights come back in fit
-        return model, model_cfg, json.loads(report_path.read_text())
+        return model, model_cfg, report
     refuse_existing_run(out, resume, RUN_FILES + PRUNE_FILES)
     # Under torchrun rank 0 alone prunes and the others rebuild its result from pruned.pt:
     # Taylor importance comes from gradients, which need not agree bit for bit across
@@ -161,6 +167,56 @@ def _pruned_model(cfg: RunConfig, data_root, out: Path, student_path, target: di
     return model, pruned["model_cfg"], json.loads(report_path.read_text())
 
 
+def target_record(target: dict, how: dict) -> dict:
+    """The target as prune_report.json records it, and as --resume compares it."""
+    return {"params": target["target_params"], "macs": target["target_macs"], "ratio": target["ratio"],
+            "latency_ms": target["target_latency_ms"], "threads": how["threads"]}
+
+
+TARGET_FLAGS = {"params": "--target-params", "macs": "--target-macs", "ratio": "--ratio",
+                "latency_ms": "--target-latency", "threads": "--threads"}
+
+
+def resumable_report(out: Path, student_path, target: dict, how: dict) -> dict:
+    """The prune report of the run in `out` that --resume continues. Refused, before anything is
+    written: a last.pt that is not a prune run's (a distill run's folder: pruning wrote pruned.pt
+    and prune_report.json into it before fit refused it), and a student, target or pruning
+    setting other than the run's own, which the run would ignore while rewriting its config.json
+    and result.json as if it had used them."""
+    report_path = out / "prune_report.json"
+    if not report_path.is_file():
+        stage = load_checkpoint(out / "last.pt").get("stage", "unknown")
+        raise ValueError(f"--resume: {out} holds a {stage} run's last.pt but no prune_report.json, so prune cannot "
+                         "continue it; choose another --out")
+    report = json.loads(report_path.read_text())
+    shown = lambda value: "unset" if value is None else repr(value)
+    saved, new = report["target"], target_record(target, how)
+    conflicts = [f"{TARGET_FLAGS[key]}: {shown(saved.get(key))} != {shown(new[key])}"
+                 for key in TARGET_FLAGS if saved.get(key) != new[key]]
+    pruning = report["pruning"]
+    if pruning["importance"] != how["importance"]:
+        conflicts.append(f"--importance: {pruning['importance']!r} != {how['importance']!r}")
+    if how["round_to"] != "auto" and pruning["round_to"] != how["round_to"]:  # auto accepts what it chose
+        conflicts.append(f"--round-to: {pruning['round_to']} != {how['round_to']}")
+    conflicts = _changed_student(report, student_path) + conflicts
+    if conflicts:
+        raise ValueError(f"{out / 'last.pt'} cannot be resumed with these settings; they differ from the run's own "
+                         f"({report_path.name}): " + "; ".join(conflicts))
+    return report
+
+
+def _changed_student(report: dict, student_path) -> list[str]:
+    """A conflict when --checkpoint is not the student the run pruned: by content where the report
+    holds its hash and the file is there to hash, else by path."""
+    if "source_sha256" in report and Path(student_path).is_file():
+        if file_sha256(student_path) == report["source_sha256"]:
+            return []
+        return [f"--checkpoint {student_path}: not the student this run pruned ({report['source']}, sha256 "
+                f"{report['source_sha256'][:12]}...)"]
+    same = Path(report["source"]).resolve() == Path(student_path).resolve()
+    return [] if same else [f"--checkpoint: {report['source']!r} != {str(student_path)!r}"]
+
+
 def finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, resume: bool = False,
              progress: bool = True) -> dict:
     """Continue training a student checkpoint (pruned or not) with the prune stage's config,
@@ -173,12 +229,14 @@ def finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, resume:
 
 def _prune(cfg: RunConfig, data_root, out: Path, student_path, target: dict, how: dict, progress: bool) -> tuple:
     """Prune the student, save pruned.pt and prune_report.json; returns (model, model_cfg, report).
-    `how` holds the importance, the channel rounding and the thread count latencies are timed at."""
+    `how` holds the importance, the channel rounding, the thread count latencies are timed at and
+    the student's pruning bounds if a sweep has found them."""
     ckpt = load_checkpoint(student_path)
     student = load_model(ckpt, student_path, student_for="prune")
-    if target["target_latency_ms"] is not None:  # before the search, which times every step to find it out
-        check_target("--target-latency", "latency", target["target_latency_ms"],
-                     pruning_bounds(student, how["threads"], latency=True), student_path)
+    # before the search, which ran to its end on a target at or above the student's size and failed
+    # after it on one at or below zero
+    kind, value = target_kind(target)
+    check_targets(student, kind, [value], how["threads"], student_path, how["bounds"])
     input_size = ckpt["model_cfg"]["input_size"]
     val = load_split(data_root, "val", None, progress=progress)
     before = measure(student, val, input_size, cfg.flip_tta)
@@ -187,9 +245,8 @@ def _prune(cfg: RunConfig, data_root, out: Path, student_path, target: dict, how
                                             importance=how["importance"], gradient_fn=gradient_fn, **target)
     model, model_cfg = rebuild(model)
     after = measure(model, val, input_size, cfg.flip_tta)
-    report = {"source": str(student_path), "target": {"params": target["target_params"], "macs": target["target_macs"],
-              "ratio": target["ratio"], "latency_ms": target["target_latency_ms"], "threads": how["threads"]},
-              "pruning": pruning, "before": before, "after_pruning": after}
+    report = {"source": str(student_path), "source_sha256": file_sha256(student_path),  # what --resume compares
+              "target": target_record(target, how), "pruning": pruning, "before": before, "after_pruning": after}
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"model": model.state_dict(), "model_cfg": model_cfg, "stage": "pruned",
                      "val_fscore": after["val_fscore"], "params": after["params"]}, out / "pruned.pt")

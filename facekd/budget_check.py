@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from facekd.budget import Budget, BudgetError, now
 from facekd.config import RunConfig
+from facekd.cpu_kernels import safe_conv_backward
 from facekd.data import CachedSplit, find_pairs, load_split
 from facekd.evaluation import evaluate
 from facekd.losses import LossFn
@@ -32,7 +33,8 @@ def check_budget_fits(loop: "Loop", step_seconds: float) -> None:
     batch = CachedSplit(val.stems[:loop.cfg.batch_size], val.images[:loop.cfg.batch_size],
                         val.masks[:loop.cfg.batch_size])
     t0 = now()
-    evaluate(loop.model, batch, loop.cfg.resolutions[-1][0], loop.cfg.flip_tta, loop.cfg.batch_size, loop.device)
+    evaluate(loop.model, batch, loop.cfg.resolutions[-1][0], loop.cfg.flip_tta, loop.cfg.batch_size, loop.device,
+             precision=loop.precision)
     eval_s = (now() - t0) * math.ceil(len(val) / len(batch))
     loop.budget.reserve = 1.2 * eval_s + 1.0
     if loop.budget.spent() + loop.budget.reserve > loop.budget.seconds:
@@ -59,8 +61,9 @@ def probe_budget(model: nn.Module, loss_fn: LossFn, cfg: RunConfig, data_root, b
     probe = copy.deepcopy(model).to(device).train()  # the run's own model and RNG stay untouched
     t0 = now()
     images, labels, _ = train_batch(train.images.to(device), train.masks.to(device), AugmentConfig.from_run_config(cfg),
-                                    torch.Generator(device=device).manual_seed(0), None)
-    loss_fn(probe(images).float(), images, labels, None)["loss"].backward()
+                                    torch.Generator(device=device).manual_seed(0), None, cfg.channels_last)
+    with safe_conv_backward(len(images), device):  # as the engine's step does
+        loss_fn(probe(images).float(), images, labels, None)["loss"].backward()
     step_s = now() - t0
     t0 = now()
     evaluate(probe, val, cfg.resolutions[-1][0], cfg.flip_tta, n, device)

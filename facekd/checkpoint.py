@@ -3,6 +3,8 @@ with weights_only=True, so loading one never runs pickled code."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -11,9 +13,26 @@ from tqdm import tqdm
 
 from facekd.config import RunConfig, resume_conflicts
 from facekd.files import atomic_write, load_checkpoint
+from facekd.run_folder import refuse_existing_run
+
+
+def hash_file(h, path: str | os.PathLike):
+    """Feed a file's bytes into the hash object `h`, in chunks; returns `h`."""
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """A file's SHA-256: what identifies a checkpoint, whose path may be rewritten in place."""
+    return hash_file(hashlib.sha256(), path).hexdigest()
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write `state` to `path` atomically, making its folder if need be: `quantize --out newdir/i.pt`
+    failed here, after all its work (the folder was checked to be makeable up front)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:  # a run killed mid-write keeps the previous checkpoint intact
         torch.save(state, f)
 
@@ -56,13 +75,32 @@ def restore_training_state(state: dict, *, model, optimizer, scheduler, ema, gen
 def run_inputs(data_root, extra_config: dict | None) -> dict:
     """What a resumed run must share with the run it continues, beside its config: the data it
     trains and validates on, and its teacher(s) (a path, a list of paths, or "none"), as absolute
-    paths so that the same files given from another folder still match."""
+    paths so that the same files given from another folder still match, with each teacher's
+    content hash ("teacher_sha256", in the same shape): a path alone let a teacher rewritten in
+    place (train-teacher --resume rewrites its best.pt) pass for the one the run started with."""
     def absolute(value):
         if isinstance(value, (list, tuple)):
             return [absolute(v) for v in value]
         return value if value == "none" else str(Path(value).resolve())
     inputs = {"data_root": data_root, **{k: v for k, v in (extra_config or {}).items() if k == "teacher"}}
-    return {k: absolute(v) for k, v in inputs.items()}
+    inputs = {k: absolute(v) for k, v in inputs.items()}
+    teacher = inputs.get("teacher", "none")
+    if teacher != "none":
+        inputs["teacher_sha256"] = [file_sha256(t) for t in teacher] if isinstance(teacher, list) else \
+            file_sha256(teacher)
+    return inputs
+
+
+def changed_teachers(saved: dict, inputs: dict) -> list[str]:
+    """A conflict for each teacher that is the same file as the run's but whose content is not.
+    Runs saved before teachers were hashed have no hashes, and are not compared."""
+    if "teacher_sha256" not in saved or saved.get("teacher") != inputs.get("teacher"):
+        return []  # another teacher altogether is resume_conflicts' "teacher:" conflict
+    listed = lambda value: value if isinstance(value, list) else [value]
+    return [f"--teacher {path}: its content changed since the run started (sha256 {then[:12]}... then, "
+            f"{now[:12]}... now)" for path, then, now in
+            zip(listed(inputs["teacher"]), listed(saved["teacher_sha256"]), listed(inputs["teacher_sha256"]))
+            if then != now]
 
 
 def resume_state(run_dir: Path, resume: bool, device, world: int, cfg: RunConfig, model_cfg: dict,
@@ -72,6 +110,7 @@ def resume_state(run_dir: Path, resume: bool, device, world: int, cfg: RunConfig
     if not resume:
         return None
     if not last_path.exists():
+        refuse_existing_run(run_dir, resume)  # before saying so: a folder of a user's own files is refused
         tqdm.write(f"--resume: {run_dir} holds no last.pt, so this run starts from scratch")
         return None
     # every rank reads the same file; checkpoints hold the unwrapped model, as without DDP
@@ -79,7 +118,9 @@ def resume_state(run_dir: Path, resume: bool, device, world: int, cfg: RunConfig
     if state.get("world_size", 1) != world:  # before anything is written
         raise ValueError(f"{last_path} was trained by {state.get('world_size', 1)} process(es); resume it "
                          f"with the same number (torchrun --nproc_per_node), not {world}")
-    conflicts = resume_conflicts(state.get("config", {}), {**cfg.to_dict(), **inputs})
+    saved = state.get("config", {})
+    conflicts = changed_teachers(saved, inputs) + resume_conflicts(
+        {k: v for k, v in saved.items() if k != "teacher_sha256"}, {**cfg.to_dict(), **inputs})
     if state["model_cfg"] != model_cfg:
         conflicts.insert(0, f"model_cfg: {state['model_cfg']} != {model_cfg}")
     if conflicts:

@@ -38,10 +38,12 @@ from facekd.budget_check import check_budget_fits, probe_budget
 from facekd.checkpoint import (restore_training_state, resume_state, run_inputs, save_checkpoint,
                                training_state)
 from facekd.config import RunConfig
+from facekd.cpu_kernels import safe_conv_backward
 from facekd.data import CachedSplit, load_split
 from facekd.evaluation import evaluate
 from facekd.labels import NUM_CLASSES, colourise
 from facekd.losses import LossFn
+from facekd.precision import autocast, resolve_precision
 from facekd.run_folder import TrainingRun, run_folder_lock
 from facekd.sampling import epoch_sampler
 from facekd.transforms import AugmentConfig, train_batch
@@ -65,6 +67,7 @@ class Loop:
     augment: AugmentConfig
     generator: torch.Generator
     device: torch.device
+    precision: str                       # resolved: "fp32" or "bf16" (the forward passes)
     run: TrainingRun
     val: CachedSplit | None              # rank 0 alone validates
     budget: Budget | None
@@ -104,10 +107,10 @@ def train_step(loop: Loop, images: torch.Tensor, masks: torch.Tensor,
     the progress reading that set the next step's lr: the caller's stop and phase checks must
     use that same reading, since a fresh one could pass 1.0 while the lr sat above its floor,
     and the run would stop without a step at the floor."""
-    images, labels, soft = train_batch(images, masks, loop.augment, loop.generator, soft)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=loop.device.type == "cuda"):
+    images, labels, soft = train_batch(images, masks, loop.augment, loop.generator, soft, loop.cfg.channels_last)
+    with autocast(loop.precision, loop.device):
         logits = loop.net(images)
-        terms = loop.loss_fn(logits.float(), images, labels, soft)
+    terms = loop.loss_fn(logits.float(), images, labels, soft)  # fp32: an online teacher casts itself
     check_finite(loop, terms["loss"])
     loop.optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
@@ -169,7 +172,8 @@ def _steps(loop: Loop, data: CachedSplit, order: torch.Tensor, size: int, bar) -
             continue
         soft = None if loop.soft_targets is None else loop.soft_targets[idx].to(loop.device)
         t0 = now()
-        terms, progress = train_step(loop, data.images[idx].to(loop.device), data.masks[idx].to(loop.device), soft)
+        with safe_conv_backward(len(idx), loop.device):  # odd CPU batches crash oneDNN (facekd/cpu_kernels.py)
+            terms, progress = train_step(loop, data.images[idx].to(loop.device), data.masks[idx].to(loop.device), soft)
         if not loop.run.writer and loop.main:  # the run's first step
             check_budget_fits(loop, step_seconds=now() - t0)
             loop.run.open(cfg, loop.config_record)
@@ -191,7 +195,7 @@ def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: boo
     cfg, writer = loop.cfg, loop.run.writer
     eval_model = loop.ema.module if loop.ema is not None else loop.model
     summary, preds = evaluate(eval_model, val, size, cfg.flip_tta, cfg.batch_size, loop.device, return_preds=True,
-                              progress=loop.progress_bars)
+                              progress=loop.progress_bars, precision=loop.precision)
     record["val_fscore"] = summary["fscore"]
     writer.add_scalar("val/fscore", summary["fscore"], loop.epoch)
     writer.add_scalar("val/left_right_swap_rate", summary["left_right_swap_rate"], loop.epoch)
@@ -206,6 +210,7 @@ def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: boo
         loop.best = summary["fscore"]
         save_checkpoint({"model": eval_model.state_dict(), "model_cfg": {**loop.model_cfg, "input_size": size},
                          "stage": loop.stage, "epoch": loop.epoch, "val_fscore": loop.best, "params": loop.n_params,
+                         "precision": loop.precision,
                          # what this model cost to train, summed over every resume of its run
                          "train_seconds": loop.train_seconds, "images_seen": loop.images_seen,
                          "config": cfg.to_dict()}, loop.run.dir / "best.pt")
@@ -356,7 +361,7 @@ def _finish(loop: Loop) -> dict:
     result = {"stage": loop.stage, "val_fscore": loop.best, "params": loop.n_params,
               "train_seconds": loop.train_seconds, "epochs": round(loop.images_seen / loop.epoch_images, 2),
               "epochs_started": loop.epoch + 1, "steps": loop.step, "images_seen": loop.images_seen,
-              "run_dir": str(loop.run.dir)}
+              "precision": loop.precision, "run_dir": str(loop.run.dir)}
     if loop.budget:
         result.update(budget_s=loop.budget.seconds, budget_spent_s=loop.budget.spent())
     if loop.main and loop.run.writer:
@@ -414,7 +419,8 @@ def _prepare(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig,
     # batch_size is per process, so one step sees batch_size x world images; the learning
     # rate is scaled linearly with it (Goyal et al., 2017), warm-up included
     lr = cfg.lr * world
-    record = {"data_root": str(data_root), **extra_config, "world_size": world,
+    precision = resolve_precision(cfg.precision, device)
+    record = {"data_root": str(data_root), **extra_config, "world_size": world, "precision_used": precision,
               "effective_batch_size": cfg.batch_size * world, "effective_lr": lr}
     run = TrainingRun(Path(run_dir), resume, writes=rank == 0)
     if rank == 0 and world > 1:
@@ -433,7 +439,7 @@ def _prepare(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig,
                 augment=AugmentConfig.from_run_config(cfg),
                 # each rank draws its own augmentations; rank 0 (and a single process) keeps the plain seed
                 generator=torch.Generator(device=device).manual_seed(cfg.seed + rank),
-                device=device, run=run, val=val, budget=budget, soft_targets=soft_targets, reference_scores={},
+                device=device, precision=precision, run=run, val=val, budget=budget, soft_targets=soft_targets, reference_scores={},
                 n_params=count_params(model), world=world, rank=rank, progress_bars=progress and rank == 0,
                 config_record=record, inputs=inputs, epoch_images=len(sampler) * world)
     if resumed is not None:

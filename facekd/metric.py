@@ -102,10 +102,24 @@ def read_checked_mask(path: Path) -> np.ndarray:
         raise InputError(f"{path}: unreadable mask ({e})") from e
 
 
+def check_ground_truth(gt: np.ndarray, path: Path) -> None:
+    """Refuse a ground-truth mask holding an id outside 0..18, naming the file. The scorer skips
+    such pixels, so a corner of id 25 went unscored (a copy of the mask scored 1.0) and an
+    all-255 mask scored 0.0 with no class, both without a word; training refuses the same
+    masks (facekd.data.load_mask)."""
+    outside = gt >= NUM_CLASSES
+    if outside.any():
+        ids = np.unique(gt[outside]).tolist()
+        shown = ", ".join(map(str, ids[:5])) + (f" ... ({len(ids) - 5} more)" if len(ids) > 5 else "")
+        raise InputError(f"{path}: ground truth holds id(s) {shown} outside 0..{NUM_CLASSES - 1} in "
+                         f"{int(outside.sum()):,} of {gt.size:,} pixels; a ground-truth mask holds class ids only")
+
+
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, progress: bool = True) -> dict:
     """Score every ground-truth mask in gt_dir against the same stem in pred_dir. Predicted
     ids outside 0..18 score as misses and the files holding them are listed in
-    `invalid_files`; a prediction holding no valid id at all is an error."""
+    `invalid_files`; a prediction holding no valid id at all is an error, and so is a
+    ground-truth mask holding any id outside 0..18 (check_ground_truth)."""
     from tqdm import tqdm
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for d in (pred_dir, gt_dir):
@@ -120,7 +134,9 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, progress: bool = 
     meter, invalid_files = FScoreMeter(), []
     for p in tqdm(gts, desc="evaluate", disable=not progress, leave=False):
         pred_path = pred_dir / p.name
-        gt, pred = read_checked_mask(p), read_checked_mask(pred_path)
+        gt = read_checked_mask(p)
+        check_ground_truth(gt, p)
+        pred = read_checked_mask(pred_path)
         if gt.shape != pred.shape:
             raise InputError(f"{pred_path}: prediction is {pred.shape} but ground truth is {gt.shape}")
         invalid = pred >= NUM_CLASSES

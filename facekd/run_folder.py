@@ -7,10 +7,12 @@ use it before importing torch."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from facekd.budget import BudgetError
@@ -44,11 +46,40 @@ def best_of_run(path, flag: str) -> str:
 
 def refuse_existing_run(folder, resume: bool, names: tuple[str, ...] = RUN_FILES) -> None:
     """A folder holding any of `names` (a command's RUN_FILES and what else it writes) is
-    continued with --resume or not used at all."""
-    found = [name for name in names if (Path(folder) / name).exists()]
+    continued with --resume or not used at all. --resume where there is no last.pt starts the
+    run from scratch, which overwrites the folder's files: that is done only over what a run
+    killed before its first last.pt leaves (written_before_last_pt), never over a user's own."""
+    folder = Path(folder)
+    found = [name for name in names if (folder / name).exists()]
     if found and not resume:
         raise FileExistsError(f"{folder} already holds a run ({', '.join(found)}); pass --resume to continue "
                               "it or choose another --out")
+    if found and not (folder / "last.pt").exists():
+        foreign = [name for name in found if not written_before_last_pt(folder, name)]
+        if foreign:
+            raise FileExistsError(f"--resume: {folder} holds no last.pt to continue, and starting from scratch "
+                                  f"would overwrite its {', '.join(foreign)}; choose another --out")
+
+
+# Keys that only facekd's own files hold: config.json's (the config and the engine's record of
+# the run) and prune_report.json's.
+_OWN_KEYS = {"config.json": {"model", "resolutions", "batch_size", "data_root", "world_size"},
+             "prune_report.json": {"source", "target", "pruning", "before", "after_pruning"}}
+
+
+def written_before_last_pt(folder: Path, name: str) -> bool:
+    """Whether `name` in `folder` is a file a facekd run writes before its first last.pt (the
+    config snapshot after the first step, and prune's pruned.pt and prune_report.json before
+    fine-tuning), told from a user's own file of that name by its content."""
+    if name == "pruned.pt":  # written just before its report, which vouches for it
+        name = "prune_report.json"
+    if name not in _OWN_KEYS:
+        return False  # metrics.jsonl, best.pt and result.json come with or after last.pt
+    try:
+        content = json.loads((folder / name).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(content, dict) and _OWN_KEYS[name] <= content.keys()
 
 
 def _lock_owner(lock: Path) -> int | None:
@@ -132,6 +163,51 @@ def removed_if_budget_refused(folder, keep=lambda: False, only_new_since: set | 
         raise
 
 
+def _quiet_event_writer_threads() -> None:
+    """Keep the traceback of a TensorBoard writer thread that failed to write (a full disk)
+    off the terminal. SummaryWriter writes from a thread of its own, which prints its error
+    and dies; the training thread's next call to the writer raises that error again, and
+    EventWriter names the file there, in one line."""
+    previous = threading.excepthook
+    if getattr(previous, "quiets_event_writers", False):
+        return
+
+    def hook(args):
+        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+            return
+        previous(args)
+    hook.quiets_event_writers = True
+    threading.excepthook = hook
+
+
+class EventWriter:
+    """TensorBoard's SummaryWriter for a run folder, each of its calls naming the events file
+    when a write fails: the OS error names no file ("[Errno 28] No space left on device")."""
+
+    def __init__(self, folder: Path):
+        from torch.utils.tensorboard import SummaryWriter  # here: the CLI imports this module before torch
+
+        from facekd.files import naming_failed_writes  # it imports torch, which this module must not
+        _quiet_event_writer_threads()
+        self._naming = naming_failed_writes
+        # SummaryWriter writes its first event as it starts, before its file's name is known here
+        with naming_failed_writes(folder / "events.out.tfevents.*"):
+            self._writer = SummaryWriter(str(folder))
+        # the events file SummaryWriter chose: events.out.tfevents.<time>.<host>.<pid>.<n>
+        self.path = getattr(self._writer.file_writer.event_writer, "_file_name", folder)
+
+    def __getattr__(self, name):
+        attr = getattr(self._writer, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def named(*args, **kwargs):
+            with self._naming(self.path):
+                return attr(*args, **kwargs)
+        return named
+
+
 class TrainingRun:
     """Owns a run directory: config snapshot, TensorBoard, metrics.jsonl and checkpoints.
 
@@ -149,13 +225,13 @@ class TrainingRun:
         if self.writes and self.writer is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.dir, config_record)
-            from torch.utils.tensorboard import SummaryWriter  # here: the CLI imports this module before torch
-            self.writer = SummaryWriter(str(self.dir))
+            self.writer = EventWriter(self.dir)
 
     def log(self, record: dict) -> None:
+        from facekd.files import naming_failed_writes  # here: it imports torch, which this module must not
         # standard JSON, which has no NaN or Infinity: a value that is not finite is logged as null
         record = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()}
-        with (self.dir / "metrics.jsonl").open("a") as f:
+        with naming_failed_writes(self.dir / "metrics.jsonl"), (self.dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
 
     def close(self, cfg: RunConfig, stage: str, result: dict) -> None:
@@ -163,7 +239,8 @@ class TrainingRun:
         the run's own events file so each run stays one file; then result.json."""
         from torch.utils.tensorboard.summary import hparams
 
-        from facekd.losses import weight_of  # here: it imports torch, which this module must not
+        from facekd.files import naming_failed_writes
+        from facekd.losses import weight_of  # here: they import torch, which this module must not
         params = {"stage": stage, "model": cfg.model, "resolutions": json.dumps(cfg.resolutions),
                   "epochs": cfg.epochs, "budget_minutes": cfg.budget_minutes, "batch_size": cfg.batch_size,
                   "lr": cfg.lr, "weight_decay": cfg.weight_decay, "ema_decay": cfg.ema_decay, "seed": cfg.seed,
@@ -173,10 +250,12 @@ class TrainingRun:
                   "repeat_threshold": cfg.repeat_threshold, "distill_mode": cfg.distill_mode,
                   "params": result["params"]}
         metrics = {"hparam/val_fscore": result["val_fscore"], "hparam/train_seconds": result["train_seconds"]}
-        for summary in hparams(params, metrics):
-            self.writer.file_writer.add_summary(summary)
+        with naming_failed_writes(self.writer.path):
+            for summary in hparams(params, metrics):
+                self.writer.file_writer.add_summary(summary)
         for name, value in metrics.items():
             self.writer.add_scalar(name, value)
         self.writer.flush()
         self.writer.close()
-        (self.dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        with naming_failed_writes(self.dir / "result.json"):
+            (self.dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -94,8 +94,11 @@ def colour_jitter(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator
 
 
 def train_batch(images_uint8: torch.Tensor, masks_uint8: torch.Tensor, cfg: AugmentConfig,
-                gen: torch.Generator | None = None, scores: torch.Tensor | None = None):
-    """uint8 batch -> (normalised float images in channels_last, int64 labels, scores).
+                gen: torch.Generator | None = None, scores: torch.Tensor | None = None, channels_last: bool = True):
+    """uint8 batch -> (normalised float images, int64 labels, scores). The images are
+    channels_last unless `channels_last` is False (the run's `channels_last = false`): a conv
+    runs channels_last when its input or its weights are, so a contiguous model alone would not
+    keep the kernels off that layout.
 
     `scores` (BxCxhxw, any h and w, e.g. a teacher's stored logits) get the same flip, with
     the l_/r_ channels swapped, and the same affine warp as the images; colour jitter does
@@ -108,5 +111,6 @@ def train_batch(images_uint8: torch.Tensor, masks_uint8: torch.Tensor, cfg: Augm
         scores = hflip_scores(scores.float(), which)
     images, masks, scores = random_affine(images.float(), masks, cfg, gen, scores)
     images = colour_jitter(images, cfg, gen)
-    images = normalize(images).contiguous(memory_format=torch.channels_last)
+    images = normalize(images).contiguous(memory_format=torch.channels_last if channels_last
+                                          else torch.contiguous_format)
     return images, masks, scores

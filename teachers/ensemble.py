@@ -51,14 +51,16 @@ class Ensemble(nn.Module):
                    for o in outs) / len(outs)
 
 
-def model_or_ensemble(paths: list, device=None) -> tuple[nn.Module, dict]:
+def model_or_ensemble(paths: list, device=None, fp32_for: str | None = None) -> tuple[nn.Module, dict]:
     """One checkpoint's model (eval mode) and its dict or, for several, an Ensemble of them with
-    {"members": [...]} naming each member's file, arch, input size and recorded val F-score."""
+    {"members": [...]} naming each member's file, arch, input size and recorded val F-score.
+    `fp32_for` (what the caller does with them, e.g. "distil from") refuses int8 members, which
+    predicting takes but training does not."""
     paths = [str(p) for p in paths]
     if not paths:
         raise ValueError("no checkpoint given")
     ckpts = [load_checkpoint(p) for p in paths]
-    models = [load_model(c, p) for p, c in zip(paths, ckpts)]
+    models = [load_model(c, p, fp32_for=fp32_for) for p, c in zip(paths, ckpts)]
     device = device_for(models, device)  # an int8 member keeps them all on the CPU: one forward, one device
     models = [m.to(device) for m in models]
     if len(paths) == 1:

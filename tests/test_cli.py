@@ -61,7 +61,12 @@ def test_the_teacher_flag_has_one_meaning_and_one_default(tmp_path, capsys, monk
     pipeline = next(a for a in subcommands()["pipeline"]._actions if a.dest == "teacher")
     assert "(default: 'train', the pipeline's teacher stage trains one" in pipeline.help
     assert parser.parse_args(["distill"]).teacher is None
-    assert main(["prune", "--checkpoint", "s.pt", "--ratio", "0.5", "--teacher", "gone.pt"]) == 2
+    from facekd.checkpoint import save_checkpoint
+    from facekd.models import build_model, named_config
+    student = tmp_path / "s.pt"
+    save_checkpoint({"model": build_model(named_config("tiny", 64)).state_dict(),
+                     "model_cfg": named_config("tiny", 64)}, student)
+    assert main(["prune", "--checkpoint", str(student), "--ratio", "0.5", "--teacher", "gone.pt"]) == 2
     assert "--teacher gone.pt: no such checkpoint" in capsys.readouterr().err
 
 
@@ -123,6 +128,14 @@ def test_check_submission_cuts_the_list_of_missing_masks(tmp_path, capsys):
     missing = next(f for f in faults if "have no mask" in f)
     assert missing.startswith("40 image(s) have no mask: image_000.png, ") and "(35 more)" in missing
     assert len(missing) < 200
+
+
+@pytest.mark.parametrize("module", ["facekd", "facekd.app"])
+def test_python_dash_m_runs_the_command(module):
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": str(REPO_ROOT), "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: facekd" in proc.stdout and "train-teacher" in proc.stdout and "grow" in proc.stdout
 
 
 def test_the_default_preset_follows_the_data(tmp_path, sample_root, data_copy, monkeypatch, capsys):

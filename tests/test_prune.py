@@ -246,11 +246,11 @@ def test_prune_refuses_an_unreachable_latency_and_writes_nothing(tmp_path, sampl
 
 
 def test_sweep_checks_latency_targets_against_the_student_and_the_floor(tmp_path):
-    from compress.sweep import check_targets
+    from compress.sweep import check_sweep_targets
     student = small_student("resfpn")
     path = tmp_path / "student.pt"
     save_checkpoint({"model": student.state_dict(), "model_cfg": students.model_config(student)}, path)
     with pytest.raises(ValueError, match="--target-latency 1,000,000.0: not below the student's own"):
-        check_targets(path, "latency", [1e6])
+        check_sweep_targets(path, "latency", [1e6])
     with pytest.raises(ValueError, match="--target-latency 0.001: unreachable; cutting every layer by 90%"):
-        check_targets(path, "latency", [0.001])
+        check_sweep_targets(path, "latency", [0.001])

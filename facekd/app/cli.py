@@ -62,6 +62,22 @@ def _teacher(args) -> list[str] | None:
     return args.teacher or None
 
 
+def _warn_of_settings_without_teacher(args, cfg) -> None:
+    """Name the settings the user gave (--set, --config) that do nothing without a teacher,
+    when training from labels alone: run as if they were absent, they would pass unseen."""
+    from distill.teacher import settings_without_teacher, teacher_paths
+    from facekd.config import load_toml, parse_assignments
+    if teacher_paths(_teacher(args)):
+        return
+    given = set(parse_assignments(args.set))
+    table = load_toml(args.config) if args.config else {}
+    given |= set(table) | set(table.get("loss_weights", {}) if isinstance(table.get("loss_weights"), dict) else ())
+    unused = settings_without_teacher(cfg, given)
+    if unused:
+        print(f"facekd {args.command}: warning: {', '.join(unused)} {'does' if len(unused) == 1 else 'do'} nothing "
+              "without a teacher; it trains from labels alone (--teacher none)", file=sys.stderr)
+
+
 def _student_checkpoint(args, default: str) -> str:
     """--checkpoint (a run folder stands for its best.pt), or the earlier stage's best.pt it
     defaults to; a missing one is refused naming the flag (issue 34: "runs/distill/best.pt:
@@ -83,15 +99,25 @@ def _data_root(args) -> Path:
 
 def cmd_train_teacher(args) -> int:
     from teachers.train import train_teacher
-    result = train_teacher(_config("teacher", args), _data_root(args), args.out, args.resume)
+    result = train_teacher(_config("teacher", args), _data_root(args), args.out, args.resume, init=args.init)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_grow(args) -> int:
+    from teachers.grow import grow_checkpoint
+    record = grow_checkpoint(args.checkpoint, args.out, args.depth if len(args.depth) > 1 else args.depth[0],
+                             args.width, args.seed)
+    print(f"grew {args.checkpoint} ({record['student_params']:,} params) into {args.out} ({record['params']:,} "
+          f"params, the same function); train it with facekd train-teacher --init {args.out}")
     return 0
 
 
 def cmd_distill(args) -> int:
     from distill.train import distill
-    result = distill(_config("distill", args, model=args.arch), _data_root(args), args.out,
-                     _teacher(args), args.resume)
+    cfg = _config("distill", args, model=args.arch)
+    _warn_of_settings_without_teacher(args, cfg)
+    result = distill(cfg, _data_root(args), args.out, _teacher(args), args.resume)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -114,15 +140,17 @@ def cmd_prune(args) -> int:
     speed = {"round_to": args.round_to, "threads": args.threads}
     if args.threads < 1:
         raise ValueError(f"--threads {args.threads}: give at least 1")
+    cfg = _config("prune", args)
+    _warn_of_settings_without_teacher(args, cfg)
     checkpoint = _student_checkpoint(args, "runs/distill/best.pt")
     if args.sweep:
-        record = sweep(_config("prune", args), _data_root(args), args.out, checkpoint, _teacher(args), kind=kind,
+        record = sweep(cfg, _data_root(args), args.out, checkpoint, _teacher(args), kind=kind,
                        targets=targets, importance=args.importance, resume=args.resume, **speed)
         print(json.dumps(record, indent=2) if args.json else format_table(record))
         return 0
     if len(targets) > 1:
         raise ValueError(f"{len(targets)} targets given; pass --sweep to prune to each of them")
-    result = prune_and_finetune(_config("prune", args), _data_root(args), args.out, checkpoint, _teacher(args),
+    result = prune_and_finetune(cfg, _data_root(args), args.out, checkpoint, _teacher(args),
                                 importance=args.importance, resume=args.resume, **speed, **{KINDS[kind]: targets[0]})
     print(json.dumps(result["report"], indent=2) if args.json else "\n".join(closing_lines(result["report"], args.out)))
     return 0
@@ -130,7 +158,9 @@ def cmd_prune(args) -> int:
 
 def cmd_finetune(args) -> int:
     from compress.train import finetune
-    result = finetune(_config("prune", args), _data_root(args), args.out, _student_checkpoint(args, "runs/prune/best.pt"),
+    cfg = _config("prune", args)
+    _warn_of_settings_without_teacher(args, cfg)
+    result = finetune(cfg, _data_root(args), args.out, _student_checkpoint(args, "runs/prune/best.pt"),
                       _teacher(args), args.resume)
     print(json.dumps(result, indent=2))
     return 0
@@ -280,9 +310,13 @@ def _add_teacher_arg(p: argparse.ArgumentParser, default_means: str = "none, lab
 
 
 def _add_training_parsers(sub) -> None:
-    p = sub.add_parser("train-teacher", help="train a teacher from scratch")
+    p = sub.add_parser("train-teacher", help="train a teacher from scratch (or from a grown student, --init)")
     _add_run_args(p, "runs/teacher")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from this teacher checkpoint's model and weights (facekd grow writes one) "
+                        "instead of the preset's teacher, freshly initialised")
     p.set_defaults(func=cmd_train_teacher)
+
 
     p = sub.add_parser("distill", help="train a student from a teacher's soft logits (or from scratch)")
     _add_run_args(p, "runs/distill")
@@ -325,6 +359,18 @@ def _add_training_parsers(sub) -> None:
                    help="the student's best.pt to continue, or its run folder (default: runs/prune/best.pt)")
     _add_teacher_arg(p)
     p.set_defaults(func=cmd_finetune)
+
+
+def _add_grow_parser(sub) -> None:
+    p = sub.add_parser("grow", help="grow a trained student into a larger teacher that computes the same function")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="the resfpn student's best.pt to grow")
+    p.add_argument("--out", required=True, help="the grown teacher's checkpoint file to write")
+    p.add_argument("--depth", type=_number_list(int), default=[0], metavar="N[,N,N,N]",
+                   help="residual blocks to add to every stage, or one count per stage (default: 0)")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="factor for every inner width: each block's, the stem's first and the head's (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed for which channels are copied and how they split")
+    p.set_defaults(func=cmd_grow)
 
 
 def _add_pipeline_parser(sub) -> None:
@@ -433,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_training_parsers(sub)
+    _add_grow_parser(sub)
     _add_pipeline_parser(sub)
     _add_inspection_parsers(sub)
     _add_shipping_parsers(sub)

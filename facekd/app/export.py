@@ -17,7 +17,7 @@ import facekd
 import students
 import teachers  # noqa: F401  (in a fresh process, shippable_student knows a teacher only from here)
 from facekd.checkpoint import save_checkpoint
-from facekd.files import check_output_folder, load_checkpoint
+from facekd.files import check_output_folder, load_checkpoint, naming_failed_writes
 from facekd.models import shippable_student
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,13 +64,15 @@ def copy_runtime(out: Path) -> None:
     for src, dst in files:
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.unlink(missing_ok=True)  # a link (from an older export) would be written through, into its source
-        shutil.copy2(src, dst)
+        with naming_failed_writes(dst):
+            shutil.copy2(src, dst)
     # a module since removed or renamed in the sources must not linger in the shipped copy
     shipped = {dst for _, dst in files}
     for stale in [*out.glob("facekd/*.py"), *out.glob("students/*.py")]:
         if stale not in shipped:
             stale.unlink()
-    (out / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
+    with naming_failed_writes(out / "requirements.txt"):
+        (out / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
 
 
 def refresh(out: str | Path) -> dict:

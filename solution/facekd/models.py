@@ -55,21 +55,37 @@ def build_model(model_cfg: dict, allow_over_budget: bool = False) -> nn.Module:
     return model
 
 
-def load_model(ckpt: dict, source="checkpoint", student_for: str | None = None) -> nn.Module:
+def checkpoint_format(ckpt: dict) -> str | None:
+    """The registered format a checkpoint is marked with ("quantized"), or None for plain fp32
+    weights. A format is known once its module is imported (compress.quantize registers int8):
+    a command that loads checkpoints imports it, or an int8 file reads as mismatched weights."""
+    return next((key for key in CHECKPOINT_FORMATS if ckpt.get(key)), None)
+
+
+def refuse_other_format(ckpt: dict, source, needs: str) -> None:
+    """The one refusal of a checkpoint that is not plain fp32 weights, where `needs` says what
+    the command would do with them ("prune", "distil from", ...): one line naming the file."""
+    marked = checkpoint_format(ckpt)
+    if marked:
+        raise ValueError(f"{source}: is a {marked} checkpoint; {needs} its fp32 source ({ckpt.get('source')})")
+
+
+def load_model(ckpt: dict, source="checkpoint", student_for: str | None = None,
+               fp32_for: str | None = None) -> nn.Module:
     """The model a checkpoint dict holds, in eval mode on the CPU, rebuilt as it was trained
     (an over-limit student too: export is where the limit is enforced). A config or weights
     that do not fit are an error naming `source`, the file they came from. A command that
     works on a student names what it would do (`student_for`: "prune", "fine-tune", ...),
-    and a teacher checkpoint is then refused."""
+    and a teacher checkpoint is then refused; one that trains from the weights (`fp32_for`:
+    "distil from"), as any that works on a student, refuses a quantized checkpoint."""
     cfg = ckpt["model_cfg"]
     if student_for and isinstance(cfg, dict) and is_teacher(cfg):
         raise ValueError(f"{source}: is a teacher checkpoint; {student_for} a student")
-    marked = [key for key in CHECKPOINT_FORMATS if ckpt.get(key)]
-    if marked and student_for:
-        raise ValueError(f"{source}: is a {marked[0]} checkpoint; {student_for} its fp32 source "
-                         f"({ckpt.get('source')})")
+    if student_for or fp32_for:
+        refuse_other_format(ckpt, source, student_for or fp32_for)
+    marked = checkpoint_format(ckpt)
     if marked:
-        return CHECKPOINT_FORMATS[marked[0]](ckpt, source)
+        return CHECKPOINT_FORMATS[marked](ckpt, source)
     return _fp32_model(ckpt, source)
 
 
@@ -90,6 +106,15 @@ def _fp32_model(ckpt: dict, source) -> nn.Module:
     return model.eval()
 
 
+def refuse_non_finite(model: nn.Module, source, cannot_be: str) -> None:
+    """Refuse weights holding inf or NaN, before any work on them (export, quantize), naming
+    `source` and what cannot be done (`cannot_be`: "shipped", "quantized")."""
+    broken = [name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+    if broken:
+        raise ValueError(f"{source}: {len(broken)} weight tensor(s) hold inf or NaN (e.g. {broken[0]}); "
+                         f"its training diverged, so it cannot be {cannot_be}")
+
+
 def shippable_student(ckpt: dict, source) -> tuple[nn.Module, int]:
     """Rebuild the checkpoint's model and refuse anything the challenge would reject.
 
@@ -100,19 +125,13 @@ def shippable_student(ckpt: dict, source) -> tuple[nn.Module, int]:
     arch = cfg.get("arch")
     if is_teacher(cfg):
         raise ValueError(f"{source}: is a teacher ({arch}); only a distilled student can be shipped")
-    marked = [key for key in CHECKPOINT_FORMATS if ckpt.get(key)]
-    if marked:
-        raise ValueError(f"{source}: is a {marked[0]} checkpoint; run.py ships fp32 students, so export its "
-                         f"fp32 source ({ckpt.get('source')})")
+    refuse_other_format(ckpt, source, "run.py ships fp32 students, so export")
     if arch not in STUDENT_ARCHS:
         raise ValueError(f"{source}: arch {arch!r} is not a student arch ({STUDENT_ARCHS.names()})")
     if "input_size" not in cfg:
         raise ValueError(f"{source}: model_cfg has no input_size, which run.py needs")
     model = _fp32_model(ckpt, source)
-    broken = [name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
-    if broken:
-        raise ValueError(f"{source}: {len(broken)} weight tensor(s) hold inf or NaN (e.g. {broken[0]}); "
-                         "its training diverged, so it cannot be shipped")
+    refuse_non_finite(model, source, "shipped")
     n = challenge.count_params(model)
     if n >= challenge.PARAM_LIMIT:
         raise ValueError(f"{source}: {arch} has {n:,} trainable parameters; the challenge needs fewer than "
