@@ -1,9 +1,11 @@
-"""Training throughput (images/s): facekd's path against a naive loop, same model and loss.
+"""Training throughput (images/s): facekd's path against a naive loop, same model and loss;
+or, with --precision, the step time in fp32 and bf16 (autocast) for a student and a teacher.
 
 facekd: decoded uint8 tensors cached in memory, batched tensor augmentation, channels_last.
 naive:  per-sample PIL decode + PIL augmentation + ToTensor every step, NCHW, no cache.
 
     python benchmarks/bench_train.py --data data/celebamask-mini --model resfpn --size 256
+    python benchmarks/bench_train.py --precision                  # resfpn, teacher_cpu at 384 and 512
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 from PIL import Image, ImageEnhance
 
 from facekd.config import RunConfig
+from facekd.latency import matmul_gflops
+from facekd.precision import autocast, cpu_has_fast_bf16
 from facekd.data import find_pairs, load_split
 from facekd.losses import training_loss
 from facekd.inference import normalize
@@ -64,8 +68,45 @@ def make_update(args, loss_fn, channels_last: bool):
     return update
 
 
+def precision_step_times(models: list[str], sizes: list[int], batch_size: int, steps: int) -> list[dict]:
+    """Median seconds of one training step (forward under autocast, fp32 loss, backward, AdamW)
+    in fp32 and in bf16. The two precisions alternate step by step, so that a change in the
+    machine's load falls on both alike. Random pixels: a step's cost does not depend on them."""
+    import teachers  # noqa: F401  (registers the teacher architectures)
+    loss_fn, cpu = training_loss(RunConfig(dice_weight=0.5)), torch.device("cpu")
+    rows = []
+    for name in models:
+        for size in sizes:
+            model = build_model(named_config(name, size), allow_over_budget=True).train()
+            model = model.to(memory_format=torch.channels_last)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            images = torch.randn(batch_size, 3, size, size).contiguous(memory_format=torch.channels_last)
+            labels = torch.randint(0, 19, (batch_size, size, size))
+            times = {"fp32": [], "bf16": []}
+            for i in range(steps + 1):
+                for precision in times:
+                    t0 = time.perf_counter()
+                    with autocast(precision, cpu):
+                        logits = model(images)
+                    loss = loss_fn(logits.float(), images, labels)["loss"]
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    if i:  # the first step of each is a warm-up
+                        times[precision].append(time.perf_counter() - t0)
+            fp32, bf16 = (float(np.median(times[p])) for p in ("fp32", "bf16"))
+            rows.append({"model": name, "size": size, "fp32_s": fp32, "bf16_s": bf16, "speedup": fp32 / bf16})
+            print(f"{name:12s} {size:4d}  fp32 {fp32:.3f} s  bf16 {bf16:.3f} s  {fp32 / bf16:.2f}x", flush=True)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precision", action="store_true",
+                        help="time fp32 against bf16 training steps (--models, --sizes) instead")
+    parser.add_argument("--models", nargs="+", default=["resfpn", "teacher_cpu"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[384, 512])
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per precision (--precision)")
     parser.add_argument("--data", default="data/celebamask-mini")
     parser.add_argument("--model", default="resfpn")
     parser.add_argument("--size", type=int, default=256)
@@ -74,6 +115,12 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
     random.seed(0)
+    if args.precision:
+        print(f"threads={torch.get_num_threads()} batch={args.batch_size} median of {args.steps} steps; "
+              f"fp32 matmul 2048^3: {matmul_gflops():.1f} GFLOP/s; CPU bf16 arithmetic: {cpu_has_fast_bf16()}")
+        precision_step_times(args.models, args.sizes, args.batch_size, args.steps)
+        print(f"fp32 matmul 2048^3 after: {matmul_gflops():.1f} GFLOP/s")
+        return
     cfg = RunConfig(dice_weight=0.5)
     loss_fn = training_loss(cfg)
     n_images = args.batch_size * (args.batches + 1)

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import torch.nn.functional as F
-from torch.utils.tensorboard import SummaryWriter
 
 import compress.quantize  # noqa: F401  (registers the int8 format, so that an int8 student is named as one)
 from compress.prune import IMPORTANCES, check_targets, prune_fastest_rounding, rebuild, target_kind
@@ -31,7 +30,8 @@ from facekd.inference import normalize
 from facekd.latency import THREADS, latency_record
 from facekd.models import build_model, load_model
 from facekd.profile import model_cost
-from facekd.run_folder import RUN_FILES, refuse_existing_run, removed_if_budget_refused, run_folder_lock
+from facekd.run_folder import (RUN_FILES, EventWriter, refuse_existing_run, removed_if_budget_refused,
+                               run_folder_lock)
 
 # What pruning writes before fine-tuning: a user's own files of these names mark the folder too.
 PRUNE_FILES = ("pruned.pt", "prune_report.json")
@@ -77,12 +77,32 @@ def time_stages(report: dict, models: dict, threads: int) -> None:
     report["latency"] = record
 
 
+# How `facekd prune` names each kind of target, as in prune_report.json's "target"
+TARGET_FLAGS = {"params": "--target-params", "macs": "--target-macs", "ratio": "--ratio", "latency_ms": "--target-latency"}
+
+
+def closing_lines(report: dict, out) -> list[str]:
+    """What `facekd prune` prints when done: the cut, the scores and latencies of the three
+    stages, and where the rest is. prune_report.json (or --json) holds every figure (issue 34:
+    printing it all was about 170 lines)."""
+    kind, value = next((k, v) for k, v in report["target"].items() if k in TARGET_FLAGS and v is not None)
+    stages = [report[stage] for stage in STAGES]
+    return [f"pruned {report['source']} to {TARGET_FLAGS[kind]} {value:,}: {stages[0]['params']:,} -> "
+            f"{stages[1]['params']:,} params in {report['pruning']['steps']} step(s)",
+            "val F " + ", ".join(f"{s['val_fscore']:.4f} {name}" for s, name in
+                                 zip(stages, ("before", "pruned", "fine-tuned"))),
+            f"latency at {stages[0]['size']}x{stages[0]['size']}, {report['target']['threads']} thread(s): "
+            + " -> ".join(f"{s['latency_ms']:.2f}" for s in stages) + " ms (medians)",
+            f"wrote {Path(out) / 'best.pt'}; every figure is in {Path(out) / 'prune_report.json'} (--json prints it)"]
+
+
 def log_stages(out: Path, report: dict) -> None:
     """The report's stages in TensorBoard, as steps 0, 1 and 2 of prune/<metric>."""
-    with SummaryWriter(str(out)) as writer:
-        for step, stage in enumerate(STAGES):
-            for metric in ("params", "macs", "latency_ms", "val_fscore"):
-                writer.add_scalar(f"prune/{metric}", report[stage][metric], step)
+    writer = EventWriter(out)
+    for step, stage in enumerate(STAGES):
+        for metric in ("params", "macs", "latency_ms", "val_fscore"):
+            writer.add_scalar(f"prune/{metric}", report[stage][metric], step)
+    writer.close()
 
 
 def _load(path):

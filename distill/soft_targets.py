@@ -28,6 +28,7 @@ from facekd.data import find_pairs, load_split
 from facekd.distributed import pick_device
 from facekd.files import InputError, atomic_write, read_torch_file
 from facekd.inference import predict_logits
+from facekd.precision import autocast, resolve_precision
 from teachers.ensemble import Ensemble
 
 CACHE_FORMAT = 2  # bump when what is stored changes, so that older cache files miss
@@ -61,7 +62,8 @@ def members(teacher: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def teacher_logits(teacher: nn.Module, images: torch.Tensor, out_size: int, scales: list,
-                   batch_size: int = 8, device: torch.device | None = None, progress: bool = True) -> torch.Tensor:
+                   batch_size: int = 8, device: torch.device | None = None, progress: bool = True,
+                   precision: str = "fp32") -> torch.Tensor:
     """float16 N x C x out_size x out_size: the teacher's flip-TTA logits for uint8 N x 3 x H x W
     images, averaged over its input side times each scale. Logits, not probabilities, are
     averaged, so that the distillation temperature softens them as it does online. An
@@ -72,14 +74,17 @@ def teacher_logits(teacher: nn.Module, images: torch.Tensor, out_size: int, scal
     for i in tqdm(range(0, len(images), batch_size), desc=f"teacher soft targets @{[s for _, s in runs]}",
                   disable=not progress, leave=False):
         batch = images[i:i + batch_size].to(device)
-        logits = sum(predict_logits(m, batch, s, out_size=(out_size, out_size)) for m, s in runs) / len(runs)
+        with autocast(precision, device):
+            logits = sum(predict_logits(m, batch, s, out_size=(out_size, out_size)).float() for m, s in runs)
+        logits = logits / len(runs)
         if out is None:
             out = torch.empty(len(images), logits.shape[1], out_size, out_size, dtype=torch.float16)
         out[i:i + len(batch)] = logits.to(torch.float16).cpu()
     return out
 
 
-def cache_key(teacher_paths: list, data_root: str | Path, train_limit: int, scales: list, size: int) -> dict:
+def cache_key(teacher_paths: list, data_root: str | Path, train_limit: int, scales: list, size: int,
+              precision: str = "fp32") -> dict:
     """Everything the stored maps depend on. The images are identified by stem and content,
     not by mtime, so that a re-provisioned or copied dataset still hits (an mtime key missed
     every cache when the shared data was provisioned anew). Hashing the 1000 training JPEGs
@@ -93,9 +98,11 @@ def cache_key(teacher_paths: list, data_root: str | Path, train_limit: int, scal
         data.update(f"{p.stem}\0".encode())
         hash_file(data, p.image)
     teachers = sorted(file_sha256(p) for p in teacher_paths)
-    return {"format": CACHE_FORMAT, "teacher_sha256": teachers[0] if len(teachers) == 1 else teachers,
-            "data_sha256": data.hexdigest(), "images": len(pairs), "train_limit": train_limit,
-            "scales": [float(s) for s in scales], "size": size}
+    key = {"format": CACHE_FORMAT, "teacher_sha256": teachers[0] if len(teachers) == 1 else teachers,
+           "data_sha256": data.hexdigest(), "images": len(pairs), "train_limit": train_limit,
+           "scales": [float(s) for s in scales], "size": size}
+    # bf16 maps differ from fp32 ones in the last bits; fp32 keeps the key older files were written with
+    return key if precision == "fp32" else {**key, "precision": precision}
 
 
 def cache_file(cache_dir: str | Path, key: dict) -> Path:
@@ -138,11 +145,12 @@ def offline_soft_targets(cfg: RunConfig, teacher: nn.Module, teacher_paths: list
         raise TypeError("teacher_paths must be a list of checkpoint paths, not one path")
     t0 = time.perf_counter()
     scales = cfg.soft_target_scales
+    precision = resolve_precision(cfg.precision, pick_device())
     input_sizes = sorted({s for m in members(teacher) for s in scaled_sizes(m.input_size, scales)})
-    record = {"size": size, "scales": scales, "teacher_input_sizes": input_sizes}
+    record = {"size": size, "scales": scales, "teacher_input_sizes": input_sizes, "precision": precision}
     key = path = None
     if cfg.soft_target_cache:
-        key = cache_key(teacher_paths, data_root, cfg.train_limit, scales, size)
+        key = cache_key(teacher_paths, data_root, cfg.train_limit, scales, size, precision)
         path = cache_file(cfg.soft_target_cache, key)
         targets = _read_cache(path, key)
         if targets is not None:
@@ -152,7 +160,8 @@ def offline_soft_targets(cfg: RunConfig, teacher: nn.Module, teacher_paths: list
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # as training will; computing counts against the budget
     split = load_split(data_root, "train", max(record["teacher_input_sizes"]), cfg.train_limit, progress=progress)
-    targets = teacher_logits(teacher, split.images, size, scales, cfg.batch_size, progress=progress)
+    targets = teacher_logits(teacher, split.images, size, scales, cfg.batch_size, progress=progress,
+                             precision=precision)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as f:

@@ -13,6 +13,7 @@ from facekd.distributed import pick_device
 from facekd.engine import fit
 from facekd.losses import active_losses, training_loss
 from facekd.models import init_model
+from facekd.registry import STUDENTS, TEACHERS
 
 
 def distill(cfg: RunConfig, data_root, out, teacher, resume: bool = False, progress: bool = True,
@@ -22,6 +23,9 @@ def distill(cfg: RunConfig, data_root, out, teacher, resume: bool = False, progr
     (an ensemble), or None / "none" for labels alone. `model`/`model_cfg` let the pruning stage
     fine-tune an already-built (pruned) student through the very same path, within the
     `budget` it started (otherwise cfg.budget_minutes starts one here, before the teacher loads)."""
+    if model is None and cfg.model in TEACHERS:  # export and prune would refuse what it trained
+        raise ValueError(f"--arch {cfg.model}: is a teacher; distill trains a student ({', '.join(STUDENTS.names())}), "
+                         "and facekd train-teacher trains teachers")
     budget = budget or Budget.from_minutes(cfg.budget_minutes)
     paths = teacher_paths(teacher)
     teacher_model, info = frozen_teacher(paths)

@@ -12,6 +12,11 @@ checkpoints. What a final validation and checkpoint will cost is held back as a 
 re-measured at every validation, so that training stops early enough for them to fit. So is
 what decoding the training split again at each later resolution will cost (`ahead`): the
 switch to the last phase then comes early enough for its decode and its share of training.
+
+Every time charged to a budget is read from one clock, `now()`. Tests put a fake clock in
+`clock` that moves on by a fixed amount per training step, so that what the budget logic
+computes is checked without depending on how fast, or how busy, the machine is
+(tests/test_budget.py); how close a real run lands to its budget is benchmarks/bench_budget.py's.
 """
 
 from __future__ import annotations
@@ -21,6 +26,17 @@ import time
 
 class BudgetError(ValueError):
     """A budget that cannot work: not positive, or too small for one step and one validation."""
+
+
+# The clock budgets run on, in seconds. Read through now(), at call time, so that a test's
+# replacement (facekd.budget.clock = fake) reaches every budget and every timing charged to one.
+clock = time.monotonic
+
+
+def now() -> float:
+    """Seconds on the budgets' clock: what a budget's spent time and the engine's prices of
+    validation, decoding and steps are measured with."""
+    return clock()
 
 
 # A week: a longer budget is a typo (or inf), and would never end.
@@ -47,7 +63,7 @@ class Budget:
     def __init__(self, minutes: float, spent_before: float = 0.0):
         self.seconds = 60.0 * check_minutes(minutes)
         self.spent_before = spent_before
-        self._t0 = time.monotonic()
+        self._t0 = now()
         self.reserve = 0.0        # seconds held back for the final validation and checkpoint
         self.ahead = 0.0          # seconds of decoding that later resolution phases will need
         # spent() when the training loop began, moved on by the decoding done since (set_aside):
@@ -61,7 +77,7 @@ class Budget:
         return cls(minutes) if minutes else None
 
     def spent(self) -> float:
-        return self.spent_before + time.monotonic() - self._t0
+        return self.spent_before + now() - self._t0
 
     def left(self) -> float:
         return self.seconds - self.spent()

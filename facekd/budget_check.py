@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from facekd.budget import Budget, BudgetError
+from facekd.budget import Budget, BudgetError, now
 from facekd.config import RunConfig
 from facekd.cpu_kernels import safe_conv_backward
 from facekd.data import CachedSplit, find_pairs, load_split
@@ -33,9 +32,10 @@ def check_budget_fits(loop: "Loop", step_seconds: float) -> None:
     val = loop.val
     batch = CachedSplit(val.stems[:loop.cfg.batch_size], val.images[:loop.cfg.batch_size],
                         val.masks[:loop.cfg.batch_size])
-    t0 = time.perf_counter()
-    evaluate(loop.model, batch, loop.cfg.resolutions[-1][0], loop.cfg.flip_tta, loop.cfg.batch_size, loop.device)
-    eval_s = (time.perf_counter() - t0) * math.ceil(len(val) / len(batch))
+    t0 = now()
+    evaluate(loop.model, batch, loop.cfg.resolutions[-1][0], loop.cfg.flip_tta, loop.cfg.batch_size, loop.device,
+             precision=loop.precision)
+    eval_s = (now() - t0) * math.ceil(len(val) / len(batch))
     loop.budget.reserve = 1.2 * eval_s + 1.0
     if loop.budget.spent() + loop.budget.reserve > loop.budget.seconds:
         raise BudgetError(
@@ -52,22 +52,22 @@ def probe_budget(model: nn.Module, loss_fn: LossFn, cfg: RunConfig, data_root, b
     timed on a copy of the model. On the real data this says in seconds what check_budget_fits
     would say only after a minute of decoding; check_budget_fits still has the last word."""
     n = cfg.batch_size
-    t0 = time.perf_counter()
+    t0 = now()
     train = load_split(data_root, "train", cfg.size_at(0), limit=n, progress=False)
     val = load_split(data_root, "val", None, limit=n, progress=False)
-    decode_s = (time.perf_counter() - t0) / (len(train) + len(val))
+    decode_s = (now() - t0) / (len(train) + len(val))
     n_train = len(find_pairs(data_root, "train"))
     n_train, n_val = min(n_train, cfg.train_limit or n_train), len(find_pairs(data_root, "val"))
     probe = copy.deepcopy(model).to(device).train()  # the run's own model and RNG stay untouched
-    t0 = time.perf_counter()
+    t0 = now()
     images, labels, _ = train_batch(train.images.to(device), train.masks.to(device), AugmentConfig.from_run_config(cfg),
                                     torch.Generator(device=device).manual_seed(0), None, cfg.channels_last)
     with safe_conv_backward(len(images), device):  # as the engine's step does
         loss_fn(probe(images).float(), images, labels, None)["loss"].backward()
-    step_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    step_s = now() - t0
+    t0 = now()
     evaluate(probe, val, cfg.resolutions[-1][0], cfg.flip_tta, n, device)
-    val_s = (time.perf_counter() - t0) * math.ceil(n_val / len(val))
+    val_s = (now() - t0) * math.ceil(n_val / len(val))
     need = budget.spent() + decode_s * (n_train + n_val) + step_s + 1.2 * val_s + 1.0
     if need > budget.seconds:
         raise BudgetError(

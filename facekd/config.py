@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from facekd.budget import MAX_BUDGET_MINUTES
+from facekd.precision import PRECISIONS
 from facekd.registry import LOSSES
 
 
@@ -75,6 +76,9 @@ class RunConfig:
     threads: int = 0                    # 0 = torch's default
     channels_last: bool = True
     compile: bool = False
+    # forward passes in "bf16" (autocast) or "fp32"; "auto" = bf16 where the hardware has bf16
+    # arithmetic (CUDA; x86 CPUs with AVX512-BF16 or AMX), fp32 elsewhere (facekd/precision.py)
+    precision: str = "auto"
     sync_bn: bool = False               # under torchrun on GPUs: BatchNorm statistics over all ranks' batches
 
     def __post_init__(self):
@@ -102,6 +106,7 @@ class RunConfig:
             ("temperature", not self.temperature > 0, "must be positive"),
             ("dice_scope", self.dice_scope not in ("batch", "image"), "must be 'batch' or 'image'"),
             ("distill_mode", self.distill_mode not in ("online", "offline"), "must be 'online' or 'offline'"),
+            ("precision", self.precision not in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
             ("soft_target_scales", not (isinstance(self.soft_target_scales, list) and self.soft_target_scales and all(
                 isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < math.inf
                 for s in self.soft_target_scales)), "must be a non-empty list of positive finite numbers"),
@@ -245,6 +250,9 @@ def load_toml(path: str | Path) -> dict:
         raise FileNotFoundError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: invalid TOML ({e})") from None
+    except UnicodeDecodeError as e:  # its message names a codec and a byte, not the file
+        raise ValueError(f"{path}: not a TOML file: TOML is UTF-8 text, and byte {e.start} is not "
+                         f"({e.reason})") from None
 
 
 # Presets per stage. smoke: the embedded sample in well under two minutes. cpu: sized for a
@@ -290,4 +298,6 @@ def resolve_config(stage: str, preset: str, config_file: str | None = None, assi
 
 
 def save_config(cfg: RunConfig, run_dir: Path, extra: dict | None = None) -> None:
-    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), **(extra or {})}, indent=2) + "\n")
+    from facekd.files import naming_failed_writes  # here: it imports torch, which this module must not
+    with naming_failed_writes(run_dir / "config.json"):
+        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), **(extra or {})}, indent=2) + "\n")

@@ -7,6 +7,7 @@ epoch is the first and cheapest speed-up.
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from facekd.files import InputError
 from facekd.inference import list_images, load_rgb, resize_images
 from facekd.labels import NUM_CLASSES
+from facekd.metric import name_some
 
 SAMPLE_DATA = Path(__file__).parent / "sample_data"
 
@@ -41,20 +43,47 @@ class Pair:
 
 def find_pairs(root: str | Path, split: str, require_masks: bool = True) -> list[Pair]:
     """Images of a split paired with masks by file stem. With require_masks, images that
-    have no mask are dropped (val has 100 images but 69 masks) and zero pairs is an error."""
+    have no mask are dropped (val has 100 images but 69 masks; in train, where every image
+    should have one, they are reported) and zero pairs is an error. Two images of one stem
+    (x.jpg and x.JPG) are refused: one mask cannot label both."""
     image_dir, mask_dir = Path(root) / split / "images", Path(root) / split / "masks"
     if not image_dir.is_dir():
         raise DataError(f"{image_dir}: no such folder")
     images = list_images(image_dir)
+    _refuse_shared_stems(images)
     masks = {p.stem: p for p in mask_dir.glob("*.png")} if mask_dir.is_dir() else {}
     pairs = [Pair(p.stem, p, masks.get(p.stem)) for p in images]
     if require_masks:
+        unmasked = [p.image.name for p in pairs if p.mask is None]
         pairs = [p for p in pairs if p.mask is not None]
         if not pairs:
             raise DataError(f"{image_dir}: no image has a mask in {mask_dir}")
+        if split == "train" and unmasked:
+            _report_once(f"{image_dir}: {len(unmasked)} of {len(images)} images have no mask in {mask_dir}, so they "
+                         f"are left out of training: {name_some(unmasked)}")
     elif not pairs:
         raise DataError(f"{image_dir}: no images")
     return pairs
+
+
+def _refuse_shared_stems(images: list[Path]) -> None:
+    by_stem: dict[str, list[str]] = {}
+    for image in images:
+        by_stem.setdefault(image.stem, []).append(image.name)
+    shared = [names for names in by_stem.values() if len(names) > 1]
+    if shared:
+        more = f" (and {len(shared) - 1} more stems)" if len(shared) > 1 else ""
+        raise DataError(f"{images[0].parent}: {' and '.join(shared[0])} share one stem, so one mask would label "
+                        f"both{more}; keep one of them")
+
+
+_reported: set[str] = set()  # what this process has said already: a split is listed at every resolution
+
+
+def _report_once(message: str) -> None:
+    if message not in _reported:
+        _reported.add(message)
+        tqdm.write(f"facekd: warning: {message}", file=sys.stderr)
 
 
 def load_mask(path: Path, expected_size: tuple[int, int]) -> np.ndarray:

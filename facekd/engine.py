@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from facekd import distributed
 from facekd.challenge import count_params
-from facekd.budget import Budget, format_seconds
+from facekd.budget import Budget, format_seconds, now
 from facekd.budget_check import check_budget_fits, probe_budget
 from facekd.checkpoint import (restore_training_state, resume_state, run_inputs, save_checkpoint,
                                training_state)
@@ -43,6 +43,7 @@ from facekd.data import CachedSplit, load_split
 from facekd.evaluation import evaluate
 from facekd.labels import NUM_CLASSES, colourise
 from facekd.losses import LossFn
+from facekd.precision import autocast, resolve_precision
 from facekd.run_folder import TrainingRun, run_folder_lock
 from facekd.sampling import epoch_sampler
 from facekd.transforms import AugmentConfig, train_batch
@@ -66,6 +67,7 @@ class Loop:
     augment: AugmentConfig
     generator: torch.Generator
     device: torch.device
+    precision: str                       # resolved: "fp32" or "bf16" (the forward passes)
     run: TrainingRun
     val: CachedSplit | None              # rank 0 alone validates
     budget: Budget | None
@@ -106,9 +108,9 @@ def train_step(loop: Loop, images: torch.Tensor, masks: torch.Tensor,
     use that same reading, since a fresh one could pass 1.0 while the lr sat above its floor,
     and the run would stop without a step at the floor."""
     images, labels, soft = train_batch(images, masks, loop.augment, loop.generator, soft, loop.cfg.channels_last)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=loop.device.type == "cuda"):
+    with autocast(loop.precision, loop.device):
         logits = loop.net(images)
-        terms = loop.loss_fn(logits.float(), images, labels, soft)
+    terms = loop.loss_fn(logits.float(), images, labels, soft)  # fp32: an online teacher casts itself
     check_finite(loop, terms["loss"])
     loop.optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
@@ -169,11 +171,11 @@ def _steps(loop: Loop, data: CachedSplit, order: torch.Tensor, size: int, bar) -
         if len(idx) < 2:  # BatchNorm cannot train on a batch of one (equal on all ranks)
             continue
         soft = None if loop.soft_targets is None else loop.soft_targets[idx].to(loop.device)
-        t0 = time.perf_counter()
+        t0 = now()
         with safe_conv_backward(len(idx), loop.device):  # odd CPU batches crash oneDNN (facekd/cpu_kernels.py)
             terms, progress = train_step(loop, data.images[idx].to(loop.device), data.masks[idx].to(loop.device), soft)
         if not loop.run.writer and loop.main:  # the run's first step
-            check_budget_fits(loop, step_seconds=time.perf_counter() - t0)
+            check_budget_fits(loop, step_seconds=now() - t0)
             loop.run.open(cfg, loop.config_record)
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v * len(idx)
@@ -193,7 +195,7 @@ def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: boo
     cfg, writer = loop.cfg, loop.run.writer
     eval_model = loop.ema.module if loop.ema is not None else loop.model
     summary, preds = evaluate(eval_model, val, size, cfg.flip_tta, cfg.batch_size, loop.device, return_preds=True,
-                              progress=loop.progress_bars)
+                              progress=loop.progress_bars, precision=loop.precision)
     record["val_fscore"] = summary["fscore"]
     writer.add_scalar("val/fscore", summary["fscore"], loop.epoch)
     writer.add_scalar("val/left_right_swap_rate", summary["left_right_swap_rate"], loop.epoch)
@@ -208,10 +210,15 @@ def validate_and_keep_best(loop: Loop, val: CachedSplit, size: int, is_last: boo
         loop.best = summary["fscore"]
         save_checkpoint({"model": eval_model.state_dict(), "model_cfg": {**loop.model_cfg, "input_size": size},
                          "stage": loop.stage, "epoch": loop.epoch, "val_fscore": loop.best, "params": loop.n_params,
+                         "precision": loop.precision,
                          # what this model cost to train, summed over every resume of its run
                          "train_seconds": loop.train_seconds, "images_seen": loop.images_seen,
                          "config": cfg.to_dict()}, loop.run.dir / "best.pt")
-    tqdm.write(f"[{loop.stage}] epoch {loop.epoch} @{size}: loss {record.get('loss/loss', 0):.4f} "
+    # under a budget the epochs are cut short: say how much was trained (issue 34: "epoch 1 @384"
+    # for a run of 0.42 epochs), not which epoch began
+    trained = (f"{loop.images_seen / loop.epoch_images:.2f} epochs ({loop.images_seen} images)" if loop.budget
+               else f"epoch {loop.epoch}")
+    tqdm.write(f"[{loop.stage}] {trained} @{size}: loss {record.get('loss/loss', 0):.4f} "
                f"val F {summary['fscore']:.4f} (best {loop.best:.4f}) {record['images_per_s']:.1f} img/s"
                + (f", {loop.budget.describe()}" if loop.budget else ""))
 
@@ -244,7 +251,7 @@ def end_of_epoch(loop: Loop, size: int, sums: dict, seen: int, elapsed: float, i
     # the F-score is a mean of per-image scores and the panel needs the first images,
     # so sharding validation would mean gathering per-image results, for little gain.
     if loop.main:
-        t0 = time.perf_counter()
+        t0 = now()
         loop.run.open(loop.cfg, loop.config_record)
         if not loop.logged_start:
             loop.logged_start = True
@@ -266,7 +273,7 @@ def end_of_epoch(loop: Loop, size: int, sums: dict, seen: int, elapsed: float, i
         loop.run.log(record)
         save_training_state(loop, rng_gens)
         if loop.budget:  # what a validation and a checkpoint really cost here, held back for the last ones
-            loop.budget.reserve = max(loop.budget.reserve, 1.2 * (time.perf_counter() - t0) + 1.0)
+            loop.budget.reserve = max(loop.budget.reserve, 1.2 * (now() - t0) + 1.0)
     if loop.world > 1:
         distributed.barrier()
         loop.best = float(distributed.broadcast(torch.tensor(loop.best, dtype=torch.float64)))
@@ -323,9 +330,9 @@ def _epoch_data(loop: Loop, epoch: int, train_split: TrainSplit) -> tuple[int, C
         return loop.cfg.size_at(epoch), train_split(loop.cfg.size_at(epoch))
     progress = loop.progress()
     size = loop.cfg.size_at_progress(progress)
-    t0 = time.monotonic()
+    t0 = now()
     data = train_split(size)
-    loop.budget.set_aside(time.monotonic() - t0)
+    loop.budget.set_aside(now() - t0)
     loop.budget.ahead = train_split.decode_s * loop.cfg.switches_after(progress)
     return size, data
 
@@ -354,7 +361,7 @@ def _finish(loop: Loop) -> dict:
     result = {"stage": loop.stage, "val_fscore": loop.best, "params": loop.n_params,
               "train_seconds": loop.train_seconds, "epochs": round(loop.images_seen / loop.epoch_images, 2),
               "epochs_started": loop.epoch + 1, "steps": loop.step, "images_seen": loop.images_seen,
-              "run_dir": str(loop.run.dir)}
+              "precision": loop.precision, "run_dir": str(loop.run.dir)}
     if loop.budget:
         result.update(budget_s=loop.budget.seconds, budget_spent_s=loop.budget.spent())
     if loop.main and loop.run.writer:
@@ -373,9 +380,9 @@ class TrainSplit:
     def __call__(self, size: int) -> CachedSplit:
         if size != self.size:
             self.split = None  # keep one resolution in memory at a time
-            t0 = time.monotonic()
+            t0 = now()
             self.split = load_split(self.data_root, "train", size, self.cfg.train_limit, progress=self.progress)
-            self.size, self.decode_s = size, time.monotonic() - t0
+            self.size, self.decode_s = size, now() - t0
         return self.split
 
 
@@ -412,7 +419,8 @@ def _prepare(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig,
     # batch_size is per process, so one step sees batch_size x world images; the learning
     # rate is scaled linearly with it (Goyal et al., 2017), warm-up included
     lr = cfg.lr * world
-    record = {"data_root": str(data_root), **extra_config, "world_size": world,
+    precision = resolve_precision(cfg.precision, device)
+    record = {"data_root": str(data_root), **extra_config, "world_size": world, "precision_used": precision,
               "effective_batch_size": cfg.batch_size * world, "effective_lr": lr}
     run = TrainingRun(Path(run_dir), resume, writes=rank == 0)
     if rank == 0 and world > 1:
@@ -431,7 +439,7 @@ def _prepare(model: nn.Module, model_cfg: dict, loss_fn: LossFn, cfg: RunConfig,
                 augment=AugmentConfig.from_run_config(cfg),
                 # each rank draws its own augmentations; rank 0 (and a single process) keeps the plain seed
                 generator=torch.Generator(device=device).manual_seed(cfg.seed + rank),
-                device=device, run=run, val=val, budget=budget, soft_targets=soft_targets, reference_scores={},
+                device=device, precision=precision, run=run, val=val, budget=budget, soft_targets=soft_targets, reference_scores={},
                 n_params=count_params(model), world=world, rank=rank, progress_bars=progress and rank == 0,
                 config_record=record, inputs=inputs, epoch_images=len(sampler) * world)
     if resumed is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from facekd.files import InputError, atomic_write
 from facekd.labels import FLIP_PERMUTATION, NUM_CLASSES, PALETTE
@@ -73,8 +73,21 @@ def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
+def _as_displayed(im: Image.Image) -> Image.Image:
+    """The image turned as a viewer shows it. A phone stores a portrait sideways with an EXIF
+    orientation tag saying how to turn it; read as stored, the face lies on its side, and the
+    model, trained on upright faces, parses it badly (issue 34: 60% agreement). A damaged
+    EXIF block leaves the pixels good, so they are kept as stored."""
+    try:
+        orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # Pillow raises many types for a malformed EXIF block
+        return im
+    return ImageOps.exif_transpose(im) if orientation in range(2, 9) else im
+
+
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image as HxWx3 uint8 RGB. Every Pillow mode with a known range is converted
+    """Decode an image as HxWx3 uint8 RGB, in its displayed orientation (its EXIF orientation
+    applied), so that its mask is too. Every Pillow mode with a known range is converted
     (16-bit scaled, alpha dropped, CMYK/LAB/HSV/YCbCr to RGB); the rest, and images over
     MAX_PIXELS, are refused with an InputError naming the file."""
     path = Path(path)
@@ -83,7 +96,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     try:
         with _open_checked(path) as im:
             im.load()  # PIL decodes lazily; force it so a truncated file fails here
-            return _to_rgb(im, path)
+            return _to_rgb(_as_displayed(im), path)
     except InputError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from facekd.precision import autocast, resolve_precision
 from facekd.registry import LOSSES
 from facekd.transforms import IGNORE_INDEX
 
@@ -100,7 +101,8 @@ def _teacher_terms(losses: list[Loss], cfg, teacher, logits, images, labels, sof
     if offline:
         target = soft_targets.float()
     else:
-        with torch.no_grad():  # the same augmented batch as the student sees
+        # the same augmented batch as the student sees, at the run's forward precision
+        with torch.no_grad(), autocast(resolve_precision(cfg.precision, images.device), images.device):
             target = teacher(images).float()
     target = F.interpolate(target, size=logits.shape[-2:], mode="bilinear", align_corners=False)
     # Offline, the pixels warped in from outside hold zeros that no teacher produced, and the

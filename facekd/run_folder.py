@@ -7,10 +7,12 @@ use it before importing torch."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from facekd.budget import BudgetError
@@ -28,6 +30,18 @@ _held: set[Path] = set()
 
 class RunFolderLocked(OSError):
     """Another live process is writing to this run folder."""
+
+
+def best_of_run(path, flag: str) -> str:
+    """A checkpoint that `flag` names, where a run folder stands for its best.pt (issue 34:
+    `--teacher runs/teacher` said "no such checkpoint"); other paths are returned as given."""
+    if not Path(path).is_dir():
+        return str(path)
+    best = Path(path) / "best.pt"
+    if not best.is_file():
+        raise FileNotFoundError(f"{flag} {path}: a folder without best.pt; give a checkpoint, or the folder of a "
+                                "run that has validated at least once")
+    return str(best)
 
 
 def refuse_existing_run(folder, resume: bool, names: tuple[str, ...] = RUN_FILES) -> None:
@@ -149,6 +163,51 @@ def removed_if_budget_refused(folder, keep=lambda: False, only_new_since: set | 
         raise
 
 
+def _quiet_event_writer_threads() -> None:
+    """Keep the traceback of a TensorBoard writer thread that failed to write (a full disk)
+    off the terminal. SummaryWriter writes from a thread of its own, which prints its error
+    and dies; the training thread's next call to the writer raises that error again, and
+    EventWriter names the file there, in one line."""
+    previous = threading.excepthook
+    if getattr(previous, "quiets_event_writers", False):
+        return
+
+    def hook(args):
+        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+            return
+        previous(args)
+    hook.quiets_event_writers = True
+    threading.excepthook = hook
+
+
+class EventWriter:
+    """TensorBoard's SummaryWriter for a run folder, each of its calls naming the events file
+    when a write fails: the OS error names no file ("[Errno 28] No space left on device")."""
+
+    def __init__(self, folder: Path):
+        from torch.utils.tensorboard import SummaryWriter  # here: the CLI imports this module before torch
+
+        from facekd.files import naming_failed_writes  # it imports torch, which this module must not
+        _quiet_event_writer_threads()
+        self._naming = naming_failed_writes
+        # SummaryWriter writes its first event as it starts, before its file's name is known here
+        with naming_failed_writes(folder / "events.out.tfevents.*"):
+            self._writer = SummaryWriter(str(folder))
+        # the events file SummaryWriter chose: events.out.tfevents.<time>.<host>.<pid>.<n>
+        self.path = getattr(self._writer.file_writer.event_writer, "_file_name", folder)
+
+    def __getattr__(self, name):
+        attr = getattr(self._writer, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def named(*args, **kwargs):
+            with self._naming(self.path):
+                return attr(*args, **kwargs)
+        return named
+
+
 class TrainingRun:
     """Owns a run directory: config snapshot, TensorBoard, metrics.jsonl and checkpoints.
 
@@ -166,13 +225,13 @@ class TrainingRun:
         if self.writes and self.writer is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.dir, config_record)
-            from torch.utils.tensorboard import SummaryWriter  # here: the CLI imports this module before torch
-            self.writer = SummaryWriter(str(self.dir))
+            self.writer = EventWriter(self.dir)
 
     def log(self, record: dict) -> None:
+        from facekd.files import naming_failed_writes  # here: it imports torch, which this module must not
         # standard JSON, which has no NaN or Infinity: a value that is not finite is logged as null
         record = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()}
-        with (self.dir / "metrics.jsonl").open("a") as f:
+        with naming_failed_writes(self.dir / "metrics.jsonl"), (self.dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
 
     def close(self, cfg: RunConfig, stage: str, result: dict) -> None:
@@ -180,7 +239,8 @@ class TrainingRun:
         the run's own events file so each run stays one file; then result.json."""
         from torch.utils.tensorboard.summary import hparams
 
-        from facekd.losses import weight_of  # here: it imports torch, which this module must not
+        from facekd.files import naming_failed_writes
+        from facekd.losses import weight_of  # here: they import torch, which this module must not
         params = {"stage": stage, "model": cfg.model, "resolutions": json.dumps(cfg.resolutions),
                   "epochs": cfg.epochs, "budget_minutes": cfg.budget_minutes, "batch_size": cfg.batch_size,
                   "lr": cfg.lr, "weight_decay": cfg.weight_decay, "ema_decay": cfg.ema_decay, "seed": cfg.seed,
@@ -190,10 +250,12 @@ class TrainingRun:
                   "repeat_threshold": cfg.repeat_threshold, "distill_mode": cfg.distill_mode,
                   "params": result["params"]}
         metrics = {"hparam/val_fscore": result["val_fscore"], "hparam/train_seconds": result["train_seconds"]}
-        for summary in hparams(params, metrics):
-            self.writer.file_writer.add_summary(summary)
+        with naming_failed_writes(self.writer.path):
+            for summary in hparams(params, metrics):
+                self.writer.file_writer.add_summary(summary)
         for name, value in metrics.items():
             self.writer.add_scalar(name, value)
         self.writer.flush()
         self.writer.close()
-        (self.dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        with naming_failed_writes(self.dir / "result.json"):
+            (self.dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")

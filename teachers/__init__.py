@@ -2,7 +2,7 @@
 Importing this package registers them (facekd/registry.py)."""
 
 from facekd.registry import register_teacher
-from teachers import timm_fpn as _timm_fpn  # noqa: F401  (registers the architecture)
+from teachers import grow as _grow, timm_fpn as _timm_fpn  # noqa: F401  (they register their architectures)
 
 
 @register_teacher("teacher_tiny")

@@ -61,7 +61,12 @@ def test_the_teacher_flag_has_one_meaning_and_one_default(tmp_path, capsys, monk
     pipeline = next(a for a in subcommands()["pipeline"]._actions if a.dest == "teacher")
     assert "(default: 'train', the pipeline's teacher stage trains one" in pipeline.help
     assert parser.parse_args(["distill"]).teacher is None
-    assert main(["prune", "--checkpoint", "s.pt", "--ratio", "0.5", "--teacher", "gone.pt"]) == 2
+    from facekd.checkpoint import save_checkpoint
+    from facekd.models import build_model, named_config
+    student = tmp_path / "s.pt"
+    save_checkpoint({"model": build_model(named_config("tiny", 64)).state_dict(),
+                     "model_cfg": named_config("tiny", 64)}, student)
+    assert main(["prune", "--checkpoint", str(student), "--ratio", "0.5", "--teacher", "gone.pt"]) == 2
     assert "--teacher gone.pt: no such checkpoint" in capsys.readouterr().err
 
 
@@ -123,3 +128,81 @@ def test_check_submission_cuts_the_list_of_missing_masks(tmp_path, capsys):
     missing = next(f for f in faults if "have no mask" in f)
     assert missing.startswith("40 image(s) have no mask: image_000.png, ") and "(35 more)" in missing
     assert len(missing) < 200
+
+
+@pytest.mark.parametrize("module", ["facekd", "facekd.app"])
+def test_python_dash_m_runs_the_command(module):
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": str(REPO_ROOT), "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: facekd" in proc.stdout and "train-teacher" in proc.stdout and "grow" in proc.stdout
+
+
+def test_the_default_preset_follows_the_data(tmp_path, sample_root, data_copy, monkeypatch, capsys):
+    """Issue 34: `facekd distill --data data/celebamask-mini --budget 1` trained the smoke preset's
+    18,707-parameter toy at 128 px, without a word. Left out, --preset is smoke for the embedded
+    sample and cpu for a dataset of the user's, and the command says which it took."""
+    import distill.train
+    import facekd.app.pipeline
+    trained = []
+    monkeypatch.setattr(distill.train, "distill", lambda cfg, *a, **k: trained.append(cfg.model) or {})
+    monkeypatch.setattr(facekd.app.pipeline, "run_pipeline", lambda root, out, preset, *a, **k: trained.append(preset))
+    distill_cmd = ["distill", "--teacher", "none", "--out", str(tmp_path / "r")]
+    assert main(distill_cmd) == 0 and main(distill_cmd + ["--data", str(sample_root)]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(distill_cmd + ["--data", str(data_copy)]) == 0
+    assert capsys.readouterr().err.strip() == (
+        f"facekd distill: --preset cpu, the default for --data {data_copy} (smoke is sized for the embedded "
+        "sample and the tests; gpu is for a GPU)")
+    assert main(distill_cmd + ["--data", str(data_copy), "--preset", "smoke"]) == 0  # a preset given is kept
+    assert main(["pipeline", "--data", str(data_copy), "--json"]) == 0
+    assert main(["pipeline", "--json"]) == 0
+    assert trained == ["tiny", "tiny", "resfpn", "tiny", "cpu", "smoke"]
+
+
+def test_a_wrong_pipeline_data_is_named_as_data(tmp_path, capsys):
+    """Issue 34: `pipeline --data wrong/path` answered `--images wrong/path/val/images: not a
+    folder of images`, naming a flag the user never gave."""
+    out = tmp_path / "p"
+    assert main(["pipeline", "--data", str(tmp_path / "wrong"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"facekd pipeline: error: --data {tmp_path / 'wrong'}: no such folder"
+    (tmp_path / "bare" / "val").mkdir(parents=True)
+    assert main(["pipeline", "--data", str(tmp_path / "bare"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"facekd pipeline: error: --data {tmp_path / 'bare'}: no images to package in test/images or val/images; "
+        "give --images")
+    assert not out.exists()
+
+
+def test_a_teacher_run_folder_stands_for_its_best_pt(tmp_path, capsys):
+    """Issue 34: `--teacher runs/teacher` (a run folder) said "no such checkpoint"."""
+    from facekd.checkpoint import save_checkpoint
+    from facekd.models import build_model, named_config
+    cfg = named_config("teacher_tiny", 64)
+    (tmp_path / "teacher").mkdir()
+    save_checkpoint({"model": build_model(cfg).state_dict(), "model_cfg": cfg}, tmp_path / "teacher" / "best.pt")
+    run = tmp_path / "run"
+    assert main(["distill", "--teacher", str(tmp_path / "teacher"), "--out", str(run),
+                 "--set", "resolutions=[[64, 1]]"]) == 0
+    assert json.loads((run / "config.json").read_text())["teacher"] == str(tmp_path / "teacher" / "best.pt")
+    (tmp_path / "unfinished").mkdir()
+    capsys.readouterr()
+    assert main(["distill", "--teacher", str(tmp_path / "unfinished"), "--out", str(tmp_path / "r2")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"facekd distill: error: --teacher {tmp_path / 'unfinished'}: a folder without best.pt; give a checkpoint, "
+        "or the folder of a run that has validated at least once")
+
+
+@pytest.mark.parametrize("command, default", [("prune", "runs/distill/best.pt"), ("finetune", "runs/prune/best.pt")])
+def test_a_missing_student_checkpoint_names_the_flag(tmp_path, capsys, monkeypatch, command, default):
+    """Issue 34: prune and finetune without --checkpoint said "runs/distill/best.pt: checkpoint
+    not found", naming no flag to change."""
+    monkeypatch.chdir(tmp_path)
+    target = ["--ratio", "0.3"] if command == "prune" else []
+    assert main([command, *target]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"facekd {command}: error: --checkpoint left out, and its default {default} (an earlier stage's output) is "
+        "not there; give --checkpoint a student's best.pt or its run folder")
+    assert main([command, *target, "--checkpoint", "nope.pt"]) == 2
+    assert capsys.readouterr().err.strip() == f"facekd {command}: error: --checkpoint nope.pt: checkpoint not found"
+    assert not (tmp_path / "runs").exists()

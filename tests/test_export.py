@@ -252,7 +252,7 @@ def test_in_repo_solution_is_real_files_and_re_exports(tmp_path, tiny_ckpt, monk
     (repo_solution / "students" / "resfpn.py").symlink_to(source)  # as an older export left it
     (repo_solution / "students" / "gone.py").write_text("stale\n")
     for _ in range(2):
-        export_module.export(tiny_ckpt, repo_solution)
+        export_module.export(tiny_ckpt, repo_solution, force=True)  # the second replaces the first
     shipped = repo_solution / "students" / "resfpn.py"
     assert not shipped.is_symlink() and shipped.read_bytes() == source.read_bytes()
     assert not (repo_solution / "students" / "gone.py").exists()
@@ -299,3 +299,27 @@ def test_export_limit_is_strict_at_the_boundary(tmp_path, tiny_ckpt, monkeypatch
     assert not (tmp_path / "at_limit").exists()
     monkeypatch.setattr(challenge, "PARAM_LIMIT", n + 1)
     assert export(tiny_ckpt, tmp_path / "one_below")["params"] == n == challenge.PARAM_LIMIT - 1
+
+
+def test_export_refuses_to_replace_a_solution_unless_forced(tmp_path, tiny_ckpt, capsys):
+    """Issue 34: the README's worked example exported a 3-minute model (val 0.1006) over the
+    shipped solution/ckpt.pth (0.8455) without a word. An export over a folder holding a
+    model is refused, naming the score it would replace, unless --force."""
+    from facekd.app.cli import main
+    from facekd.files import load_checkpoint
+    out = tmp_path / "solution"
+    export(tiny_ckpt, out)  # make_checkpoint records val 0.5
+    shipped = (out / "ckpt.pth").read_bytes()
+    newer = make_checkpoint(tmp_path / "newer.pt", named_config("tiny", 64))
+    assert main(["export", "--checkpoint", str(newer), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"facekd export: error: {out / 'ckpt.pth'}: holds a solution already (resfpn, val F-score "
+                   "0.5000); pass --force to replace it, or choose another --out"), err
+    assert (out / "ckpt.pth").read_bytes() == shipped
+    assert main(["export", "--checkpoint", str(newer), "--out", str(out), "--force"]) == 0
+    assert load_checkpoint(out / "ckpt.pth")["source"] == str(newer)
+    # a ckpt.pth that no longer loads is the user's file all the same
+    (out / "ckpt.pth").write_text("my notes\n")
+    with pytest.raises(FileExistsError, match="does not load as a checkpoint.*--force"):
+        export(newer, out)
+    assert (out / "ckpt.pth").read_text() == "my notes\n"

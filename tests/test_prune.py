@@ -68,22 +68,29 @@ def test_classifier_keeps_all_classes():
 
 
 def test_prune_command_end_to_end(tmp_path, sample_root, capsys):
+    """Issue 34 too: prune printed all of prune_report.json, about 170 lines; it prints a few
+    closing lines, and the report with --json."""
     student = small_student("resfpn")
     save_checkpoint({"model": student.state_dict(), "model_cfg": students.model_config(student),
                      "stage": "distill", "val_fscore": 0.0}, tmp_path / "student.pt")
     out = tmp_path / "pruned"
     args = ["prune", "--student", str(tmp_path / "student.pt"), "--out", str(out), "--target-params",
             str(challenge.count_params(student) // 2)]
+    capsys.readouterr()
     assert main(args) == 0
     report = json.loads((out / "prune_report.json").read_text())
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 4, printed
+    assert printed[0].startswith(f"pruned {tmp_path / 'student.pt'} to --target-params ")
+    assert printed[-1] == f"wrote {out / 'best.pt'}; every figure is in {out / 'prune_report.json'} (--json prints it)"
     assert report["after_pruning"]["params"] <= challenge.count_params(student) // 2
     for stage in ("before", "after_pruning", "after_finetune"):
         assert {"params", "macs", "latency_ms", "val_fscore"} <= set(report[stage])
     assert_stages_timed_side_by_side(out, report)
     best = load_checkpoint(out / "best.pt")
     assert best["model_cfg"]["widths"] != students.model_config(student)["widths"]
-    assert main(args + ["--resume"]) == 0  # a finished run resumes to a no-op, not timed again
-    assert json.loads((out / "prune_report.json").read_text()) == report
+    assert main(args + ["--resume", "--json"]) == 0  # a finished run resumes to a no-op, not timed again
+    assert json.loads((out / "prune_report.json").read_text()) == report == json.loads(capsys.readouterr().out)
     assert_stages_timed_side_by_side(out, report)
 
 

@@ -83,3 +83,17 @@ def test_every_facekd_command_in_the_readme_parses():
     for argv in commands:
         args = parser.parse_args(argv)
         assert callable(args.func), argv
+
+
+def test_the_readme_commands_write_only_under_runs():
+    """Issue 34: the worked example exported a 3-minute model over the shipped
+    solution/ckpt.pth, and its later lines acted on it. Copied as it stands, the README must
+    leave `git status` clean but for ignored folders: whatever its commands write (each
+    facekd command's --out, run.py's --output) lies under runs/, which git ignores."""
+    assert "runs/" in (REPO_ROOT / ".gitignore").read_text().splitlines()
+    parser = build_parser()
+    written = [parser.parse_args(argv).out for argv in readme_commands() if hasattr(parser.parse_args(argv), "out")]
+    for argv in readme_commands("python3"):  # the exported run.py
+        written.append(argv[argv.index("--output") + 1])
+    assert len(written) >= 10
+    assert [out for out in written if Path(out).parts[0] != "runs"] == []

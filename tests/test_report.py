@@ -280,3 +280,148 @@ def test_the_report_header_counts_in_english(runs, tmp_path):
     page = write_report([root / "student"], tmp_path / "one", progress=False).read_text()
     assert "1 model from 1 run folder," in page
     assert "padding:0 24px" in page
+
+
+# Issue 34, fault 6: the page's figures and legends, and its input checks (faults 14, 15)
+
+def _entry(label: str, fscore: float, params: int, records: list, teacher: bool = False):
+    from facekd.app.report import Entry
+    from facekd.latency import spread
+    return Entry(label=label, run_dir=Path(label), stage="teacher" if teacher else "distill", arch="tiny",
+                 teacher=teacher, input_size=64, params=params, macs=10**6, fscore=fscore, per_class={"skin": fscore},
+                 swap_rate=0.0, train_seconds=None, records=records,
+                 latency={"1": spread([params / 1e4] * 3)})  # a larger model is slower
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """drawn(draw, *args): the matplotlib figure a report draw_* function made, not saved."""
+    import facekd.app.report as report
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or path.name)
+
+    def draw(fn, *args):
+        fn(*args, Path("unused.png"))
+        return figures[-1]
+    yield draw
+    report._pyplot().close("all")
+
+
+def _legends(fig) -> list:
+    """Every legend of a figure: its own and its panels'."""
+    return [legend for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)] if legend]
+
+
+def _legend_texts(fig) -> list:
+    return [t for legend in _legends(fig) for t in legend.get_texts()]
+
+
+def test_curves_keep_one_colour_per_run_and_draw_a_single_point(drawn):
+    """A teacher and a distilled student: only the student logs loss/cwd, and its one loss/kd
+    record was a point without a line; its cwd curve took the teacher's legend colour."""
+    from facekd.app.report import draw_curves
+    teacher = _entry("teacher", 0.6, 10**6, [{"epoch": e, "val_fscore": 0.5, "loss/ce": 1.0} for e in range(3)], True)
+    student = _entry("distill", 0.5, 10**4, [{"epoch": e, "val_fscore": 0.4, "loss/cwd": 2.0 - e} for e in range(3)]
+                     + [{"epoch": 3, "loss/kd": 0.7}])
+    fig = drawn(draw_curves, [teacher, student], "epoch")
+    legend = {t.get_text(): h.get_color() for legend in _legends(fig)
+              for t, h in zip(legend.get_texts(), legend.legend_handles)}
+    assert set(legend) == {"teacher", "distill"} and legend["teacher"] != legend["distill"]
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    for key in ("val_fscore", "loss/cwd", "loss/kd", "loss/ce"):
+        for line in panels[key].get_lines():
+            assert line.get_color() == legend[line.get_label()], (key, line.get_label())
+    kd, = panels["loss/kd"].get_lines()
+    assert len(kd.get_xdata()) == 1 and kd.get_marker() not in ("", "None", None)
+    assert all(t.get_fontsize() >= 10 for t in _legend_texts(fig))
+
+
+def test_the_pareto_legend_lists_dominated_points_only_when_there_are_some(drawn):
+    from facekd.app.report import draw_pareto
+    front = [_entry("small", 0.5, 10**4, []), _entry("large", 0.7, 10**6, [])]
+    labels = [t.get_text() for t in _legend_texts(drawn(draw_pareto, front))]
+    assert "dominated" not in labels and "Pareto-optimal" in labels
+    labels = [t.get_text() for t in _legend_texts(drawn(draw_pareto, front + [_entry("worse", 0.4, 10**5, [])]))]
+    assert "dominated" in labels
+    assert all(t.get_fontsize() >= 10 for t in _legend_texts(drawn(draw_pareto, front)))
+
+
+def test_the_per_class_legend_is_readable_and_tells_many_runs_apart(drawn):
+    from facekd.app.report import draw_per_class
+    entries = [_entry(f"run{i}", 0.5, 10**4, []) for i in range(12)]  # more runs than colours
+    fig = drawn(draw_per_class, entries, ["skin"])
+    assert all(t.get_fontsize() >= 10 for t in _legend_texts(fig))
+    looks = {(tuple(bar.get_facecolor()), bar.get_hatch()) for bar in fig.axes[0].patches}
+    assert len(looks) == len(entries)
+
+
+class Chips(HTMLParser):
+    """The class legend's chips: each text, with the ink and the background it is drawn in."""
+
+    def __init__(self, text: str, ink: str):
+        super().__init__()
+        self.texts, self._looks = [], [{"color": ink, "background": "#fff"}]  # the page's own
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        rules = dict(rule.split(":", 1) for rule in (dict(attrs).get("style") or "").split(";") if ":" in rule)
+        self._looks.append({**self._looks[-1], **{k: v for k, v in rules.items() if k in ("color", "background")}})
+
+    def handle_endtag(self, tag):
+        self._looks.pop()
+
+    def handle_data(self, data):
+        if data.strip():
+            self.texts.append((data.strip(), self._looks[-1]["color"], self._looks[-1]["background"]))
+
+
+def _contrast(ink: tuple, background: tuple) -> float:
+    """WCAG 2's contrast ratio of two sRGB colours."""
+    def luminance(rgb):
+        lin = [c / 255 / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    high, low = sorted((luminance(ink), luminance(background)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def _rgb(css: str) -> tuple:
+    """#rgb, #rrggbb or rgb(r,g,b) as three 0..255 values."""
+    css = css.strip()
+    if css.startswith("#"):
+        digits = css[1:] if len(css) == 7 else "".join(2 * d for d in css[1:])
+        return tuple(int(digits[i:i + 2], 16) for i in (0, 2, 4))
+    return tuple(int(v) for v in css[css.index("(") + 1:-1].split(","))
+
+
+def test_every_class_chip_is_readable():
+    """The chips for hair (13) and hat (14) put black text on magenta and teal, under 4.5:1."""
+    from facekd.app.report import CSS, _legend
+    from facekd.labels import CLASS_NAMES
+    body = dict(rule.split(":", 1) for rule in CSS.split("{", 1)[1].split("}")[0].split(";"))
+    chips = Chips(_legend(), body["color"])
+    assert [text for text, _, _ in chips.texts] == [f"{c} {name}" for c, name in enumerate(CLASS_NAMES)]
+    for text, ink, background in chips.texts:
+        assert _contrast(_rgb(ink), _rgb(background)) >= 4.5, text
+
+
+def test_report_checks_its_out_before_scoring(runs, tmp_path, capsys, monkeypatch):
+    """Fault 14: `report RUN --out myfile.txt` scored every model, then failed "Not a directory"."""
+    import facekd.app.report as report
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("--out should have been refused before any model was scored")
+    monkeypatch.setattr(report, "score_models", no_scoring)
+    root, _ = runs
+    (tmp_path / "myfile.txt").write_text("mine\n")
+    assert main(["report", str(root / "student"), "--out", str(tmp_path / "myfile.txt")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'myfile.txt'}: is a file" in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "myfile.txt").read_text() == "mine\n"
+
+
+def test_a_run_given_twice_is_one_model_from_one_folder(runs, tmp_path):
+    """Fault 15: `report r r` read "1 model from 2 run folders"."""
+    root, _ = runs
+    student = root / "student"
+    page = write_report([student, student, student / "best.pt"], tmp_path / "twice", progress=False).read_text()
+    assert "1 model from 1 run folder," in page

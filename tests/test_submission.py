@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -209,3 +210,104 @@ def test_duplicate_member_names_are_refused(tmp_path, good_zip):
             zout.writestr(first_mask, _mask_as(first_mask, zin.read(first_mask), fill=3))
     faults = check_submission(out, VAL_IMAGES).faults
     assert faults == [f"{first_mask}: stored 2 times; every member name must be unique"]
+
+
+# issue 34, faults 10 and 15: what the graders' run would fail on, and what a zip must not hold
+
+def _replaced(name: str, data: bytes):
+    """An edit for rewrite_zip that replaces one member's bytes."""
+    return lambda n, d: (n, data) if n == name else (n, d)
+
+
+def test_a_run_py_that_does_not_compile_is_a_fault(tmp_path, good_zip):
+    with zipfile.ZipFile(good_zip) as zf:
+        run_py = zf.read("solution/run.py")
+    bad = rewrite_zip(good_zip, tmp_path / "bad.zip", _replaced("solution/run.py", run_py + b"\ndef broken(:\n"))
+    faults = check_submission(bad).faults
+    assert len(faults) == 1 and faults[0].startswith("solution/run.py: does not compile (SyntaxError"), faults
+    bad = rewrite_zip(good_zip, tmp_path / "bad2.zip", _replaced("solution/facekd/files.py", b"def f(:\n"))
+    assert check_submission(bad).faults == ["solution/facekd/files.py: does not compile (SyntaxError: invalid "
+                                            "syntax, line 1)"]
+
+
+@pytest.mark.parametrize("requirements, fault", [
+    ("numpy>=1.24\npillow>=10\n", "does not list torch"),
+    ("torch==1.0.0\nnumpy\npillow\n", "torch==1.0.0 admits no torch version facekd supports"),
+    ("torch>=2.15\n", "torch>=2.15 admits no torch version facekd supports"),
+    ("torch>=2.1\nnumpy pillow\n", "line 2, 'numpy pillow', is not a requirement pip can read"),
+    ("torch>=2.1\nnot/a package\n", "line 2, 'not/a package', is not a requirement pip can read"),
+])
+def test_a_requirements_txt_that_would_not_install_a_working_torch_is_a_fault(tmp_path, good_zip, requirements,
+                                                                              fault):
+    bad = rewrite_zip(good_zip, tmp_path / "bad.zip", _replaced("solution/requirements.txt", requirements.encode()))
+    faults = check_submission(bad).faults
+    assert len(faults) == 1 and faults[0].startswith("solution/requirements.txt: ") and fault in faults[0], faults
+
+
+@pytest.mark.parametrize("requirements", [
+    "torch>=2.1\nnumpy>=1.24\npillow>=10\n",  # what export writes
+    "--extra-index-url https://download.pytorch.org/whl/cpu\ntorch==2.3.0+cpu  # the CPU wheel\nnumpy\npillow\n",
+    "# pinned\ntorch~=2.5.0\nnumpy<3\npillow\n",
+])
+def test_a_usual_requirements_txt_passes(tmp_path, good_zip, requirements):
+    good = rewrite_zip(good_zip, tmp_path / "ok.zip", _replaced("solution/requirements.txt", requirements.encode()))
+    assert check_submission(good).faults == []
+
+
+def test_the_supported_torch_versions_are_pyprojects():
+    import tomllib
+    from packaging.requirements import Requirement
+    from facekd.app.export import REPO_ROOT
+    from facekd.app.submission import SUPPORTED_TORCH
+    dependencies = map(Requirement, tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    assert next(d for d in dependencies if d.name == "torch").specifier == SUPPORTED_TORCH
+
+
+def test_a_mask_named_in_upper_case_is_a_fault(tmp_path, good_zip):
+    first = sorted(VAL_IMAGES.iterdir())[0].stem
+    bad = rewrite_zip(good_zip, tmp_path / "bad.zip",
+                      lambda n, d: (f"masks/{first}.PNG", d) if n == f"masks/{first}.png" else (n, d))
+    faults = check_submission(bad, VAL_IMAGES).faults
+    assert faults[0] == f"masks/{first}.PNG: the extension must be .png in lower case; name it {first}.png"
+    assert faults[1:] == [f"1 image(s) have no mask: {first}.png"]
+
+
+def test_a_partial_file_in_the_solution_is_not_packaged_and_is_a_fault(tmp_path, solution_dir):
+    solution = tmp_path / "solution"
+    shutil.copytree(solution_dir, solution)
+    leftover = solution / ".ckpt.pth.1a2b3c4d.tmp"  # what a killed export leaves beside ckpt.pth
+    leftover.write_bytes(b"half a checkpoint")
+    out = tmp_path / "sub.zip"
+    assert main(["package", "--images", str(VAL_IMAGES), "--solution", str(solution), "--out", str(out)]) == 0
+    with zipfile.ZipFile(out) as zf:
+        assert not any(n.endswith(".tmp") for n in zf.namelist())
+    with zipfile.ZipFile(out, "a") as zf:
+        zf.write(leftover, "solution/.ckpt.pth.1a2b3c4d.tmp")
+    assert check_submission(out).faults == ["solution/.ckpt.pth.1a2b3c4d.tmp: a partial file left by a write "
+                                            "that was interrupted; remove it"]
+
+
+def test_a_huge_mask_member_is_not_read_and_no_message_shows_a_buffer(tmp_path, good_zip, monkeypatch):
+    """A mask that unpacks to 200 MB of zeros (a few hundred kB zipped) was read whole, and
+    PIL's message named '<_io.BytesIO object at 0x...>'."""
+    import facekd.app.submission as submission
+    first = sorted(VAL_IMAGES.iterdir())[0].stem
+    out = rewrite_zip(good_zip, tmp_path / "bad.zip", lambda n, d: None if n == f"masks/{first}.png" else (n, d))
+    with zipfile.ZipFile(out, "a", zipfile.ZIP_DEFLATED) as zf, zf.open(f"masks/{first}.png", "w") as member:
+        for _ in range(200):
+            member.write(bytes(1 << 20))
+    unpacked = {}  # member name -> bytes read from it
+    real_read = zipfile.ZipExtFile.read
+
+    def counted_read(f, n=-1):
+        data = real_read(f, n)
+        unpacked[f.name] = unpacked.get(f.name, 0) + len(data)
+        return data
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counted_read)
+    faults = check_submission(out).faults
+    assert faults == [f"masks/{first}.png: 209,715,200 bytes unpacked, over the 4 MB such a file could need; "
+                      "not read"]
+    assert unpacked[f"masks/{first}.png"] == submission.MAX_MASK_BYTES + 1
+    bad = rewrite_zip(good_zip, tmp_path / "bad2.zip", _replaced(f"masks/{first}.png", bytes(1000)))
+    fault, = check_submission(bad).faults
+    assert fault == f"masks/{first}.png: unreadable PNG (UnidentifiedImageError: cannot identify image file)"

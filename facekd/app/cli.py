@@ -14,9 +14,9 @@ from pathlib import Path
 def _add_run_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--data", default=None, help="dataset root with train/ and val/ (default: the embedded sample)")
     p.add_argument("--out", default=default_out, help=f"run directory (default: {default_out})")
-    p.add_argument("--preset", default="smoke", choices=["smoke", "cpu", "gpu"],
+    p.add_argument("--preset", default=None, choices=["smoke", "cpu", "gpu"],
                    help="training recipe: smoke (seconds, sized for the embedded sample), cpu (the real data on a "
-                        "CPU) or gpu (default: smoke)")
+                        "CPU) or gpu (default: smoke on the embedded sample, cpu with --data)")
     p.add_argument("--config", default=None, help="TOML file whose keys override the preset")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--seed", type=int, default=None,
@@ -37,14 +37,59 @@ def _budget(args) -> float | None:
 
 def _config(stage: str, args, **extra):
     from facekd.config import resolve_config
-    return resolve_config(stage, args.preset, args.config, args.set, seed=args.seed, budget_minutes=_budget(args),
+    return resolve_config(stage, _preset(args), args.config, args.set, seed=args.seed, budget_minutes=_budget(args),
                           **extra)
+
+
+def _preset(args) -> str:
+    """--preset, or when it is left out the one that fits the data: smoke for the embedded
+    sample, cpu for a dataset of the user's, which is then said (issue 34: `distill --data
+    data/celebamask-mini --budget 1` trained smoke's 18,707-parameter toy at 128 px, unsaid)."""
+    if args.preset:
+        return args.preset
+    from facekd.data import SAMPLE_DATA
+    if _data_root(args).resolve() == SAMPLE_DATA.resolve():
+        return "smoke"
+    if _data_root(args).is_dir():  # one that is not is refused next, and the preset is moot
+        print(f"facekd {args.command}: --preset cpu, the default for --data {args.data} (smoke is sized for the "
+              "embedded sample and the tests; gpu is for a GPU)", file=sys.stderr)
+    return "cpu"
 
 
 def _teacher(args) -> list[str] | None:
     """--teacher as the stages take it: the checkpoints given (several make an ensemble), or None
     when the flag is left out: labels alone, or for the pipeline a teacher it trains itself."""
     return args.teacher or None
+
+
+def _warn_of_settings_without_teacher(args, cfg) -> None:
+    """Name the settings the user gave (--set, --config) that do nothing without a teacher,
+    when training from labels alone: run as if they were absent, they would pass unseen."""
+    from distill.teacher import settings_without_teacher, teacher_paths
+    from facekd.config import load_toml, parse_assignments
+    if teacher_paths(_teacher(args)):
+        return
+    given = set(parse_assignments(args.set))
+    table = load_toml(args.config) if args.config else {}
+    given |= set(table) | set(table.get("loss_weights", {}) if isinstance(table.get("loss_weights"), dict) else ())
+    unused = settings_without_teacher(cfg, given)
+    if unused:
+        print(f"facekd {args.command}: warning: {', '.join(unused)} {'does' if len(unused) == 1 else 'do'} nothing "
+              "without a teacher; it trains from labels alone (--teacher none)", file=sys.stderr)
+
+
+def _student_checkpoint(args, default: str) -> str:
+    """--checkpoint (a run folder stands for its best.pt), or the earlier stage's best.pt it
+    defaults to; a missing one is refused naming the flag (issue 34: "runs/distill/best.pt:
+    checkpoint not found" named none, when the flag had been left out)."""
+    from facekd.run_folder import best_of_run
+    path = best_of_run(args.checkpoint or default, "--checkpoint")
+    if Path(path).exists():
+        return path
+    if args.checkpoint:
+        raise FileNotFoundError(f"--checkpoint {path}: checkpoint not found")
+    raise FileNotFoundError(f"--checkpoint left out, and its default {path} (an earlier stage's output) is not "
+                            "there; give --checkpoint a student's best.pt or its run folder")
 
 
 def _data_root(args) -> Path:
@@ -54,15 +99,25 @@ def _data_root(args) -> Path:
 
 def cmd_train_teacher(args) -> int:
     from teachers.train import train_teacher
-    result = train_teacher(_config("teacher", args), _data_root(args), args.out, args.resume)
+    result = train_teacher(_config("teacher", args), _data_root(args), args.out, args.resume, init=args.init)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_grow(args) -> int:
+    from teachers.grow import grow_checkpoint
+    record = grow_checkpoint(args.checkpoint, args.out, args.depth if len(args.depth) > 1 else args.depth[0],
+                             args.width, args.seed)
+    print(f"grew {args.checkpoint} ({record['student_params']:,} params) into {args.out} ({record['params']:,} "
+          f"params, the same function); train it with facekd train-teacher --init {args.out}")
     return 0
 
 
 def cmd_distill(args) -> int:
     from distill.train import distill
-    result = distill(_config("distill", args, model=args.arch), _data_root(args), args.out,
-                     _teacher(args), args.resume)
+    cfg = _config("distill", args, model=args.arch)
+    _warn_of_settings_without_teacher(args, cfg)
+    result = distill(cfg, _data_root(args), args.out, _teacher(args), args.resume)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -79,35 +134,41 @@ def _number_list(kind):
 
 def cmd_prune(args) -> int:
     from compress.sweep import KINDS, format_table, sweep
-    from compress.train import prune_and_finetune
+    from compress.train import closing_lines, prune_and_finetune
     kind, targets = next((k, v) for k, v in (("params", args.target_params), ("macs", args.target_macs),
                                              ("ratio", args.ratio), ("latency", args.target_latency)) if v is not None)
     speed = {"round_to": args.round_to, "threads": args.threads}
     if args.threads < 1:
         raise ValueError(f"--threads {args.threads}: give at least 1")
+    cfg = _config("prune", args)
+    _warn_of_settings_without_teacher(args, cfg)
+    checkpoint = _student_checkpoint(args, "runs/distill/best.pt")
     if args.sweep:
-        record = sweep(_config("prune", args), _data_root(args), args.out, args.checkpoint, _teacher(args), kind=kind,
+        record = sweep(cfg, _data_root(args), args.out, checkpoint, _teacher(args), kind=kind,
                        targets=targets, importance=args.importance, resume=args.resume, **speed)
-        print(format_table(record))
+        print(json.dumps(record, indent=2) if args.json else format_table(record))
         return 0
     if len(targets) > 1:
         raise ValueError(f"{len(targets)} targets given; pass --sweep to prune to each of them")
-    result = prune_and_finetune(_config("prune", args), _data_root(args), args.out, args.checkpoint, _teacher(args),
+    result = prune_and_finetune(cfg, _data_root(args), args.out, checkpoint, _teacher(args),
                                 importance=args.importance, resume=args.resume, **speed, **{KINDS[kind]: targets[0]})
-    print(json.dumps(result["report"], indent=2))
+    print(json.dumps(result["report"], indent=2) if args.json else "\n".join(closing_lines(result["report"], args.out)))
     return 0
 
 
 def cmd_finetune(args) -> int:
     from compress.train import finetune
-    result = finetune(_config("prune", args), _data_root(args), args.out, args.checkpoint, _teacher(args), args.resume)
+    cfg = _config("prune", args)
+    _warn_of_settings_without_teacher(args, cfg)
+    result = finetune(cfg, _data_root(args), args.out, _student_checkpoint(args, "runs/prune/best.pt"),
+                      _teacher(args), args.resume)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def cmd_pipeline(args) -> int:
     from facekd.app.pipeline import run_pipeline
-    summary = run_pipeline(_data_root(args), args.out, args.preset, args.images, args.config, args.resume,
+    summary = run_pipeline(_data_root(args), args.out, _preset(args), args.images, args.config, args.resume,
                            audit=not args.no_audit, budget_minutes=_budget(args), assignments=args.set,
                            prune_from=args.prune_from, teacher=_teacher(args), finetune_kd=args.finetune_kd,
                            seed=args.seed)
@@ -184,7 +245,7 @@ def cmd_export(args) -> int:
         raise ValueError(f"--checkpoint given {len(args.checkpoint)} times: an ensemble cannot be exported, the "
                          "solution is one model; distil it into a student (facekd distill --teacher A --teacher B) "
                          "and export that")
-    meta = export(args.checkpoint[0], args.out) if args.checkpoint else refresh(args.out)
+    meta = export(args.checkpoint[0], args.out, force=args.force) if args.checkpoint else refresh(args.out)
     score = "n/a" if meta["val_fscore"] is None else f"{meta['val_fscore']:.4f}"
     print(f"exported {meta['model_cfg']['arch']} ({meta['params']:,} params, val F-score {score}) to {args.out}")
     return 0
@@ -240,8 +301,8 @@ def cmd_check_submission(args) -> int:
 # Every command names things the same way: --data a dataset root, --images a folder of images,
 # --checkpoint a model file it reads, --arch an architecture name, --teacher the checkpoint(s)
 # to distil from, --out what it writes. Older spellings stay as aliases.
-TEACHER_HELP = ("a teacher's best.pt to distil from (repeat it for an ensemble), or 'none' to train from "
-                "labels alone (default: {})")
+TEACHER_HELP = ("a teacher's best.pt (or its run folder) to distil from (repeat it for an ensemble), or 'none' "
+                "to train from labels alone (default: {})")
 
 
 def _add_teacher_arg(p: argparse.ArgumentParser, default_means: str = "none, labels alone") -> None:
@@ -249,9 +310,13 @@ def _add_teacher_arg(p: argparse.ArgumentParser, default_means: str = "none, lab
 
 
 def _add_training_parsers(sub) -> None:
-    p = sub.add_parser("train-teacher", help="train a teacher from scratch")
+    p = sub.add_parser("train-teacher", help="train a teacher from scratch (or from a grown student, --init)")
     _add_run_args(p, "runs/teacher")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from this teacher checkpoint's model and weights (facekd grow writes one) "
+                        "instead of the preset's teacher, freshly initialised")
     p.set_defaults(func=cmd_train_teacher)
+
 
     p = sub.add_parser("distill", help="train a student from a teacher's soft logits (or from scratch)")
     _add_run_args(p, "runs/distill")
@@ -263,8 +328,8 @@ def _add_training_parsers(sub) -> None:
 
     p = sub.add_parser("prune", help="prune a student with torch-pruning, then fine-tune it")
     _add_run_args(p, "runs/prune")
-    p.add_argument("--checkpoint", "--student", dest="checkpoint", default="runs/distill/best.pt", metavar="CKPT",
-                   help="the student's best.pt to prune (default: runs/distill/best.pt)")
+    p.add_argument("--checkpoint", "--student", dest="checkpoint", default=None, metavar="CKPT",
+                   help="the student's best.pt to prune, or its run folder (default: runs/distill/best.pt)")
     _add_teacher_arg(p)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-params", type=_number_list(int), help="prune until at most this many parameters")
@@ -284,14 +349,28 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--sweep", action="store_true",
                    help="prune to each of a comma-separated list of targets, one sub-run each, gathered in "
                         "OUT/sweep.json")
+    p.add_argument("--json", action="store_true",
+                   help="print prune_report.json (with --sweep: sweep.json) instead of a few closing lines")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("finetune", help="continue training a student as it is, with the prune stage's config")
     _add_run_args(p, "runs/finetuned")
-    p.add_argument("--checkpoint", "--student", dest="checkpoint", default="runs/prune/best.pt", metavar="CKPT",
-                   help="the student's best.pt to continue (default: runs/prune/best.pt)")
+    p.add_argument("--checkpoint", "--student", dest="checkpoint", default=None, metavar="CKPT",
+                   help="the student's best.pt to continue, or its run folder (default: runs/prune/best.pt)")
     _add_teacher_arg(p)
     p.set_defaults(func=cmd_finetune)
+
+
+def _add_grow_parser(sub) -> None:
+    p = sub.add_parser("grow", help="grow a trained student into a larger teacher that computes the same function")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="the resfpn student's best.pt to grow")
+    p.add_argument("--out", required=True, help="the grown teacher's checkpoint file to write")
+    p.add_argument("--depth", type=_number_list(int), default=[0], metavar="N[,N,N,N]",
+                   help="residual blocks to add to every stage, or one count per stage (default: 0)")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="factor for every inner width: each block's, the stem's first and the head's (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed for which channels are copied and how they split")
+    p.set_defaults(func=cmd_grow)
 
 
 def _add_pipeline_parser(sub) -> None:
@@ -361,6 +440,8 @@ def _add_shipping_parsers(sub) -> None:
                    help="a student's best.pt; leave out to refresh the code of the export already in --out, "
                         "keeping its weights")
     p.add_argument("--out", required=True, help="solution folder to write")
+    p.add_argument("--force", action="store_true",
+                   help="replace the model of a solution folder that holds one already (refused without it)")
     p.add_argument("--format", default="solution", choices=["solution", "onnx"],
                    help="solution (default): ckpt.pth and run.py; onnx: model.onnx (opset 17, flip TTA inside the "
                         "graph) and run_onnx.py, after a parity check against torch on val (needs the deploy extra)")
@@ -398,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_training_parsers(sub)
+    _add_grow_parser(sub)
     _add_pipeline_parser(sub)
     _add_inspection_parsers(sub)
     _add_shipping_parsers(sub)

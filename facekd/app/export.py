@@ -17,7 +17,7 @@ import facekd
 import students
 import teachers  # noqa: F401  (in a fresh process, shippable_student knows a teacher only from here)
 from facekd.checkpoint import save_checkpoint
-from facekd.files import check_output_folder, load_checkpoint
+from facekd.files import check_output_folder, load_checkpoint, naming_failed_writes
 from facekd.models import shippable_student
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,13 +64,15 @@ def copy_runtime(out: Path) -> None:
     for src, dst in files:
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.unlink(missing_ok=True)  # a link (from an older export) would be written through, into its source
-        shutil.copy2(src, dst)
+        with naming_failed_writes(dst):
+            shutil.copy2(src, dst)
     # a module since removed or renamed in the sources must not linger in the shipped copy
     shipped = {dst for _, dst in files}
     for stale in [*out.glob("facekd/*.py"), *out.glob("students/*.py")]:
         if stale not in shipped:
             stale.unlink()
-    (out / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
+    with naming_failed_writes(out / "requirements.txt"):
+        (out / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
 
 
 def refresh(out: str | Path) -> dict:
@@ -83,8 +85,26 @@ def refresh(out: str | Path) -> dict:
     return {k: v for k, v in ckpt.items() if k != "model"}
 
 
-def export(checkpoint: str | Path, out: str | Path) -> dict:
-    """Write a runnable solution folder; returns the metadata stored in its ckpt.pth.
+def refuse_replacing(out: Path) -> None:
+    """Refuse to export over a folder whose ckpt.pth holds a model already, naming the score
+    that would be lost (issue 34: the README's example replaced the shipped student, val
+    0.8455, with a 3-minute one, 0.1006, without a word). --force lets it through."""
+    existing = out / "ckpt.pth"
+    if not existing.exists():
+        return
+    try:
+        held = load_checkpoint(existing)
+        score = held.get("val_fscore")
+        what = f"{held['model_cfg'].get('arch', 'a model')}, val F-score " + ("n/a" if score is None else f"{score:.4f}")
+    except (ValueError, OSError, KeyError, AttributeError):  # a damaged file is still the user's
+        what = "a file that does not load as a checkpoint"
+    raise FileExistsError(f"{existing}: holds a solution already ({what}); pass --force to replace it, "
+                          "or choose another --out")
+
+
+def export(checkpoint: str | Path, out: str | Path, force: bool = False) -> dict:
+    """Write a runnable solution folder; returns the metadata stored in its ckpt.pth. A folder
+    holding a ckpt.pth already is refused unless `force`.
 
     Everything is checked before anything is written, and the weights are written last,
     so a refused or failed export never leaves a ckpt.pth that looks complete.
@@ -93,6 +113,8 @@ def export(checkpoint: str | Path, out: str | Path) -> dict:
         raise FileNotFoundError(f"{RUN_PY}: canonical run.py not found (export needs the facekd source tree)")
     checkpoint, out = Path(checkpoint), Path(out)
     check_output_folder(out)
+    if not force:
+        refuse_replacing(out)
     ckpt = load_checkpoint(checkpoint)
     model, n_params = shippable_student(ckpt, checkpoint)
     val = ckpt.get("val_fscore")

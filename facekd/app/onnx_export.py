@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from facekd.data import load_split
-from facekd.files import check_output_folder, load_checkpoint
+from facekd.files import check_output_folder, load_checkpoint, one_line
 from facekd.inference import predict_logits
 from facekd.labels import PALETTE
 from facekd.metric import FScoreMeter
@@ -42,8 +42,12 @@ def require_onnx():
         import onnx
         import onnxruntime
     except ImportError as e:
-        raise ValueError(f"--format onnx needs onnx and onnxruntime ({e.name} is not installed); "
-                         "pip install -e \".[deploy]\"") from None
+        if isinstance(e, ModuleNotFoundError) and e.name in ("onnx", "onnxruntime"):
+            raise ValueError(f"--format onnx needs onnx and onnxruntime ({e.name} is not installed); "
+                             "pip install -e \".[deploy]\"") from None
+        # installed but broken (a missing shared library, a mismatched dependency): its own words
+        raise ValueError(f"--format onnx: importing onnx or onnxruntime failed ({one_line(e)}); reinstall them: "
+                         "pip install --force-reinstall -e \".[deploy]\"") from None
     return onnx, onnxruntime
 
 

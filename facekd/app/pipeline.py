@@ -256,7 +256,8 @@ class Pipeline:
         # ship the better of the two students by validation F-score, among those under the limit
         legal = [n for n in ("distill", "prune") if self.stages[n].get("params", PARAM_LIMIT) < PARAM_LIMIT]
         best = max(legal, key=lambda n: self.stages[n]["val_fscore"] or 0)
-        return {"from": best, **export(self.out / best / "best.pt", self.out / "solution")}
+        # force: the folder is this pipeline's own, and holds a model only if a killed run exported it
+        return {"from": best, **export(self.out / best / "best.pt", self.out / "solution", force=True)}
 
     def package(self) -> dict:
         report = package_submission(self.images, self.out / "solution", self.out / "submission.zip")
@@ -337,13 +338,20 @@ def given_teacher(value) -> list[str] | None:
 
 def _images_to_package(images, data_root) -> Path:
     """--images, or the data's test (else val) images. Packaging them is the pipeline's last
-    stage, so a folder with no images is refused here rather than after every training stage."""
-    if images is None:
-        test_images = Path(data_root) / "test" / "images"
-        images = test_images if test_images.is_dir() else Path(data_root) / "val" / "images"
-    images = Path(images)
+    stage, so a folder with no images is refused here rather than after every training stage,
+    naming the flag the user gave (issue 34: a wrong --data was called a wrong --images)."""
+    if images is not None:
+        images = Path(images)
+        if not images.is_dir() or not list_images(images):
+            raise InputError(f"--images {images}: not a folder of images")
+        return images
+    root = Path(data_root)
+    if not root.is_dir():
+        raise InputError(f"--data {root}: no such folder")
+    test_images = root / "test" / "images"
+    images = test_images if test_images.is_dir() else root / "val" / "images"
     if not images.is_dir() or not list_images(images):
-        raise InputError(f"--images {images}: not a folder of images")
+        raise InputError(f"--data {root}: no images to package in test/images or val/images; give --images")
     return images
 
 

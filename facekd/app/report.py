@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import compress.quantize  # noqa: F401  (registers the int8 checkpoint format that load_model reads)
 from facekd import distributed
-from facekd.files import load_checkpoint
+from facekd.files import check_output_folder, load_checkpoint
 from facekd.models import is_teacher, load_model
 from teachers.ensemble import model_or_ensemble
 from facekd.challenge import PARAM_LIMIT
@@ -68,14 +68,25 @@ class Entry:
         return self.latency["1"]["median_ms"]
 
 
+def distinct_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """The paths with each file or folder kept once, as first given: `report r r`, or `r` and
+    `./r`, name one run folder, whose model the page must count and show once."""
+    kept: dict[Path, Path] = {}
+    for path in map(Path, paths):
+        kept.setdefault(path.resolve(), path)
+    return list(kept.values())
+
+
 def find_runs(run_dirs: Sequence[str | Path]) -> list[tuple[str, Path]]:
     """(label, run folder) for every best.pt in or below each given folder, labelled by its
     path from that folder's name (pipe/teacher, sweep/params_1400000). A checkpoint file given
     itself (an int8 model from `facekd quantize`) is its own run, read from the folder it is in."""
-    runs, taken = [], set()
+    runs, taken = [], set()  # taken: the checkpoints found so far, resolved
     for top in map(Path, run_dirs):
         if top.is_file():
-            runs.append((f"{top.resolve().parent.name}/{top.name}", top))
+            if top.resolve() not in taken:
+                taken.add(top.resolve())
+                runs.append((f"{top.resolve().parent.name}/{top.name}", top))
             continue
         if not top.is_dir():
             raise FileNotFoundError(f"{top}: not a folder or a checkpoint file")
@@ -84,8 +95,9 @@ def find_runs(run_dirs: Sequence[str | Path]) -> list[tuple[str, Path]]:
             raise ValueError(f"{top}: holds no run (no best.pt in it or below it)")
         name = top.resolve().name
         for d in found:
-            if d.resolve() not in taken:  # a run given both alone and inside its pipeline is one model
-                taken.add(d.resolve())
+            # a run given both alone and inside its pipeline (or as its best.pt) is one model
+            if _checkpoint(d).resolve() not in taken:
+                taken.add(_checkpoint(d).resolve())
                 runs.append((name if d == top else f"{name}/{d.relative_to(top).as_posix()}", d))
     seen: dict[str, int] = {}
     for i, (label, d) in enumerate(runs):  # two folders of the same name given side by side
@@ -170,12 +182,14 @@ def score_models(runs: list[tuple[str, Path]], run_dirs, data_root=None,
     metrics = {d: read_metrics(_folder(d) / "metrics.jsonl") for _, d in runs}
     notes = [note for _, note in metrics.values() if note]
     root = _val_root(runs, data_root)
+    # every checkpoint read before the val split is decoded: a bad file costs nothing
+    ckpts = {run: load_checkpoint(_checkpoint(run)) for _, run in runs}
     val = load_split(root, "val", None, progress=progress)
     shipped = {_shipped(Path(top)) for top in run_dirs}
     device = distributed.pick_device()
     entries = []
     for label, run in tqdm(runs, desc="report: scoring models", disable=not progress):
-        ckpt = load_checkpoint(_checkpoint(run))
+        ckpt = ckpts.pop(run)  # let each go once its model is built
         model = load_model(ckpt, _checkpoint(run))
         model.to(distributed.device_for([model], device))
         result = _folder(run) / "result.json"
@@ -255,6 +269,19 @@ def _pyplot():
     return plt
 
 
+FIGURE_TEXT = 10  # legend text, in points: the figures are shown scaled down to the page's width
+
+
+def run_styles(labels: Sequence[str]) -> dict[str, dict]:
+    """One look per model or run, the same in every panel of a figure: matplotlib's colour
+    cycle restarts in each panel, so a run drawn alone in one panel would take the colour
+    the legend gives the first run. Ten colours, then each again with another line style
+    (bars: hatching), so that no two runs look alike."""
+    line_styles, hatches = ("-", "--", ":", "-."), ("", "//", "..", "xx")
+    return {label: {"color": f"C{i % 10}", "linestyle": line_styles[i // 10 % 4], "hatch": hatches[i // 10 % 4]}
+            for i, label in enumerate(labels)}
+
+
 def _save(fig, path: Path) -> str:
     fig.savefig(path, dpi=100, bbox_inches="tight")
     _pyplot().close(fig)
@@ -268,19 +295,20 @@ def draw_pareto(entries: list[Entry], path: Path) -> str:
     for ax, key, xlabel in ((axes[0], "params", "parameters"), (axes[1], "latency_ms", "CPU latency (ms)")):
         costs = [getattr(e, key) for e in entries]
         front = pareto_front(costs, scores)
-        ax.scatter([c for c, f in zip(costs, front) if not f], [s for s, f in zip(scores, front) if not f],
-                   c="0.6", label="dominated")
+        if not all(front):  # the legend names only what the plot shows
+            ax.scatter([c for c, f in zip(costs, front) if not f], [s for s, f in zip(scores, front) if not f],
+                       c="0.6", label="dominated")
         points = sorted((c, s) for c, s, f in zip(costs, scores, front) if f)
         ax.plot(*zip(*points), "o-", c="tab:red", drawstyle="steps-post", label="Pareto-optimal")
         for e, c in zip(entries, costs):
-            ax.annotate(e.label, (c, e.fscore), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            ax.annotate(e.label, (c, e.fscore), fontsize=FIGURE_TEXT - 1, xytext=(4, 3), textcoords="offset points")
         if key == "params":
             ax.axvline(PARAM_LIMIT, ls="--", c="k", lw=1, label=f"limit {PARAM_LIMIT:,}")
         _log_x_axis(ax)
         ax.set_xlabel(xlabel + " (log scale)")
         ax.set_ylabel("val F-score")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=FIGURE_TEXT, loc="lower right")
     return _save(fig, path)
 
 
@@ -301,14 +329,15 @@ def draw_per_class(entries: list[Entry], classes: list[str], path: Path) -> str:
     fig, ax = plt.subplots(figsize=(max(10, 0.25 * len(classes) * len(entries) + 4), 4.5))
     width = 0.8 / len(entries)
     x = np.arange(len(classes))
+    styles = run_styles([e.label for e in entries])
     for i, e in enumerate(entries):
         ax.bar(x + (i - (len(entries) - 1) / 2) * width, [e.per_class.get(c, 0) for c in classes], width,
-               label=e.label)
+               label=e.label, color=styles[e.label]["color"], hatch=styles[e.label]["hatch"])
     ax.set_xticks(x, classes, rotation=45, ha="right")
     ax.set_ylabel("val F1")
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=min(4, len(entries)), loc="upper right")
+    ax.legend(fontsize=FIGURE_TEXT, ncol=min(4, len(entries)), loc="upper right")
     return _save(fig, path)
 
 
@@ -352,17 +381,24 @@ def draw_curves(entries: list[Entry], axis: str, path: Path) -> str:
     cols = min(3, len(keys))
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False, layout="constrained")
+    styles = run_styles([e.label for e in runs])
     for ax, key in zip(axes.flat, keys):
         for e in runs:
             points = [(r[axis], r[key]) for r in e.records if key in r and axis in r]
+            # a line needs two points: a run that logged one (a single epoch) is a marker
+            marker = "o" if key == "val_fscore" or len(points) == 1 else ""
             if points:
-                ax.plot(*zip(*points), "o-" if key == "val_fscore" else "-", ms=3, label=e.label)
-        ax.set_title(key, fontsize=10)
+                ax.plot(*zip(*points), marker=marker, ms=4, color=styles[e.label]["color"],
+                        linestyle=styles[e.label]["linestyle"], label=e.label)
+        ax.set_title(key, fontsize=FIGURE_TEXT + 1)
         ax.set_xlabel("training time (s)" if axis == "train_seconds" else "epoch")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    # one legend for the figure, listing every run in the look it has in every panel
+    handles = [plt.Line2D([], [], color=styles[e.label]["color"], linestyle=styles[e.label]["linestyle"],
+                          label=e.label) for e in runs]
+    fig.legend(handles=handles, fontsize=FIGURE_TEXT, loc="outside upper center", ncol=min(4, len(runs)))
     return _save(fig, path)
 
 
@@ -380,7 +416,7 @@ def draw_sweep(sweep: dict, path: Path) -> str:
     ax.set_xlabel("parameters")
     ax.set_ylabel("val F-score")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=FIGURE_TEXT)
     return _save(fig, path)
 
 
@@ -404,7 +440,8 @@ def worst_strip(image: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor, size:
 CSS = """body{font:14px system-ui,sans-serif;margin:24px auto;padding:0 24px;max-width:1400px;color:#222}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:100%}.note{color:#a40}
-.sw{display:inline-block;padding:1px 6px;margin:2px;border:1px solid #999;font-size:12px}"""
+.chip{display:inline-block;padding:2px 8px 2px 4px;margin:2px;border:1px solid #bbb;font-size:14px}
+.swatch{display:inline-block;width:1.1em;height:1.1em;margin-right:5px;vertical-align:-0.2em;border:1px solid #666}"""
 
 # Lets a headless browser (and the test) confirm that every figure decoded: after load,
 # <body data-figures="loaded/total">.
@@ -453,12 +490,15 @@ def _per_class_table(entries: list[Entry], classes: list[str]) -> str:
 
 
 def _legend() -> str:
-    spans = []
+    """A chip per class: a swatch of its mask colour, then its id and name in the page's own
+    ink. Text drawn on the colour itself could not be read on every colour of the palette:
+    black on hair's magenta and on hat's teal (ids 13 and 14) was below 4.5:1 contrast."""
+    chips = []
     for c, name in enumerate(CLASS_NAMES):
         r, g, b = PALETTE[3 * c:3 * c + 3]
-        ink = "#fff" if r + g + b < 300 else "#000"
-        spans.append(f'<span class=sw style="background:rgb({r},{g},{b});color:{ink}">{c} {name}</span>')
-    return "".join(spans)
+        chips.append(f'<span class=chip><span class=swatch style="background:rgb({r},{g},{b})"></span>'
+                     f'{c} {name}</span>')
+    return "".join(chips)
 
 
 def _header(entries: list[Entry], run_dirs, val: CachedSplit, root: Path, timing: dict) -> str:
@@ -531,6 +571,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, data_root:
     figures; returns the page's path. data_root=None takes the val split the runs trained with."""
     if worst < 1:
         raise ValueError(f"--worst {worst}: show at least one image")
+    check_output_folder(out_dir)  # before the minutes of scoring, not after
+    run_dirs = distinct_paths(run_dirs)
     runs = find_runs(run_dirs)
     if focus is not None and focus not in (labels := [label for label, _ in runs]):
         raise ValueError(f"--focus {focus!r}: no such model; choose from {', '.join(labels)}")

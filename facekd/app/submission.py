@@ -19,13 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 from PIL import Image
 from tqdm import tqdm
 
 from facekd.models import load_model
 import students  # noqa: F401  (fills the registry load_model rebuilds the shipped student from)
 from facekd import challenge
-from facekd.files import atomic_write, check_output_file, load_checkpoint
+from facekd.files import atomic_write, check_output_file, is_partial_write, load_checkpoint, naming_failed_writes
 from facekd.inference import list_images
 from facekd.labels import NUM_CLASSES
 from facekd.metric import name_some
@@ -33,6 +37,16 @@ from facekd.metric import name_some
 MASK_SIZE = (512, 512)  # (width, height) of every challenge image, hence of every mask
 SOLUTION_FILES = ("run.py", "ckpt.pth", "requirements.txt")
 ROOT_FOLDERS = ("masks", "solution")
+# What a member may hold, uncompressed, before it is read: a 512x512 mask PNG is under 1.1 MB
+# even as RGBA stored without compression, a student under the limit about 7 MB in fp32. A
+# zip can hold a few kB that unpack to gigabytes; such a member is named and not read.
+MAX_MASK_BYTES = 4 << 20
+MAX_CKPT_BYTES = 256 << 20
+# The torch versions facekd supports: pyproject.toml's requirement (a test keeps them equal).
+SUPPORTED_TORCH = SpecifierSet(">=2.1,<=2.14.1")
+# torch releases to try a requirements.txt's specifier on, beside the versions it names itself:
+# 2.1.0 to 2.14.3, the supported ones among them
+TORCH_RELEASES = [Version(f"2.{minor}.{patch}") for minor in range(1, 15) for patch in range(4)]
 
 
 @dataclass
@@ -82,13 +96,27 @@ def _root_prefix(names: list[str], report: CheckReport) -> str:
     return ""
 
 
+def _read_member(zf: zipfile.ZipFile, member: str, name: str, limit: int, report: CheckReport) -> bytes | None:
+    """A member's bytes, or None with a fault when it unpacks to more than `limit` bytes. At
+    most limit + 1 bytes are read, whatever size the member's header claims."""
+    with zf.open(member) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        report.faults.append(f"{name}: {zf.getinfo(member).file_size:,} bytes unpacked, over the "
+                             f"{limit >> 20} MB such a file could need; not read")
+        return None
+    return data
+
+
 def _check_mask(name: str, data: bytes, report: CheckReport) -> None:
+    buffer = io.BytesIO(data)
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(buffer) as im:
             im.load()
             mode, size, ids = im.mode, im.size, np.asarray(im)
     except Exception as e:  # PIL raises many types for broken files
-        report.faults.append(f"{name}: unreadable PNG ({type(e).__name__}: {e})")
+        reason = str(e).replace(f" {buffer!r}", "")  # PIL names the in-memory copy: <_io.BytesIO object at 0x..>
+        report.faults.append(f"{name}: unreadable PNG ({type(e).__name__}: {reason})")
         return
     if mode != "P":
         # the scorer's convert("P") quantises an "L" or "RGB" mask's values into other ids
@@ -141,19 +169,78 @@ def check_submission(zip_path: str | Path, images: str | Path | None = None) -> 
 
 
 def _check_solution(zf: zipfile.ZipFile, names: list[str], solution: str, report: CheckReport) -> None:
-    """The solution/ folder's files, and its model rebuilt and counted as the challenge counts it."""
+    """The solution/ folder's files, its code, and its model rebuilt and counted as the
+    challenge counts it."""
     if any(n.startswith(solution) for n in names):
         report.faults += [f"solution/{f} is missing" for f in SOLUTION_FILES if solution + f not in names]
+    report.faults += [f"solution/{n[len(solution):]}: a partial file left by a write that was interrupted; "
+                      "remove it" for n in names if n.startswith(solution) and is_partial_write(PurePosixPath(n).name)]
+    _check_code(zf, [n for n in names if n.startswith(solution) and n.endswith(".py")], solution, report)
+    if solution + "requirements.txt" in names:
+        report.faults += requirements_faults(zf.read(solution + "requirements.txt").decode("utf-8", "replace"))
     if solution + "ckpt.pth" not in names:
         return
+    data = _read_member(zf, solution + "ckpt.pth", "solution/ckpt.pth", MAX_CKPT_BYTES, report)
+    if data is None:
+        return
     try:
-        report.params = count_shipped_params(zf.read(solution + "ckpt.pth"))
+        report.params = count_shipped_params(data)
     except Exception as e:  # corrupt file, unknown arch, mismatched weights...
         report.faults.append(f"solution/ckpt.pth: cannot rebuild the model ({type(e).__name__}: {e})")
         return
     if report.params >= challenge.PARAM_LIMIT:
         report.faults.append(f"solution/ckpt.pth: {report.params:,} trainable parameters; the limit is "
                              f"fewer than {challenge.PARAM_LIMIT:,}")
+
+
+def _check_code(zf: zipfile.ZipFile, modules: list[str], solution: str, report: CheckReport) -> None:
+    """Each Python file under solution/ compiled (never run): a syntax error in run.py, or in
+    a module it imports, fails the graders' run before its first mask."""
+    for member in modules:
+        name = f"solution/{member[len(solution):]}"
+        try:
+            compile(zf.read(member), name, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as e:  # ValueError: null bytes in the source
+            where = f", line {e.lineno}" if getattr(e, "lineno", None) else ""
+            report.faults.append(f"{name}: does not compile ({type(e).__name__}: {getattr(e, 'msg', e)}{where})")
+
+
+def requirements_faults(text: str) -> list[str]:
+    """What is wrong with a solution's requirements.txt: a line that is not a requirement
+    (which pip would refuse, so nothing would be installed), and a torch that is missing or
+    pinned where facekd does not run. Whether a named package exists on PyPI is not checked:
+    that needs the network."""
+    faults, torch = [], None
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split(" #", 1)[0].strip()  # pip's comments: at the line's start, or after a space
+        if not line or line.startswith(("#", "-")):  # a comment, or an option (--index-url, -r ...)
+            continue
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement as e:
+            faults.append(f"solution/requirements.txt: line {n}, {line!r}, is not a requirement pip can read "
+                          f"({str(e).splitlines()[0]})")
+            continue
+        if canonicalize_name(requirement.name) == "torch":
+            torch = requirement
+    if torch is None:
+        faults.append("solution/requirements.txt: does not list torch, which run.py needs")
+    elif not any(torch.specifier.contains(v, prereleases=True) for v in _supported_torch_versions(torch)):
+        faults.append(f"solution/requirements.txt: {torch} admits no torch version facekd supports "
+                      f"(torch{SUPPORTED_TORCH}); write torch>=2.1")
+    return faults
+
+
+def _supported_torch_versions(requirement: Requirement) -> list[Version]:
+    """The supported torch versions to try a requirement on: the releases, and the versions
+    its own specifier names (2.3.0+cpu), where they are supported."""
+    named = []
+    for spec in requirement.specifier:
+        try:
+            named.append(Version(spec.version))
+        except InvalidVersion:  # a wildcard: 2.3.*
+            continue
+    return [v for v in TORCH_RELEASES + named if SUPPORTED_TORCH.contains(v, prereleases=True)]
 
 
 def _check_masks(zf: zipfile.ZipFile, names: list[str], prefix: str, report: CheckReport) -> dict[str, str]:
@@ -165,8 +252,14 @@ def _check_masks(zf: zipfile.ZipFile, names: list[str], prefix: str, report: Che
         if "/" in rel or not rel.lower().endswith(".png"):
             report.faults.append(f"masks/{rel}: masks/ must hold only <image stem>.png files, no subfolders")
             continue
+        if not rel.endswith(".png"):  # the graders open <stem>.png, which a case-sensitive file system does not find
+            report.faults.append(f"masks/{rel}: the extension must be .png in lower case; name it "
+                                 f"{PurePosixPath(rel).stem}.png")
+            continue
         masks[PurePosixPath(rel).stem] = n
-        _check_mask(f"masks/{rel}", zf.read(n), report)
+        data = _read_member(zf, n, f"masks/{rel}", MAX_MASK_BYTES, report)
+        if data is not None:
+            _check_mask(f"masks/{rel}", data, report)
     report.masks = len(masks)
     if mask_members and not masks:
         report.faults.append("masks/ holds no .png masks")
@@ -191,10 +284,12 @@ def predict_with_solution(solution: Path, images: Path, masks_dir: Path, flip_tt
 
 
 def _zip_members(masks_dir: Path, solution: Path) -> list[tuple[Path, str]]:
+    """(file, member name) for each mask and each file of the solution, bar Python's caches and
+    the partial files of writes that were interrupted."""
     members = [(p, f"masks/{p.name}") for p in sorted(masks_dir.glob("*.png"))]
     for p in sorted(solution.rglob("*")):
         rel = p.relative_to(solution)
-        if p.is_file() and "__pycache__" not in rel.parts and p.suffix != ".pyc":
+        if p.is_file() and "__pycache__" not in rel.parts and p.suffix != ".pyc" and not is_partial_write(p.name):
             members.append((p, f"solution/{rel.as_posix()}"))
     return members
 
@@ -216,8 +311,9 @@ def package(images: str | Path, solution: str | Path, out: str | Path, flip_tta:
         masks_dir.mkdir()
         status = predict_with_solution(solution, images, masks_dir, flip_tta)
         # listed before the zip is created, so a zip written inside solution/ cannot include itself
-        with zipfile.ZipFile(candidate, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path, arcname in _zip_members(masks_dir, solution):
+        members = _zip_members(masks_dir, solution)
+        with naming_failed_writes(candidate), zipfile.ZipFile(candidate, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path, arcname in members:
                 zf.write(path, arcname)
         report = check_submission(candidate, images)
         if status != 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import uuid
 import warnings
 import zipfile
@@ -23,6 +24,35 @@ class InputError(ValueError):
     """A bad input file, or an output that cannot or must not be written; the message names the path."""
 
 
+class WriteError(OSError):
+    """A write that failed part-way, on a full disk (ENOSPC) for one: the OS error names no
+    file ("[Errno 28] No space left on device"), so this one-line error names the output.
+    errno and strerror are the cause's, so callers can still tell a full disk apart."""
+
+    def __init__(self, path: str | os.PathLike, cause: OSError):
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+
+    def __str__(self) -> str:
+        return f"{self.filename}: could not be written ({self.strerror})"
+
+
+@contextmanager
+def naming_failed_writes(path: str | os.PathLike):
+    """Raise an OSError from the block that names no file (what a write or a flush to a full
+    disk raises), or names `path` among others (a copy's source and destination), as a
+    WriteError naming `path`, the output the block writes. An error about another file
+    passes unchanged."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        named = {str(name) for name in (e.filename, e.filename2) if name is not None}
+        if named and str(path) not in named:
+            raise
+        raise WriteError(path, e) from e
+
+
 def one_line(e: BaseException) -> str:
     """An exception as one line of a user error: torch's state-dict errors, for one, put
     each mismatch on a line of its own."""
@@ -31,12 +61,22 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(lines[:2])}{more}"
 
 
-def _is_torch_file(f) -> bool:
-    """Whether a file object holds what torch.save writes: a zip archive, or (before torch
-    1.6) a pickle stream, which starts with the protocol opcode 0x80."""
+ZIP_START = b"PK\x03\x04"  # the local header that opens every zip archive torch.save writes
+
+
+def _torch_file_kind(f) -> str:
+    """What a file object holds: "torch" for what torch.save writes (a zip archive, or before
+    torch 1.6 a pickle stream, which starts with the protocol opcode 0x80), "damaged" for a
+    zip archive cut short (a copy interrupted, or `truncate -s 30000 last.pt`): it starts as
+    a zip does, but the central directory that zipfile looks for at the end is gone; or
+    "other"."""
     start = f.tell()
     try:
-        return f.read(1) == b"\x80" or zipfile.is_zipfile(f)
+        head = f.read(len(ZIP_START))
+        f.seek(start)
+        if head[:1] == b"\x80" or zipfile.is_zipfile(f):
+            return "torch"
+        return "damaged" if head == ZIP_START else "other"
     finally:
         f.seek(start)
 
@@ -71,7 +111,11 @@ def read_torch_file(source: str | os.PathLike | io.BytesIO, name: str | None = N
 
 
 def _load_safely(f, name: str):
-    if not _is_torch_file(f):
+    kind = _torch_file_kind(f)
+    if kind == "damaged":
+        raise InputError(f"{name}: truncated or damaged (a zip archive, as torch.save writes, whose end is "
+                         "missing); copy or save it again")
+    if kind == "other":
         raise InputError(f"{name}: not a PyTorch checkpoint (torch.save writes a zip archive)")
     try:
         with warnings.catch_warnings():
@@ -79,26 +123,43 @@ def _load_safely(f, name: str):
             return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" not in str(e):  # a damaged file, not one that asks for objects
-            raise InputError(f"{name}: not a readable weights file (damaged pickle data)") from e
+            raise InputError(f"{name}: not a readable weights file (truncated or damaged pickle data)") from e
         raise InputError(f"{name}: holds pickled Python objects, not only tensors; refusing to load it, "
                          "since that could run code from the file") from e
     except Exception as e:  # a corrupt or foreign file raises many types
         advice = "weights_only" in str(e)  # torch's advice to load it unsafely is never passed on
-        raise InputError(f"{name}: not a readable weights file "
+        raise InputError(f"{name}: not a readable weights file, truncated or damaged "
                          f"({type(e).__name__ if advice else one_line(e)})") from e
+
+
+# The partial file atomic_write writes next to its target: .<name>.<8 hex digits>.tmp
+PARTIAL_WRITE = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
+def is_partial_write(name: str) -> bool:
+    """Whether a file name is atomic_write's partial file, left behind only by a process
+    killed mid-write: never part of what a folder is meant to hold."""
+    return PARTIAL_WRITE.fullmatch(name) is not None
 
 
 @contextmanager
 def atomic_write(path: str | os.PathLike):
     """A binary file object that becomes `path` only when the block succeeds, so a crash or
     a refused input never leaves a partial file and never replaces a previous good one.
-    Unlike mkstemp's owner-only 0600, the file gets the umask's usual mode (0644)."""
+    Unlike mkstemp's owner-only 0600, the file gets the umask's usual mode (0644).
+    A write that fails (a full disk) is a WriteError naming `path`, not the partial file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "xb") as f:
-            yield f
-        os.replace(tmp, path)
+        with naming_failed_writes(path):
+            try:
+                with open(tmp, "xb") as f:
+                    yield f
+                os.replace(tmp, path)
+            except OSError as e:
+                if e.filename == str(tmp):  # the partial file is ours, not a name the user knows
+                    raise WriteError(path, e) from e
+                raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
