@@ -93,6 +93,21 @@ with zipfile.ZipFile(T / "links.zip", "w") as zf:
     link = zipfile.ZipInfo("solution/escape")
     link.external_attr = 0o120777 << 16  # S_IFLNK: unzip would create a symbolic link
     zf.writestr(link, "../../../../etc/passwd")
+# issue 34's fixtures (items 1-8): ground truth holding id 25 in a corner, or all 255; a second
+# teacher_tiny and a second tiny student, of other weights; a folder holding a user's own
+# config.json and metrics.jsonl
+for name, fill in (("gt25", lambda m: m.__setitem__((slice(0, 50), slice(0, 50)), 25)),
+                   ("gt255", lambda m: m.__setitem__(slice(None), 255))):
+    shutil.copytree(T / "gt", T / name)
+    p = sorted((T / name).glob("*.png"))[1]
+    m = np.array(Image.open(p)); fill(m)
+    im = Image.frombytes("P", (512, 512), m.tobytes()); im.putpalette(Image.open(p).getpalette()); im.save(p)
+torch.manual_seed(1)
+save_checkpoint({"model": build_model(t_cfg).state_dict(), "model_cfg": t_cfg}, T / "t19b.pt")
+save_checkpoint({"model": build_model(tiny_cfg).state_dict(), "model_cfg": tiny_cfg, "stage": "distill"},
+                T / "other_student.pt")
+(T / "mine3").mkdir(); (T / "mine3/config.json").write_text('{"my": "own notes"}\n')
+(T / "mine3/metrics.jsonl").write_text('{"my": "own log"}\n')
 HOLD = ("python -c \"import sys, time; from facekd.run_folder import run_folder_lock; "
         "held = run_folder_lock(sys.argv[1]); held.__enter__(); print('held', flush=True); time.sleep(30)\"")
 SMALL = "--set 'resolutions=[[64, 1]]'"
@@ -194,6 +209,32 @@ cases = [
     ("issue 34.5: finetune without --checkpoint", f"cd fresh && {F} finetune"),
     ("issue 34.5: a budgeted run's log line, cut mid-epoch", f"{F} distill --teacher none --budget 0.25 --out f34 --set 'resolutions=[[64, 3], [96, 1]]' 2>/dev/null | grep '^.distill' | tail -1; grep '\"epochs\"' f34/result.json"),
     ("issue 34.5: prune's output", f"{F} prune --checkpoint tiny_student.pt --ratio 0.3 --out p34b {SMALL} 2>/dev/null > p34b.txt; rc=$?; echo \"$(wc -l < p34b.txt) lines on stdout (the validation's, then these):\"; tail -4 p34b.txt | paste -sd ';'; exit $rc"),
+    ("issue 34.1: distill, --set batch_size=3 on 2 threads", f"{F} distill --teacher none --set batch_size=3 --set threads=2 {SMALL} --out b3 2>&1 | grep -e '\"steps' -e images_seen -e rror; exit ${{PIPESTATUS[0]}}"),
+    ("issue 34.1: distill, --set train_limit=15 (a last batch of 3)", f"{F} distill --teacher none --set train_limit=15 --set threads=2 {SMALL} --out b15 2>&1 | grep -e '\"steps' -e images_seen -e rror; exit ${{PIPESTATUS[0]}}"),
+    ("issue 34.1: distill, --set channels_last=false --set batch_size=5", f"{F} distill --teacher none --set channels_last=false --set batch_size=5 --set threads=2 {SMALL} --out b5 2>&1 | grep -e '\"steps' -e images_seen -e rror; exit ${{PIPESTATUS[0]}}"),
+    ("issue 34.1: the shape probe, batches 1-8 on 2 threads", f"python {REPO}/benchmarks/probe_conv_crash.py --threads 2 --hw 16"),
+    ("issue 34.2: evaluate, ground truth holding id 25 in a corner", f"{F} evaluate --pred gt --gt gt25"),
+    ("issue 34.2: evaluate, an all-255 ground truth", f"{F} evaluate --pred gt --gt gt255"),
+    ("issue 34.3: distill --resume after its teacher was rewritten in place", f"cp t19.pt tch.pt && {F} distill --teacher tch.pt {SMALL} --out r34 >/dev/null 2>&1 && cp t19b.pt tch.pt && {F} distill --teacher tch.pt {SMALL} --out r34 --resume"),
+    ("issue 34.3: the same with an ensemble, one member rewritten", f"cp t19.pt m1.pt && cp t19.pt m2.pt && {F} distill --teacher m1.pt --teacher m2.pt {SMALL} --out r34e >/dev/null 2>&1 && cp t19b.pt m2.pt && {F} distill --teacher m1.pt --teacher m2.pt {SMALL} --out r34e --resume"),
+    ("issue 34.4: a finished prune resumed with another --ratio", f"{F} prune --checkpoint tiny_student.pt --ratio 0.3 --round-to 8 {SMALL} --out p34 >/dev/null 2>&1; {F} prune --checkpoint tiny_student.pt --ratio 0.5 --round-to 8 {SMALL} --out p34 --resume"),
+    ("issue 34.4: the same with another --checkpoint", f"{F} prune --checkpoint other_student.pt --ratio 0.3 --round-to 8 {SMALL} --out p34 --resume"),
+    ("issue 34.4: prune --resume pointed at a finished distill run", f"{F} prune --checkpoint tiny_student.pt --ratio 0.3 {SMALL} --out b3 --resume; rc=$?; ls b3 | tr '\\n' ' '; exit $rc"),
+    ("issue 34.5: --resume in a folder of my config.json and metrics.jsonl", f"{F} distill --teacher none {SMALL} --out mine3 --resume; rc=$?; cat mine3/config.json mine3/metrics.jsonl; exit $rc"),
+    ("issue 34.6: prune --target-params 50000 (the model has fewer)", f"{F} prune --checkpoint tiny_student.pt --target-params 50000 --out p6; rc=$?; ls p6; exit $rc"),
+    ("issue 34.6: prune --target-params -1", f"{F} prune --checkpoint tiny_student.pt --target-params -1 --out p6"),
+    ("issue 34.6: prune --target-params 0", f"{F} prune --checkpoint tiny_student.pt --target-params 0 --out p6"),
+    ("issue 34.6: prune --target-macs -1", f"{F} prune --checkpoint tiny_student.pt --target-macs -1 --out p6"),
+    ("issue 34.6: prune --target-latency 0", f"{F} prune --checkpoint tiny_student.pt --target-latency 0 --out p6"),
+    ("issue 34.6: prune --target-latency -5", f"{F} prune --checkpoint tiny_student.pt --target-latency -5 --out p6"),
+    ("issue 34.6: prune --sweep --target-params=-1,900", f"{F} prune --checkpoint tiny_student.pt --target-params=-1,900 --sweep --out p6"),
+    ("issue 34.8: quantize --out newdir/i.pt", f"{F} quantize --checkpoint tiny_student.pt --out q/int8.pt --calibration-images 4 && ls q"),
+    ("issue 34.8: quantize a NaN checkpoint", f"{F} quantize --checkpoint nan.pt --out q/nan_int8.pt; rc=$?; ls q; exit $rc"),
+    ("issue 34.7: distill --teacher q/int8.pt", f"{F} distill --teacher q/int8.pt {SMALL} --out q7"),
+    ("issue 34.7: distill, an int8 ensemble member", f"{F} distill --teacher t19.pt --teacher q/int8.pt {SMALL} --out q7"),
+    ("issue 34.7: prune --teacher q/int8.pt", f"{F} prune --checkpoint tiny_student.pt --ratio 0.3 --teacher q/int8.pt {SMALL} --out q7"),
+    ("issue 34.7: prune --checkpoint q/int8.pt", f"{F} prune --checkpoint q/int8.pt --ratio 0.3 {SMALL} --out q7"),
+    ("issue 34.7: finetune --checkpoint q/int8.pt", f"{F} finetune --checkpoint q/int8.pt {SMALL} --out q7; rc=$?; ls q7; exit $rc"),
     ("--debug: the same error with its traceback", f"{F} --debug export --checkpoint nope.pt --out out 2>&1 | tail -1; exit ${{PIPESTATUS[0]}}"),
 ]
 tmpl = str(T)

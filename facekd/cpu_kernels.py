@@ -11,8 +11,8 @@ the CPU: docs/GUIDE.md, "Odd batches on the CPU".
 
 A crash cannot be caught, so a step is never tried first: on the CPU, with more than one
 thread, a batch of odd size runs its forward and backward pass with oneDNN off. Torch's
-own convolution then computes the same gradients (to float rounding), about 1.2 to 2 times
-slower on the shipped student; even batches, the presets' and the common case, keep oneDNN.
+own convolution then computes the same gradients (to float rounding), up to about twice as
+slowly on the resfpn student; even batches, the presets' and the common case, keep oneDNN.
 """
 
 from __future__ import annotations
