@@ -77,15 +77,11 @@ def time_stages(report: dict, models: dict, threads: int) -> None:
     report["latency"] = record
 
 
-# How `facekd prune` names each kind of target, as in prune_report.json's "target"
-TARGET_FLAGS = {"params": "--target-params", "macs": "--target-macs", "ratio": "--ratio", "latency_ms": "--target-latency"}
-
-
 def closing_lines(report: dict, out) -> list[str]:
     """What `facekd prune` prints when done: the cut, the scores and latencies of the three
     stages, and where the rest is. prune_report.json (or --json) holds every figure (issue 34:
     printing it all was about 170 lines)."""
-    kind, value = next((k, v) for k, v in report["target"].items() if k in TARGET_FLAGS and v is not None)
+    kind, value = next((k, v) for k, v in report["target"].items() if k != "threads" and v is not None)
     stages = [report[stage] for stage in STAGES]
     return [f"pruned {report['source']} to {TARGET_FLAGS[kind]} {value:,}: {stages[0]['params']:,} -> "
             f"{stages[1]['params']:,} params in {report['pruning']['steps']} step(s)",
