@@ -200,7 +200,9 @@ def test_settings_that_need_a_teacher_are_named_when_there_is_none(tmp_path, cap
     (tmp_path / "kd.toml").write_text("cwd_weight = 3.0\ntemperature = 2.0\n")
     argv = ["--out", tmp_path / "run", "--set", "kd_weight=2", "--set", "dist_weight=0.5", "--set",
             "distill_mode=offline", "--set", f"soft_target_cache={tmp_path / 'cache'}", "--config", tmp_path / "kd.toml"]
-    for command in (["distill", "--teacher", "none"], ["prune", "--ratio", "0.3"], ["finetune"]):
+    student = make_checkpoint(tmp_path / "student.pt", named_config("tiny", 64))
+    for command in (["distill", "--teacher", "none"], ["prune", "--ratio", "0.3", "--json", "--checkpoint", student],
+                    ["finetune", "--checkpoint", student]):
         assert main(list(map(str, command + argv))) == 0
         err = capsys.readouterr().err
         assert err.startswith(f"facekd {command[0]}: warning: kd_weight=2, cwd_weight=3, dist_weight=0.5, "

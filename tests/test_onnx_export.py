@@ -51,7 +51,7 @@ def test_onnx_export_without_the_extra_is_refused_and_writes_nothing(tmp_path, t
 
     def no_onnx(name, *args, **kwargs):
         if name.split(".")[0] in ("onnx", "onnxruntime"):
-            raise ImportError(f"No module named {name!r}", name=name)
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)  # what Python raises
         return real_import(name, *args, **kwargs)
     monkeypatch.setattr(builtins, "__import__", no_onnx)
     out = tmp_path / "onnx"

@@ -517,7 +517,7 @@ def test_resume_with_another_teacher_or_data_is_refused(tmp_path, sample_root, d
     for name in ("t.pt", "other.pt"):
         save_checkpoint({"model": build_model(cfg).state_dict(), "model_cfg": cfg}, tmp_path / name)
     run = tmp_path / "run"
-    argv = ["distill", "--out", str(run), "--set", "resolutions=[[64, 2]]", "--set", "batch_size=8"]
+    argv = ["distill", "--preset", "smoke", "--out", str(run), "--set", "resolutions=[[64, 2]]", "--set", "batch_size=8"]
     kill_after_epoch(0)
     assert main(argv + ["--teacher", str(tmp_path / "t.pt")]) == 130  # interrupted
     kill_after_epoch(None)

@@ -506,7 +506,8 @@ def _header(entries: list[Entry], run_dirs, val: CachedSplit, root: Path, timing
     matmul = " and ".join(f"{at['matmul_gflops']:.1f} GFLOP/s at {_counted(int(n), 'thread')}"
                           for n, at in timing["threads"].items())
     return (f"<h1>facekd report</h1><p>{_counted(len(entries), 'model')} from "
-            f"{_counted(len(run_dirs), 'run folder')}, each scored on "
+            # a checkpoint file given beside its own folder is that one run folder
+            f"{_counted(len({_folder(Path(p)).resolve() for p in run_dirs}), 'run folder')}, each scored on "
             f"the {len(val)} masked val images of <code>{html.escape(str(root))}</code>; latency is one image on "
             f"this machine's CPU at the model's input size, at 1 and at 2 threads, every model timed in the same "
             f"{timing['runs']} interleaved rounds: median [interquartile range]. Models share a speed rank where "
