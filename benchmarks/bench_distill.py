@@ -1,7 +1,8 @@
 """Cost of a distillation step, online against offline, next to a scratch step of the same
 student on the same data, plus the one-time cost of the offline soft targets.
 
-Each step is the engine's own `train_step` (augmentation, forward, loss, backward, AdamW).
+Each step is the engine's own (facekd.engine.train_one_epoch over one batch: augmentation,
+forward, loss, backward, AdamW).
 The three kinds of step take turns, so that load from other processes falls on all of them
 alike; the per-step median is reported.
 
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from timm.scheduler import CosineLRScheduler
@@ -25,28 +28,36 @@ from facekd.models import build_model, named_config
 from facekd.challenge import count_params
 from facekd.config import PRESETS, RunConfig
 from facekd.data import load_split
-from facekd.engine import Loop, train_step
+from facekd.distributed import Processes
+from facekd.engine import Counters, Parts, RunContext, train_one_epoch
+from facekd.run_folder import TrainingRun
+from facekd.schedule import FixedEpochs
 from facekd.latency import matmul_gflops
 from facekd.transforms import AugmentConfig, train_batch
 
 
-def make_loop(cfg: RunConfig, model, loss_fn, soft_targets) -> Loop:
-    """The engine's step state for one model, without a run directory, validation or budget."""
+def make_step(cfg: RunConfig, model, loss_fn, soft_targets):
+    """step(split, idx): one step of the engine on the batch `idx` of `split`, without a run
+    folder, validation or budget."""
     model.train().to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = CosineLRScheduler(optimizer, t_initial=1000, t_in_epochs=False)
-    return Loop(cfg=cfg, stage="bench", model=model, net=model, model_cfg={}, loss_fn=loss_fn, optimizer=optimizer,
-                scheduler=scheduler, ema=None, augment=AugmentConfig.from_run_config(cfg),
-                generator=torch.Generator().manual_seed(cfg.seed), device=torch.device("cpu"), run=None, val=None,
-                budget=None, soft_targets=soft_targets,
-                reference_scores={}, n_params=count_params(model), world=1, rank=0, progress_bars=False)
+    parts = Parts(model=model, net=model, optimizer=optimizer,
+                  scheduler=CosineLRScheduler(optimizer, t_initial=1000, t_in_epochs=False), ema=None,
+                  loss_fn=loss_fn, augment=AugmentConfig.from_run_config(cfg),
+                  generator=torch.Generator().manual_seed(cfg.seed), precision="fp32")
+    run = TrainingRun(Path(tempfile.mkdtemp()), resume=False, writes=False, cfg=cfg, config_record={},
+                      first_scalars={})
+    ctx = RunContext(cfg=cfg, stage="bench", device=torch.device("cpu"), processes=Processes(), run=run,
+                     length=FixedEpochs(cfg), val=None, model_cfg={}, n_params=count_params(model), saved_config={},
+                     show_progress=False)
+    counters = Counters()
+    return lambda split, idx: train_one_epoch(parts, counters, ctx, split, idx, split.images.shape[-1], soft_targets)
 
 
-def timed_step(loop: Loop, split, idx: torch.Tensor) -> float:
+def timed_step(step, split, idx: torch.Tensor) -> float:
     """One step as train_one_epoch takes it, stored targets' lookup included."""
     t0 = time.perf_counter()
-    soft = None if loop.soft_targets is None else loop.soft_targets[idx].to(loop.device)
-    train_step(loop, split.images[idx], split.masks[idx], soft)
+    step(split, idx)
     return time.perf_counter() - t0
 
 
@@ -68,7 +79,7 @@ def offline_added_ms(cfg: RunConfig, split, targets: torch.Tensor, out_side: int
     terms' forward and backward."""
     b, loss_fn, augment = cfg.batch_size, training_loss(cfg, None), AugmentConfig.from_run_config(cfg)
     images, masks, soft = split.images[:b], split.masks[:b], targets[:b]
-    batch = lambda scores: train_batch(images, masks, augment, torch.Generator().manual_seed(0), scores)
+    batch = lambda soft_targets: train_batch(images, masks, augment, torch.Generator().manual_seed(0), soft_targets)
     _, labels, warped = batch(soft)
 
     def loss_step(scores):
@@ -81,13 +92,13 @@ def offline_added_ms(cfg: RunConfig, split, targets: torch.Tensor, out_side: int
 def bench_size(cfg, args, size: int, kinds: dict, student, targets) -> None:
     """Median step time of each kind of step at one training size, interleaved step by step."""
     split = load_split(args.data, "train", size, args.images, progress=False)
-    loops = {k: make_loop(cfg, student(), loss_fn, soft) for k, (loss_fn, soft) in kinds.items()}
+    steps = {k: make_step(cfg, student(), loss_fn, soft) for k, (loss_fn, soft) in kinds.items()}
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))
     times = {k: [] for k in kinds}
     for step in range(args.steps + 1):  # step 0 warms up
         idx = order.roll(-step * cfg.batch_size)[:cfg.batch_size]
-        for kind, loop in loops.items():
-            seconds = timed_step(loop, split, idx)
+        for kind, step_fn in steps.items():
+            seconds = timed_step(step_fn, split, idx)
             if step:
                 times[kind].append(seconds)
     median = {k: statistics.median(v) for k, v in times.items()}
@@ -134,8 +145,8 @@ def main():
     print(f"threads={args.threads} fp32 matmul 2048^3: {peak:.1f} GFLOP/s")
     teacher_params = sum(p.numel() for p in teacher.parameters())  # frozen, so count_params would say 0
     print(f"student {cfg.model} ({count_params(student()):,} params), teacher {teacher_name} "
-          f"({teacher_params:,} params), {args.images} train pairs of {args.data}, batch {cfg.batch_size}, "
-          f"ce + dice {cfg.dice_weight:g} + cwd {cfg.cwd_weight:g} + kd {cfg.kd_weight:g}")
+          f"({teacher_params:,} params), {args.images} train pairs of {args.data}, batch {cfg.batch_size}, losses "
+          + " + ".join(f"{name} {weight:g}" for name, weight in cfg.loss_weights.items()))
     print(f"one-time soft targets: {record['seconds']:.1f} s for {record['shape'][0]} maps of "
           f"{record['size']}x{record['size']} (teacher at {record['teacher_input_sizes']}, flip TTA, decode included)")
     kinds = {"scratch": (training_loss(cfg, None), None),

@@ -73,7 +73,7 @@ def precision_step_times(models: list[str], sizes: list[int], batch_size: int, s
     in fp32 and in bf16. The two precisions alternate step by step, so that a change in the
     machine's load falls on both alike. Random pixels: a step's cost does not depend on them."""
     import teachers  # noqa: F401  (registers the teacher architectures)
-    loss_fn, cpu = training_loss(RunConfig(dice_weight=0.5)), torch.device("cpu")
+    loss_fn, cpu = training_loss(RunConfig(loss_weights={"ce": 1.0, "dice": 0.5})), torch.device("cpu")
     rows = []
     for name in models:
         for size in sizes:
@@ -121,7 +121,7 @@ def main():
         precision_step_times(args.models, args.sizes, args.batch_size, args.steps)
         print(f"fp32 matmul 2048^3 after: {matmul_gflops():.1f} GFLOP/s")
         return
-    cfg = RunConfig(dice_weight=0.5)
+    cfg = RunConfig(loss_weights={"ce": 1.0, "dice": 0.5})
     loss_fn = training_loss(cfg)
     n_images = args.batch_size * (args.batches + 1)
 

@@ -84,8 +84,8 @@ def settings_without_teacher(cfg: RunConfig, given: set[str]) -> list[str]:
     file) that does something only with a teacher, where its value would have an effect: a
     teacher loss's weight above 0, distill_mode offline, a soft-target cache... A preset's
     own teacher losses are not the user's doing, and are not listed."""
-    unused = [f"{loss.weight}={weight_of(cfg, loss):g}" for loss in active_losses(cfg, "teacher")
-              if loss.weight in given or "loss_weights" in given and loss.weight in cfg.loss_weights]
+    unused = [f"{loss.setting}={weight_of(cfg, loss):g}" for loss in active_losses(cfg, "teacher")
+              if {loss.setting, loss.name} & given]  # --set kd_weight=1, or kd in a loss_weights table
     unused += [f"{key}={getattr(cfg, key)!r}" for key, has_effect in TEACHER_SETTINGS.items()
                if key in given and has_effect(getattr(cfg, key))]
     return unused

@@ -46,7 +46,7 @@ def distill(cfg: RunConfig, data_root, out, teacher, resume: bool = False, progr
         else:
             teacher_model.to(pick_device())  # where fit puts the student and the batches
     result = fit(model, model_cfg, training_loss(cfg, teacher_model), cfg, out, data_root=data_root,
-                 stage=stage, resume=resume, progress=progress, budget=budget, soft_targets=soft_targets,
+                 stage=stage, resume=resume, show_progress=progress, budget=budget, soft_targets=soft_targets,
                  reference_scores={} if fscore is None else {"teacher/val_fscore": fscore}, extra_config=extra)
     if soft_targets is not None:
         result["soft_targets_s"] = extra["soft_targets"]["seconds"]

@@ -1,13 +1,11 @@
 """Refusing a budget that cannot hold a run, before its time is wasted: probe_budget before
 the data is decoded, from one batch of each split, and check_budget_fits after the first real
-step, which also sizes the reserve held back for the last validation. Split from the engine,
-which calls both, so that the loop's module holds the loop."""
+step, which also sizes the reserve held back for the last validation."""
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -20,29 +18,22 @@ from facekd.evaluation import evaluate
 from facekd.losses import LossFn
 from facekd.transforms import AugmentConfig, train_batch
 
-if TYPE_CHECKING:  # the engine imports this module, so its Loop is named for the type checker only
-    from facekd.engine import Loop
-
-
-def check_budget_fits(loop: "Loop", step_seconds: float) -> None:
+def check_budget_fits(budget: Budget, model: nn.Module, val: CachedSplit, cfg: RunConfig, device: torch.device,
+                      precision: str, step_seconds: float) -> None:
     """After the first step of a budgeted run: refuse, before anything is written, a budget
     that cannot hold even one step and one validation, and size the validation reserve."""
-    if loop.budget is None:
-        return
-    val = loop.val
-    batch = CachedSplit(val.stems[:loop.cfg.batch_size], val.images[:loop.cfg.batch_size],
-                        val.masks[:loop.cfg.batch_size])
+    n = cfg.batch_size
+    batch = CachedSplit(val.stems[:n], val.images[:n], val.masks[:n])
     t0 = now()
-    evaluate(loop.model, batch, loop.cfg.resolutions[-1][0], loop.cfg.flip_tta, loop.cfg.batch_size, loop.device,
-             precision=loop.precision)
+    evaluate(model, batch, cfg.resolutions[-1][0], cfg.flip_tta, n, device, precision=precision)
     eval_s = (now() - t0) * math.ceil(len(val) / len(batch))
-    loop.budget.reserve = 1.2 * eval_s + 1.0
-    if loop.budget.spent() + loop.budget.reserve > loop.budget.seconds:
+    budget.reserve = 1.2 * eval_s + 1.0
+    if budget.spent() + budget.reserve > budget.seconds:
         raise BudgetError(
-            f"a budget of {loop.budget.seconds / 60:g} min is too small for this run: after "
-            f"{loop.budget.spent():.1f} s of set-up and one step ({step_seconds:.2f} s), one validation of "
+            f"a budget of {budget.seconds / 60:g} min is too small for this run: after "
+            f"{budget.spent():.1f} s of set-up and one step ({step_seconds:.2f} s), one validation of "
             f"{len(val)} images would take about {eval_s:.1f} s more; give at least "
-            f"{(loop.budget.spent() + loop.budget.reserve) / 60 * 1.5:.1f} min")
+            f"{(budget.spent() + budget.reserve) / 60 * 1.5:.1f} min")
 
 
 def probe_budget(model: nn.Module, loss_fn: LossFn, cfg: RunConfig, data_root, budget: Budget,

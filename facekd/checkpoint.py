@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -56,8 +57,9 @@ def training_state(*, model, model_cfg: dict, stage: str, optimizer, scheduler, 
     return state
 
 
-def restore_training_state(state: dict, *, model, optimizer, scheduler, ema, generator, rank: int) -> dict:
-    """Load last.pt's weights, optimiser, schedule, EMA and RNG states in place; returns its counters."""
+def restore_training_state(state: dict, *, model, optimizer, scheduler, ema, generator, rank: int) -> None:
+    """Load last.pt's weights, optimiser, schedule, EMA and RNG states in place (its counters
+    are the engine's Counters.from_state)."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -65,9 +67,6 @@ def restore_training_state(state: dict, *, model, optimizer, scheduler, ema, gen
         ema.module.load_state_dict(state["model_ema"])
     torch.set_rng_state(state["rng_cpu"].cpu())  # RNG states must be CPU tensors, even for CUDA
     generator.set_state((state["rng_gen_ranks"][rank] if "rng_gen_ranks" in state else state["rng_gen"]).cpu())
-    return {k: state.get(k, default) for k, default in
-            (("epoch", -1), ("step", 0), ("best_metric", -1.0), ("train_seconds", 0.0), ("images_seen", 0),
-             ("budget_spent", 0.0), ("budget_train_start", None), ("finished", False))}
 
 
 # What --resume checks before it continues a run: the same model, config, data and teacher.
@@ -111,7 +110,7 @@ def resume_state(run_dir: Path, resume: bool, device, world: int, cfg: RunConfig
         return None
     if not last_path.exists():
         refuse_existing_run(run_dir, resume)  # before saying so: a folder of a user's own files is refused
-        tqdm.write(f"--resume: {run_dir} holds no last.pt, so this run starts from scratch")
+        tqdm.write(f"--resume: {run_dir} holds no last.pt, so this run starts from scratch", file=sys.stderr)
         return None
     # every rank reads the same file; checkpoints hold the unwrapped model, as without DDP
     state = load_checkpoint(last_path)

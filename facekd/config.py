@@ -15,7 +15,6 @@ from pathlib import Path
 
 from facekd.budget import MAX_BUDGET_MINUTES
 from facekd.precision import PRECISIONS
-from facekd.registry import LOSSES
 
 
 @dataclass
@@ -47,20 +46,12 @@ class RunConfig:
     # > 0: images holding a class found in fewer than this share of the training images are
     # drawn more often (repeat-factor sampling, facekd/sampling.py); 0 = each image once per epoch
     repeat_threshold: float = 0.0
-    # loss weights (facekd/losses.py); the distillation ones (kd, cwd, dist) are used only when a
-    # teacher is given. The built-in losses keep a field each, which old TOML files, config.json
-    # snapshots and checkpoints name.
-    ce_weight: float = 1.0
-    dice_weight: float = 0.0
+    # Every loss's weight, keyed by its registered name (facekd/losses.py: "ce", "dice", "kd",
+    # "cwd", "dist", or a plugin's); absent or 0 is off. The distillation losses act only when
+    # a teacher is given. `--set kd_weight=1`, a TOML key `kd_weight = 1` or a table
+    # `loss_weights = {kd = 1}` set one weight each and keep the others (translate_loss_weights).
+    loss_weights: dict = field(default_factory=lambda: {"ce": 1.0})
     dice_scope: str = "batch"           # "image": Dice per image over its own classes, as the score counts
-    kd_weight: float = 0.0
-    cwd_weight: float = 0.0
-    dist_weight: float = 0.0            # DIST: Pearson relations of the logits (facekd/losses.py)
-    # The weights of registered losses that have no field above, by weight name ("toy_weight":
-    # 1.0). A loss declares its weight's name when it registers, so a new loss, or one a plugin
-    # module registers, is turned on by `--set toy_weight=1`, a TOML file or a preset without an
-    # edit here (apply_overrides files the key in this dict). Absent means 0, off.
-    loss_weights: dict = field(default_factory=dict)
     temperature: float = 4.0
     # "online" runs the teacher on every step; "offline" runs it once per training image before
     # training (flip TTA, averaged over soft_target_scales x its input size) and warps the stored
@@ -113,9 +104,6 @@ class RunConfig:
             ("eval_every", self.eval_every < 1, "must be at least 1"),
             ("panel_every", self.panel_every < 1, "must be at least 1"),
             ("threads", self.threads < 0, "must not be negative (0 means torch's default)"),
-            # every loss weight, so that a new loss's weight is checked without an edit here
-            *((f.name, getattr(self, f.name) < 0, "must not be negative")
-              for f in dataclasses.fields(self) if f.name.endswith("_weight")),
         ) if bad]
         phases_ok = isinstance(self.resolutions, list) and self.resolutions and all(
             isinstance(x, list) and len(x) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
@@ -128,22 +116,21 @@ class RunConfig:
         problems += self._loss_weight_problems()
         if problems:
             raise ValueError("; ".join(problems))
-        self.loss_weights = {name: float(value) for name, value in self.loss_weights.items()}
+        # a weight of 0 is the loss left out: one spelling of "off", so that configs compare alike
+        self.loss_weights = {name: float(value) for name, value in sorted(self.loss_weights.items()) if value != 0}
 
     def _loss_weight_problems(self) -> list[str]:
-        """Each loss_weights key must be the weight of a registered loss without a field of its
-        own (else a typo would be a loss silently left off), each value a finite number >= 0."""
+        """Each weight a finite number >= 0. Whether each name is a registered loss is
+        facekd.losses.check_loss_names's to say: the losses register as torch-using modules
+        are imported, and this module must not import torch."""
         if not isinstance(self.loss_weights, dict):
             return [f"loss_weights must be a table of loss weights, got {self.loss_weights!r}"]
-        known, problems = field_less_loss_weights(), []
+        problems = []
         for name, value in self.loss_weights.items():
-            if name not in known:
-                problems.append(f"loss_weights: {name!r} is not the weight of a registered loss without a "
-                                f"RunConfig field (those are: {sorted(known)})")
-            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                problems.append(f"{name} must be a finite number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                problems.append(f"{name}_weight must be a finite number, got {value!r}")
             elif value < 0:
-                problems.append(f"{name} must not be negative")
+                problems.append(f"{name}_weight must not be negative")
         return problems
 
     @property
@@ -183,32 +170,58 @@ def _check_type(key: str, value, default):
     return value
 
 
-# Keys renamed since configs were first written; old TOML files keep working.
-RENAMED = {"ce": "ce_weight", "dice": "dice_weight", "kd": "kd_weight", "cwd": "cwd_weight"}
+# Loss weights as configs first named them ("kd = 1"), before each had the name "kd_weight".
+BARE_LOSS_KEYS = {"ce", "dice", "kd", "cwd"}
 
 
-def field_less_loss_weights() -> set[str]:
-    """The weight names of the registered losses that have no RunConfig field: the keys
-    loss_weights may hold. A loss registers when its module is imported (facekd/losses.py)."""
-    return {LOSSES[name].weight for name in LOSSES} - {f.name for f in dataclasses.fields(RunConfig)}
+def translate_loss_weights(overrides: dict) -> dict:
+    """The one place where every spelling of a loss weight becomes a loss_weights entry keyed
+    by the loss's name: `kd_weight = 1` (a RunConfig field of its own until issue 35, and the
+    `--set` spelling still), `kd = 1` (older TOML files), and loss_weights tables keyed
+    `toy_weight` (config.json and checkpoints of before). Other keys pass unchanged."""
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    weights, rest = None, {}
+    for key, value in overrides.items():
+        if key == "loss_weights" and isinstance(value, dict):
+            weights = {**(weights or {}), **{name.removesuffix("_weight"): v for name, v in value.items()}}
+        elif key.endswith("_weight") and key not in fields or key in BARE_LOSS_KEYS:
+            weights = {**(weights or {}), key.removesuffix("_weight"): value}
+        else:
+            rest[key] = value
+    return rest if weights is None else {**rest, "loss_weights": weights}
+
+
+def saved_config(saved: dict) -> dict:
+    """A config as a run recorded it (config.json, last.pt, best.pt; any version), in today's
+    keys. Only what it recorded: a field it predates is not filled in."""
+    translated = translate_loss_weights(saved)
+    if "loss_weights" in translated:
+        translated["loss_weights"] = {name: float(v) for name, v in translated["loss_weights"].items() if v != 0}
+    return translated
+
+
+def config_from_saved(saved: dict) -> RunConfig:
+    """The RunConfig a run recorded (its config.json, or a checkpoint's "config"): its loss
+    weights replace the defaults' rather than add to them, and what it records beside its
+    settings (data_root, teacher, ...) is left out."""
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    return dataclasses.replace(RunConfig(), **{k: v for k, v in saved_config(saved).items() if k in names})
 
 
 def apply_overrides(cfg: RunConfig, overrides: dict, source: str = "overrides") -> RunConfig:
-    names, loss_weights = {f.name for f in dataclasses.fields(RunConfig)}, field_less_loss_weights()
-    checked, weighed = {}, {}
-    for key, value in overrides.items():
-        key = RENAMED.get(key, key)
-        if key not in names and key not in loss_weights:
+    """cfg with `overrides` applied, each key a RunConfig field of the right type (or a loss
+    weight in any spelling); a loss_weights table adds to cfg's weights, not replaces them."""
+    names, checked = {f.name for f in dataclasses.fields(RunConfig)}, {}
+    for key, value in translate_loss_weights(overrides).items():
+        if key not in names:
             raise ValueError(f"{source}: unknown config key {key!r}")
         try:
-            if key in loss_weights:  # a registered loss's weight without a field: into loss_weights
-                weighed[key] = _check_type(key, value, 0.0)
-            else:
-                checked[key] = _check_type(key, value, getattr(cfg, key))
+            if key == "loss_weights" and isinstance(value, dict):
+                value = {**cfg.loss_weights, **{name: _check_type(f"{name}_weight", weight, 0.0)
+                                                for name, weight in value.items()}}
+            checked[key] = _check_type(key, value, getattr(cfg, key))
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
-    if weighed:
-        checked["loss_weights"] = {**checked.get("loss_weights", cfg.loss_weights), **weighed}
     try:
         return dataclasses.replace(cfg, **checked)
     except ValueError as e:
@@ -236,7 +249,9 @@ RESUMABLE_CHANGES = {"threads", "eval_every", "panel_every", "budget_minutes", "
 
 
 def resume_conflicts(saved: dict, new: dict) -> list[str]:
-    """'key: saved != new' for each setting that a resumed run may not change."""
+    """'key: saved != new' for each setting that a resumed run may not change; `saved` as the
+    run recorded it, in whichever version's keys."""
+    saved = saved_config(saved)
     return [f"{k}: {saved[k]!r} != {new.get(k)!r}" for k in sorted(saved)
             if k not in RESUMABLE_CHANGES and k in new and saved[k] != new[k]]
 
@@ -260,26 +275,27 @@ def load_toml(path: str | Path) -> dict:
 PRESETS = {
     "teacher": {
         "smoke": dict(model="teacher_tiny", resolutions=[[128, 6]], batch_size=4, eval_every=2, warmup_epochs=0.5),
-        "cpu": dict(model="teacher_cpu", resolutions=[[256, 12], [384, 2]], batch_size=8, lr=2e-3,
-                    dice_weight=0.5, eval_every=4),
-        "gpu": dict(model="teacher_gpu", resolutions=[[512, 120]], batch_size=16, lr=1e-3, dice_weight=0.5,
-                    ema_decay=0.999, eval_every=5),
+        "cpu": dict(model="teacher_cpu", resolutions=[[256, 12], [384, 2]], batch_size=8, lr=2e-3, eval_every=4,
+                    loss_weights=dict(ce=1.0, dice=0.5)),
+        "gpu": dict(model="teacher_gpu", resolutions=[[512, 120]], batch_size=16, lr=1e-3, ema_decay=0.999,
+                    eval_every=5, loss_weights=dict(ce=1.0, dice=0.5)),
     },
     "distill": {
         "smoke": dict(model="tiny", resolutions=[[128, 6]], batch_size=4, eval_every=2, warmup_epochs=0.5,
-                      kd_weight=1.0, cwd_weight=1.0),
+                      loss_weights=dict(ce=1.0, kd=1.0, cwd=1.0)),
         # CWD beat pixel KD and no KD on val (docs/RESULTS.md, student runs b and c)
-        "cpu": dict(model="resfpn", resolutions=[[256, 12], [384, 3]], batch_size=8, lr=3e-3, dice_weight=0.5,
-                    kd_weight=0.0, cwd_weight=1.0, eval_every=3),
-        "gpu": dict(model="resfpn", resolutions=[[512, 200]], batch_size=16, lr=2e-3, dice_weight=0.5, kd_weight=1.0,
-                    cwd_weight=1.0, ema_decay=0.999, eval_every=5),
+        "cpu": dict(model="resfpn", resolutions=[[256, 12], [384, 3]], batch_size=8, lr=3e-3, eval_every=3,
+                    loss_weights=dict(ce=1.0, dice=0.5, cwd=1.0)),
+        "gpu": dict(model="resfpn", resolutions=[[512, 200]], batch_size=16, lr=2e-3, ema_decay=0.999, eval_every=5,
+                    loss_weights=dict(ce=1.0, dice=0.5, kd=1.0, cwd=1.0)),
     },
     "prune": {
-        "smoke": dict(resolutions=[[128, 1]], batch_size=4, eval_every=1, warmup_epochs=0.2, kd_weight=1.0),
-        "cpu": dict(resolutions=[[384, 3]], batch_size=8, lr=1e-3, dice_weight=0.5, kd_weight=1.0, eval_every=1,
-                    warmup_epochs=0.2),
-        "gpu": dict(resolutions=[[512, 40]], batch_size=16, lr=5e-4, dice_weight=0.5, kd_weight=1.0, ema_decay=0.999,
-                    eval_every=5),
+        "smoke": dict(resolutions=[[128, 1]], batch_size=4, eval_every=1, warmup_epochs=0.2,
+                      loss_weights=dict(ce=1.0, kd=1.0)),
+        "cpu": dict(resolutions=[[384, 3]], batch_size=8, lr=1e-3, eval_every=1, warmup_epochs=0.2,
+                    loss_weights=dict(ce=1.0, dice=0.5, kd=1.0)),
+        "gpu": dict(resolutions=[[512, 40]], batch_size=16, lr=5e-4, ema_decay=0.999, eval_every=5,
+                    loss_weights=dict(ce=1.0, dice=0.5, kd=1.0)),
     },
 }
 
@@ -294,7 +310,10 @@ def resolve_config(stage: str, preset: str, config_file: str | None = None, assi
     if config_file:
         cfg = apply_overrides(cfg, load_toml(config_file), str(config_file))
     cfg = apply_overrides(cfg, parse_assignments(assignments), "--set")
-    return apply_overrides(cfg, {k: v for k, v in cli_overrides.items() if v is not None}, "command line")
+    cfg = apply_overrides(cfg, {k: v for k, v in cli_overrides.items() if v is not None}, "command line")
+    from facekd.losses import check_loss_names  # here: it imports torch, which this module must not
+    check_loss_names(cfg)  # before any work, not when the loss is built
+    return cfg
 
 
 def save_config(cfg: RunConfig, run_dir: Path, extra: dict | None = None) -> None:

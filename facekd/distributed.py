@@ -1,4 +1,4 @@
-"""Multi-process training under torchrun: `torchrun --nproc_per_node N -m facekd.app <stage> ...`.
+"""Multi-process training under torchrun: `torchrun --nproc_per_node N -m facekd <stage> ...`.
 
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK for each process. Without them (or with a
 world of one) every helper here is a no-op and no process group is ever created, so a
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -115,6 +116,53 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
         return
     for buf in module.buffers():
         buf.copy_(broadcast(buf))
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the training processes, and everything the training loop
+    asks of them together. With one process every method is a no-op, so the loop reads the
+    same with and without torchrun: no branch on the rank or the world size of its own."""
+    world: int = 1
+    rank: int = 0
+
+    @classmethod
+    def join(cls) -> "Processes":
+        setup()
+        return cls(world_size(), rank())
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that validates and writes the run folder."""
+        return self.rank == 0
+
+    def agree(self, value: float) -> float:
+        """Rank 0's value, on every rank: what all must decide alike (the budget's progress, the best score)."""
+        return float(broadcast(torch.tensor(value, dtype=torch.float64)))
+
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` holds on any rank: a reason for all to stop together."""
+        return bool(all_reduce(torch.tensor(float(flag)), "max").item())
+
+    def reduce_epoch_stats(self, sums: dict, seen: int) -> tuple[dict, int]:
+        """The epoch's summed loss terms and image count over every rank's images, not rank 0's share."""
+        if self.world == 1:
+            return sums, seen
+        keys = sorted(sums)
+        totals = all_reduce(torch.tensor([seen] + [sums[k] for k in keys], dtype=torch.float64))
+        return dict(zip(keys, totals[1:].tolist())), int(totals[0])
+
+    def share_buffers(self, model: torch.nn.Module) -> None:
+        """The last forward updated each rank's BatchNorm statistics with its own batch: give
+        every rank rank 0's, which are the ones rank 0 saves."""
+        broadcast_buffers(model)
+
+    def gather_rng(self, generator: torch.Generator) -> list[torch.Tensor]:
+        """Each rank's augmentation RNG state, in rank order, for an exact resume."""
+        return all_gather(generator.get_state())
+
+    def barrier(self) -> None:
+        barrier()
 
 
 def dump_final_state(module: torch.nn.Module) -> None:

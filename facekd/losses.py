@@ -1,12 +1,11 @@
-"""Every training loss, supervised and distillation alike, registered by name with the
-RunConfig weight that turns it on (torchdistill's pattern). A stage trains on
-`training_loss(cfg, teacher)`: the sum of the registered losses whose weight is above zero.
+"""Every training loss, supervised and distillation alike, registered by name; its weight is
+cfg.loss_weights[name] (torchdistill's pattern: one registered function plus a weight in the
+config). A stage trains on `training_loss(cfg, teacher)`: the sum of the registered losses
+whose weight is above zero.
 
-Adding a loss is one decorated function here, or in any module imported before the config
-is read (docs/EXTENDING.md), and no edit to facekd/config.py: the weight name it declares
-("toy_weight") is then a config key like any other (`--set toy_weight=1`, TOML, presets),
-kept in RunConfig.loss_weights, and `weight_of` reads it. A loss says what it compares the
-logits with:
+Adding a loss is one decorated function here, or in a plugin module (docs/EXTENDING.md), and
+no edit to facekd/config.py: `--set toy_weight=1`, a TOML key or a preset then turns on the
+loss registered as "toy". A loss says what it compares the logits with:
 - "labels": fn(logits, labels, cfg), logits upsampled to the labels' size;
 - "teacher": fn(student, teacher, temperature, valid), both BxCxHxW at the student's output
   size, `valid` an optional BxHxW mask of the pixels to compare. These run only when the stage
@@ -31,38 +30,45 @@ LossFn = Callable[..., dict]  # (logits, images, labels, soft_targets) -> {"loss
 
 @dataclass(frozen=True)
 class Loss:
-    name: str
-    weight: str                # its config key, "<name>_weight"; 0 (or absent) turns it off
+    name: str                  # its key in cfg.loss_weights; absent (or 0) turns it off
     fn: Callable[..., torch.Tensor]
     uses: str                  # "labels" or "teacher"
     # Online, the teacher saw the padding a warp brought in, so a loss may keep those pixels;
     # offline they hold zeros that no teacher produced, and every loss leaves them out.
     masks_online: bool = True
 
+    @property
+    def setting(self) -> str:
+        """How a user sets its weight: `--set kd_weight=1`, or `kd_weight = 1` in a TOML file."""
+        return f"{self.name}_weight"
 
-def register_loss(name: str, weight: str, uses: str = "teacher", masks_online: bool = True):
+
+def register_loss(name: str, uses: str = "teacher", masks_online: bool = True):
     if uses not in ("labels", "teacher"):
         raise ValueError(f"loss {name!r}: uses must be 'labels' or 'teacher', not {uses!r}")
-    if not weight.endswith("_weight"):  # so it can never be taken for another setting (lr, seed)
-        raise ValueError(f"loss {name!r}: its weight's name must end in _weight, not {weight!r}")
 
     def add(fn):
-        LOSSES.add(name, Loss(name, weight, fn, uses, masks_online))
+        LOSSES.add(name, Loss(name, fn, uses, masks_online))
         return fn
     return add
 
 
 def weight_of(cfg, loss: Loss) -> float:
-    """The weight cfg gives a loss: the built-in losses' own RunConfig fields (ce_weight, ...),
-    any other registered loss's entry in cfg.loss_weights, 0 where it has none. Every reader of
-    a loss weight asks here, so both kinds are read alike."""
-    if hasattr(cfg, loss.weight):
-        return getattr(cfg, loss.weight)
-    return cfg.loss_weights.get(loss.weight, 0.0)
+    return cfg.loss_weights.get(loss.name, 0.0)
+
+
+def check_loss_names(cfg) -> None:
+    """Refuse a weight for a loss no module registered: a typo would otherwise be a loss
+    silently left out."""
+    unknown = sorted(set(cfg.loss_weights) - set(LOSSES))
+    if unknown:
+        raise ValueError(", ".join(f"{name}_weight" for name in unknown) + ": no such loss; the registered ones are "
+                         + ", ".join(f"{name}_weight" for name in LOSSES))
 
 
 def active_losses(cfg, uses: str | None = None) -> list[Loss]:
     """The registered losses (of one kind, if given) that cfg weighs above zero, in registration order."""
+    check_loss_names(cfg)
     return [LOSSES[name] for name in LOSSES
             if weight_of(cfg, LOSSES[name]) > 0 and uses in (None, LOSSES[name].uses)]
 
@@ -84,7 +90,7 @@ def training_loss(cfg, teacher: nn.Module | None = None) -> LossFn:
     label_losses, teacher_losses = active_losses(cfg, "labels"), active_losses(cfg, "teacher")
     if not label_losses and not teacher_losses:
         raise ValueError("every loss weight is 0: give at least one of "
-                         + ", ".join(LOSSES[name].weight for name in LOSSES) + " a positive value")
+                         + ", ".join(LOSSES[name].setting for name in LOSSES) + " a positive value")
 
     def loss_fn(logits, images, labels, soft_targets=None):
         upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
@@ -99,27 +105,27 @@ def training_loss(cfg, teacher: nn.Module | None = None) -> LossFn:
 def _teacher_terms(losses: list[Loss], cfg, teacher, logits, images, labels, soft_targets) -> dict:
     offline = soft_targets is not None
     if offline:
-        target = soft_targets.float()
+        soft_targets = soft_targets.float()
     else:
         # the same augmented batch as the student sees, at the run's forward precision
         with torch.no_grad(), autocast(resolve_precision(cfg.precision, images.device), images.device):
-            target = teacher(images).float()
-    target = F.interpolate(target, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+            soft_targets = teacher(images).float()
+    soft_targets = F.interpolate(soft_targets, size=logits.shape[-2:], mode="bilinear", align_corners=False)
     # Offline, the pixels warped in from outside hold zeros that no teacher produced, and the
     # bilinear warp blends those zeros into the first stored pixel inside: both are left out.
     valid = valid_pixels(labels, logits.shape[-2:], margin=1 if offline else 0)
-    return {loss.name: loss.fn(logits, target, cfg.temperature, valid=valid if offline or loss.masks_online else None)
+    return {loss.name: loss.fn(logits, soft_targets, cfg.temperature, valid=valid if offline or loss.masks_online else None)
             for loss in losses}
 
 
 # --- supervised ------------------------------------------------------------------------------
 
-@register_loss("ce", weight="ce_weight", uses="labels")
+@register_loss("ce", uses="labels")
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, cfg) -> torch.Tensor:
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
 
 
-@register_loss("dice", weight="dice_weight", uses="labels")
+@register_loss("dice", uses="labels")
 def dice_term(logits: torch.Tensor, labels: torch.Tensor, cfg) -> torch.Tensor:
     return dice_loss(logits, labels, per_image=cfg.dice_scope == "image")
 
@@ -145,7 +151,7 @@ def dice_loss(logits: torch.Tensor, labels: torch.Tensor, per_image: bool = Fals
 
 # --- distillation ----------------------------------------------------------------------------
 
-@register_loss("kd", weight="kd_weight")
+@register_loss("kd")
 def pixel_kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
                   valid: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pixel KL(teacher || student) between temperature-softened class distributions,
@@ -158,7 +164,7 @@ def pixel_kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: flo
     return kl.mean() * temperature ** 2
 
 
-@register_loss("cwd", weight="cwd_weight", masks_online=False)
+@register_loss("cwd", masks_online=False)
 def channel_wise_kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
                          valid: torch.Tensor | None = None) -> torch.Tensor:
     """Channel-wise distillation (Shu et al., ICCV 2021): each class channel becomes a
@@ -186,7 +192,7 @@ def _unit(x: torch.Tensor, dim: int, eps: float = 1e-8) -> torch.Tensor:
     return x / (x.norm(dim=dim, keepdim=True) + eps)
 
 
-@register_loss("dist", weight="dist_weight")
+@register_loss("dist")
 def dist_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
               valid: torch.Tensor | None = None) -> torch.Tensor:
     """DIST (Huang et al., NeurIPS 2022, "Knowledge Distillation from A Stronger Teacher"):

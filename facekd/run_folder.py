@@ -209,23 +209,30 @@ class EventWriter:
 
 
 class TrainingRun:
-    """Owns a run directory: config snapshot, TensorBoard, metrics.jsonl and checkpoints.
+    """Owns a run directory: config snapshot, TensorBoard, metrics.jsonl and result.json
+    (checkpoints are facekd/checkpoint.py's).
 
     Nothing is written until `open`, which the loop calls after its first step, so a run that
     fails before it trained at all (bad data, a budget too small) leaves no folder behind.
     With writes=False (torchrun ranks other than 0) it only checks the directory, so that
-    every rank refuses an existing run alike instead of rank 0 failing alone."""
+    every rank refuses an existing run alike instead of rank 0 failing alone.
+    `config_record` goes into config.json beside the config; `first_scalars` (the model's
+    size, the teacher's score) are logged at step 0 when the run opens."""
 
-    def __init__(self, run_dir: Path, resume: bool, writes: bool = True):
+    def __init__(self, run_dir: Path, resume: bool, writes: bool, cfg: RunConfig, config_record: dict,
+                 first_scalars: dict):
         self.dir = Path(run_dir)
         refuse_existing_run(self.dir, resume)
         self.writes, self.writer = writes, None
+        self.cfg, self.config_record, self.first_scalars = cfg, config_record, first_scalars
 
-    def open(self, cfg: RunConfig, config_record: dict) -> None:
+    def open(self) -> None:
         if self.writes and self.writer is None:
             self.dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.dir, config_record)
+            save_config(self.cfg, self.dir, self.config_record)
             self.writer = EventWriter(self.dir)
+            for name, value in self.first_scalars.items():
+                self.writer.add_scalar(name, value, 0)
 
     def log(self, record: dict) -> None:
         from facekd.files import naming_failed_writes  # here: it imports torch, which this module must not
@@ -234,18 +241,18 @@ class TrainingRun:
         with naming_failed_writes(self.dir / "metrics.jsonl"), (self.dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
 
-    def close(self, cfg: RunConfig, stage: str, result: dict) -> None:
+    def close(self, stage: str, result: dict) -> None:
         """The run's main settings and final score on TensorBoard's HParams tab, written into
         the run's own events file so each run stays one file; then result.json."""
         from torch.utils.tensorboard.summary import hparams
 
         from facekd.files import naming_failed_writes
-        from facekd.losses import weight_of  # here: they import torch, which this module must not
+        cfg = self.cfg
         params = {"stage": stage, "model": cfg.model, "resolutions": json.dumps(cfg.resolutions),
                   "epochs": cfg.epochs, "budget_minutes": cfg.budget_minutes, "batch_size": cfg.batch_size,
                   "lr": cfg.lr, "weight_decay": cfg.weight_decay, "ema_decay": cfg.ema_decay, "seed": cfg.seed,
                   # every registered loss's weight, so that a new loss shows here without an edit
-                  **{LOSSES[name].weight: weight_of(cfg, LOSSES[name]) for name in LOSSES},
+                  **{f"{name}_weight": cfg.loss_weights.get(name, 0.0) for name in LOSSES},
                   "dice_scope": cfg.dice_scope, "temperature": cfg.temperature,
                   "repeat_threshold": cfg.repeat_threshold, "distill_mode": cfg.distill_mode,
                   "params": result["params"]}

@@ -45,11 +45,11 @@ def hflip_with_swap(images: torch.Tensor, masks: torch.Tensor, which: torch.Tens
     return images, masks
 
 
-def hflip_scores(scores: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+def hflip_soft_targets(soft_targets: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
     """Mirror the selected samples of BxCxHxW class scores and swap the l_/r_ channels,
     so that stored soft targets follow hflip_with_swap exactly."""
-    perm = torch.tensor(FLIP_PERMUTATION, device=scores.device)
-    return torch.where(which.view(-1, 1, 1, 1), scores.flip(-1).index_select(1, perm), scores)
+    perm = torch.tensor(FLIP_PERMUTATION, device=soft_targets.device)
+    return torch.where(which.view(-1, 1, 1, 1), soft_targets.flip(-1).index_select(1, perm), soft_targets)
 
 
 def random_theta(b: int, cfg: AugmentConfig, device, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -70,15 +70,15 @@ def warp(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.
 
 
 def random_affine(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None,
-                  scores: torch.Tensor | None = None):
-    """Random scale, rotation and shift; bilinear for the image (and any class scores given
-    along), nearest for the labels. Returns (images, masks, scores)."""
+                  soft_targets: torch.Tensor | None = None):
+    """Random scale, rotation and shift; bilinear for the image (and any soft targets given
+    along), nearest for the labels. Returns (images, masks, soft_targets)."""
     theta = random_theta(images.shape[0], cfg, images.device, gen)
     images = warp(images, theta)
     # shift ids by one so that zero padding marks "outside" rather than background
     shifted = warp((masks.float() + 1).unsqueeze(1), theta, mode="nearest")[:, 0].long()
     masks = torch.where(shifted == 0, IGNORE_INDEX, shifted - 1)
-    return images, masks, None if scores is None else warp(scores, theta)
+    return images, masks, None if soft_targets is None else warp(soft_targets, theta)
 
 
 def colour_jitter(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None):
@@ -94,23 +94,23 @@ def colour_jitter(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator
 
 
 def train_batch(images_uint8: torch.Tensor, masks_uint8: torch.Tensor, cfg: AugmentConfig,
-                gen: torch.Generator | None = None, scores: torch.Tensor | None = None, channels_last: bool = True):
-    """uint8 batch -> (normalised float images, int64 labels, scores). The images are
+                gen: torch.Generator | None = None, soft_targets: torch.Tensor | None = None, channels_last: bool = True):
+    """uint8 batch -> (normalised float images, int64 labels, soft_targets). The images are
     channels_last unless `channels_last` is False (the run's `channels_last = false`): a conv
     runs channels_last when its input or its weights are, so a contiguous model alone would not
     keep the kernels off that layout.
 
-    `scores` (BxCxhxw, any h and w, e.g. a teacher's stored logits) get the same flip, with
+    `soft_targets` (BxCxhxw, any h and w, e.g. a teacher's stored logits) get the same flip, with
     the l_/r_ channels swapped, and the same affine warp as the images; colour jitter does
     not touch them. Pixels warped in from outside come out as zeros; their labels are
     IGNORE_INDEX, which is how a loss finds them."""
     b, dev = images_uint8.shape[0], images_uint8.device
     which = torch.rand(b, device=dev, generator=gen) < cfg.flip
     images, masks = hflip_with_swap(images_uint8, masks_uint8, which)
-    if scores is not None:
-        scores = hflip_scores(scores.float(), which)
-    images, masks, scores = random_affine(images.float(), masks, cfg, gen, scores)
+    if soft_targets is not None:
+        soft_targets = hflip_soft_targets(soft_targets.float(), which)
+    images, masks, soft_targets = random_affine(images.float(), masks, cfg, gen, soft_targets)
     images = colour_jitter(images, cfg, gen)
     images = normalize(images).contiguous(memory_format=torch.channels_last if channels_last
                                           else torch.contiguous_format)
-    return images, masks, scores
+    return images, masks, soft_targets

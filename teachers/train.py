@@ -24,5 +24,5 @@ def train_teacher(cfg: RunConfig, data_root, out, resume: bool = False, progress
         model, model_cfg = load_model(ckpt, f"--init {init}").train(), ckpt["model_cfg"]
         extra = {"init": str(init), "model_cfg": model_cfg}
     return fit(model, model_cfg, training_loss(cfg), cfg, out, data_root=data_root, stage="teacher",
-               resume=resume, progress=progress, extra_config=extra,
+               resume=resume, show_progress=progress, extra_config=extra,
                reference_scores={"init/val_fscore": ckpt["val_fscore"]} if init and ckpt.get("val_fscore") else None)

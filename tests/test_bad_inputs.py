@@ -60,7 +60,7 @@ def _record_steps(tmp_path, **overrides) -> list[dict]:
         return supervised(logits, images, labels)
     model_cfg = named_config("tiny", 64)
     engine.fit(build_model(model_cfg), model_cfg, recording, cfg, tmp_path / "run", data_root=SAMPLE_DATA,
-               stage="teacher", progress=False)
+               stage="teacher", show_progress=False)
     return steps
 
 

@@ -118,7 +118,7 @@ def test_a_run_cut_mid_epoch_counts_a_fraction_of_an_epoch(tmp_path, sample_root
     result = distill(tiny(resolutions=[[64, 4]]), sample_root, tmp_path / "run", None, progress=False)
     assert result["steps"] == 5 and result["images_seen"] == 20 and result["epochs_started"] == 2
     assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs"] == result["epochs"] == 1.25
-    logged = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[distill]")]
+    logged = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[distill]")]
     assert logged[-1].startswith("[distill] 1.25 epochs (20 images) @64: loss"), logged
 
 

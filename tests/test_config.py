@@ -7,7 +7,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from facekd.app.cli import main
-from facekd.config import PRESETS, RunConfig, apply_overrides, parse_assignments, resolve_config, resume_conflicts
+from facekd.config import (PRESETS, RunConfig, apply_overrides, config_from_saved, parse_assignments, resolve_config,
+                           resume_conflicts, saved_config)
 from facekd.losses import active_losses, register_loss, weight_of
 from facekd.registry import LOSSES
 from teachers.train import train_teacher
@@ -23,7 +24,7 @@ def test_set_values_are_typed_as_toml_and_checked_like_files(tmp_path):
     assert parse_assignments(["lr=1e-3", "resolutions=[[96, 2]]", "flip_tta=false", "model=unet"]) == \
         {"lr": 1e-3, "resolutions": [[96, 2]], "flip_tta": False, "model": "unet"}
     cfg = resolve_config("distill", "cpu", None, ["lr=5e-4", "kd_weight=0.5"])
-    assert (cfg.lr, cfg.kd_weight, cfg.cwd_weight) == (5e-4, 0.5, 1.0)  # the rest is the preset's
+    assert (cfg.lr, cfg.loss_weights) == (5e-4, {"ce": 1.0, "cwd": 1.0, "dice": 0.5, "kd": 0.5})  # the rest: the preset's
     with pytest.raises(ValueError, match="--set: unknown config key 'lerning_rate'"):
         resolve_config("distill", "cpu", None, ["lerning_rate=1"])
     with pytest.raises(ValueError, match="'batch_size' must be int"):
@@ -32,36 +33,57 @@ def test_set_values_are_typed_as_toml_and_checked_like_files(tmp_path):
         parse_assignments(["lr"])
 
 
-def test_old_loss_weight_names_still_load(tmp_path):
+def test_every_spelling_of_a_loss_weight_lands_in_loss_weights(tmp_path):
+    """Issue 35: one path for loss weights. `kd = 0` (the oldest TOML files), `kd_weight = 1`
+    (a field of its own until issue 35, and the --set spelling still) and `loss_weights =
+    {kd = 1}` all set loss_weights["kd"]; a table adds to the preset's weights; 0 is off."""
     (tmp_path / "old.toml").write_text("kd = 0.0\ncwd = 2.0\ndice = 0.25\n")
-    cfg = resolve_config("distill", "smoke", str(tmp_path / "old.toml"))
-    assert (cfg.kd_weight, cfg.cwd_weight, cfg.dice_weight) == (0.0, 2.0, 0.25)
+    assert resolve_config("distill", "smoke", str(tmp_path / "old.toml")).loss_weights == \
+        {"ce": 1.0, "cwd": 2.0, "dice": 0.25}
+    (tmp_path / "table.toml").write_text("loss_weights = {kd = 2, ce = 0}\n")
+    cfg = resolve_config("distill", "cpu", str(tmp_path / "table.toml"), ["dist_weight=0.5"])
+    assert cfg.loss_weights == {"cwd": 1.0, "dice": 0.5, "dist": 0.5, "kd": 2.0}
+    assert [loss.name for loss in active_losses(cfg)] == ["dice", "kd", "cwd", "dist"]  # registration order
+    assert "loss_weights" in RunConfig().to_dict() and "kd_weight" not in RunConfig().to_dict()
 
 
-def test_a_loss_without_a_field_is_weighed_by_the_key_it_declares(tmp_path, monkeypatch):
+def test_a_config_saved_before_issue_35_reads_in_todays_keys():
+    """config.json, last.pt and best.pt of before kept each built-in weight in a field of its
+    own, and a plugin's in loss_weights under its weight's name."""
+    saved = {"lr": 1e-3, "ce_weight": 1.0, "dice_weight": 0.5, "kd_weight": 0.0, "cwd_weight": 1.0,
+             "dist_weight": 0.0, "loss_weights": {"toy_weight": 2.0}, "data_root": "/data"}
+    assert saved_config(saved) == {"lr": 1e-3, "data_root": "/data",
+                                   "loss_weights": {"ce": 1.0, "dice": 0.5, "cwd": 1.0, "toy": 2.0}}
+    cfg = config_from_saved({**saved, "loss_weights": {}, "ce_weight": 0.0})
+    assert cfg.loss_weights == {"cwd": 1.0, "dice": 0.5} and cfg.lr == 1e-3  # replaced, not added to the defaults
+    # resuming compares in today's keys: the same weights are no conflict, other ones are
+    today = apply_overrides(RunConfig(), {"lr": 1e-3, "dice_weight": 0.5, "cwd_weight": 1.0, "toy_weight": 2.0})
+    assert not resume_conflicts(saved, today.to_dict())
+    assert resume_conflicts(saved, apply_overrides(today, {"cwd_weight": 2.0}).to_dict()) == \
+        ["loss_weights: {'ce': 1.0, 'dice': 0.5, 'cwd': 1.0, 'toy': 2.0} != "
+         "{'ce': 1.0, 'cwd': 2.0, 'dice': 0.5, 'toy': 2.0}"]
+
+
+def test_a_plugin_loss_is_weighed_like_a_built_in_one(tmp_path, monkeypatch):
     """A loss registered outside facekd/config.py (a plugin's) is turned on by its weight's
-    name from a preset, a TOML file or --set, into loss_weights, checked as a field would be."""
+    name from a preset, a TOML file or --set, checked as a built-in one's would be."""
     monkeypatch.setattr(LOSSES, "_entries", dict(LOSSES._entries))  # the registration ends with the test
-    register_loss("toy", weight="toy_weight", uses="labels")(lambda logits, labels, cfg: logits.mean())
+    register_loss("toy", uses="labels")(lambda logits, labels, cfg: logits.mean())
     monkeypatch.setitem(PRESETS["distill"], "toy", {"toy_weight": 0.5})
-    assert resolve_config("distill", "toy").loss_weights == {"toy_weight": 0.5}
+    assert resolve_config("distill", "toy").loss_weights == {"ce": 1.0, "toy": 0.5}
     (tmp_path / "toy.toml").write_text("toy_weight = 2\n")
     cfg = resolve_config("distill", "smoke", str(tmp_path / "toy.toml"), ["lr=1e-3"])
-    assert cfg.loss_weights == {"toy_weight": 2.0} and weight_of(cfg, LOSSES["toy"]) == 2.0
+    assert cfg.loss_weights["toy"] == 2.0 and weight_of(cfg, LOSSES["toy"]) == 2.0
     assert "toy" in [loss.name for loss in active_losses(cfg)]
-    assert resolve_config("distill", "smoke", None, ["toy_weight=1"]).loss_weights == {"toy_weight": 1.0}
     for bad, message in (("toy_weight=-1", "toy_weight must not be negative"),
                          ("toy_weight=inf", "toy_weight must be a finite number"),
                          ("toy_weight=true", "'toy_weight' must be float"),
-                         ("toy_wieght=1", "unknown config key 'toy_wieght'")):
+                         ("toy_wieght=1", "unknown config key 'toy_wieght'"),
+                         ("toyy_weight=1", "toyy_weight: no such loss; the registered ones are ce_weight")):
         with pytest.raises(ValueError, match=message):
             resolve_config("distill", "smoke", None, [bad])
-    with pytest.raises(ValueError, match="'kd_weight' is not the weight of a registered loss without"):
-        RunConfig(loss_weights={"kd_weight": 1.0})  # a built-in weight has its field
-    # a resumed run may not change it; a snapshot from before loss_weights existed is no conflict
+    # a resumed run may not change it
     assert resume_conflicts({"loss_weights": {}}, {"loss_weights": cfg.loss_weights})
-    before = {key: value for key, value in cfg.to_dict().items() if key != "loss_weights"}
-    assert not resume_conflicts(before, cfg.to_dict())
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -114,7 +136,7 @@ def test_resume_with_another_model_or_preset_is_refused_before_anything_changes(
 
 def test_resume_without_a_run_says_so_and_starts_fresh(tmp_path, sample_root, capsys):
     train_teacher(tiny(), sample_root, tmp_path / "new", resume=True, progress=False)
-    assert "holds no last.pt, so this run starts from scratch" in capsys.readouterr().out
+    assert "holds no last.pt, so this run starts from scratch" in capsys.readouterr().err
     assert (tmp_path / "new" / "last.pt").is_file()
 
 

@@ -1,4 +1,7 @@
+import inspect
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,8 +11,10 @@ import numpy as np
 import facekd.engine as engine
 from facekd.files import load_checkpoint
 from facekd.app.cli import main
-from facekd.config import RunConfig, apply_overrides, load_toml, resolve_config
+from distill.train import distill
+from facekd.config import RunConfig, apply_overrides, config_from_saved, load_toml, resolve_config
 from facekd.metric import read_mask
+from facekd.models import build_model, named_config
 from teachers.train import train_teacher
 from tests.reference import reference_fscore
 
@@ -67,6 +72,43 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, sample_root,
         assert torch.equal(a["model"][key], b["model"][key]), key
 
 
+# A run as the engine wrote it before its rewrite (issue 35), at commit b959395: the tiny
+# student, labels alone, 3 epochs at 64 px on the embedded sample, killed after epoch 0.
+RUN_BEFORE_ISSUE_35 = Path(__file__).parent / "fixtures" / "run_before_issue35"
+
+
+def test_a_run_saved_before_the_engine_rewrite_resumes_and_exports(tmp_path, sample_root):
+    run = tmp_path / "run"
+    shutil.copytree(RUN_BEFORE_ISSUE_35, run)
+    last = load_checkpoint(run / "last.pt")
+    assert "ce_weight" in last["config"] and last["config"]["loss_weights"] == {}  # the old layout
+    # the machine that wrote it had its own checkout: point the run at this one's sample
+    last["config"]["data_root"] = str(sample_root.resolve())
+    torch.save(last, run / "last.pt")
+    cfg = config_from_saved(json.loads((run / "config.json").read_text()))
+    assert cfg.loss_weights == {"ce": 1.0, "dice": 0.5} and cfg.resolutions == [[64, 3]]
+    result = distill(cfg, sample_root, run, None, resume=True, progress=False)
+    # 16 pairs in batches of 8: 2 steps an epoch, epochs 1 and 2 trained here
+    assert (result["epochs_started"], result["steps"], result["images_seen"]) == (3, 6, 48)
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert main(["export", "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "solution")]) == 0
+    assert (tmp_path / "solution" / "ckpt.pth").is_file()
+
+
+def test_the_training_step_is_written_out_one_frame_below_fit(tmp_path, sample_root):
+    """Issue 35: the step sat seven frames below fit. The loss is called, and the optimiser
+    stepped, in train_one_epoch, which fit calls."""
+    callers = []
+
+    def recording(logits, *args):
+        callers.append([frame.function for frame in inspect.stack()[1:4]])
+        return {"loss": logits.float().mean() * 0}
+    model_cfg = named_config("tiny", 64)
+    engine.fit(build_model(model_cfg), model_cfg, recording, tiny_config(resolutions=[[64, 1]]), tmp_path / "run",
+               data_root=sample_root, stage="test", show_progress=False)
+    assert callers and all(c[:2] == ["train_one_epoch", "fit"] for c in callers), callers[0]
+
+
 def test_cli_train_predict_evaluate_matches_reference(tmp_path, sample_root, capsys):
     run = tmp_path / "teacher"
     assert main(["train-teacher", "--out", str(run)]) == 0
@@ -94,7 +136,7 @@ def test_gpu_preset_runs_two_steps_on_cpu(tmp_path, sample_root):
     """The gpu recipe's training features (EMA, Dice, its lr and evaluation schedule) run on
     CPU; only the model, the resolution and the amount of data are shrunk."""
     gpu = resolve_config("distill", "gpu")
-    assert gpu.ema_decay > 0 and gpu.dice_weight > 0 and gpu.eval_every > 1  # what this test exercises
+    assert gpu.ema_decay > 0 and gpu.loss_weights["dice"] > 0 and gpu.eval_every > 1  # what this test exercises
     # two steps: timm's EMA copies the weights outright on its first update
     cfg = apply_overrides(gpu, {"model": "tiny", "resolutions": [[64, 1]], "train_limit": 4, "batch_size": 2})
     from distill.train import distill
@@ -103,8 +145,8 @@ def test_gpu_preset_runs_two_steps_on_cpu(tmp_path, sample_root):
     last, best = load_checkpoint(run / "last.pt"), load_checkpoint(run / "best.pt")
     assert result["epochs"] == 1 and last["step"] == 2
     saved = json.loads((run / "config.json").read_text())
-    assert {k: saved[k] for k in ("lr", "ema_decay", "dice_weight", "eval_every")} == \
-        {"lr": gpu.lr, "ema_decay": gpu.ema_decay, "dice_weight": gpu.dice_weight, "eval_every": gpu.eval_every}
+    assert {k: saved[k] for k in ("lr", "ema_decay", "loss_weights", "eval_every")} == \
+        {"lr": gpu.lr, "ema_decay": gpu.ema_decay, "loss_weights": gpu.loss_weights, "eval_every": gpu.eval_every}
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["loss/dice"] > 0 and "val_fscore" in record  # the last epoch is scored despite eval_every
     # the EMA took its step: it trails the trained weights, and it is what best.pt keeps

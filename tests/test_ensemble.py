@@ -17,7 +17,7 @@ from facekd.models import build_model, named_config
 from teachers.ensemble import model_or_ensemble
 from facekd.checkpoint import save_checkpoint
 from facekd.files import load_checkpoint
-from facekd.config import RunConfig
+from facekd.config import RunConfig, apply_overrides
 from facekd.data import SAMPLE_DATA, load_split
 from facekd.evaluation import evaluate
 from facekd.labels import NUM_CLASSES
@@ -142,7 +142,8 @@ def test_best_checkpoint_records_training_cost_summed_over_resumes(tmp_path, kil
 # ---- DIST ------------------------------------------------------------------------------
 
 def test_dist_is_registered_with_its_weight():
-    assert LOSSES["dist"].weight == "dist_weight" and hasattr(RunConfig(), "dist_weight")
+    assert LOSSES["dist"].setting == "dist_weight"
+    assert apply_overrides(RunConfig(), {"dist_weight": 1.0}).loss_weights == {"ce": 1.0, "dist": 1.0}
 
 
 def test_dist_is_zero_for_identical_logits():

@@ -57,7 +57,7 @@ def toy_student():
     return dict(arch="toy_net", width=8)
 
 
-@register_loss("toy", weight="toy_weight", uses="labels")
+@register_loss("toy", uses="labels")
 def toy_loss(logits, labels, cfg):
     return logits.pow(2).mean()
 '''
@@ -83,7 +83,7 @@ def test_a_plugin_student_and_loss_train_through_facekd_distill(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["loss/toy"] > 0 and {"loss/ce", "loss/loss"} <= set(metrics[-1])
-    assert json.loads((run / "config.json").read_text())["loss_weights"] == {"toy_weight": 1.0}
+    assert json.loads((run / "config.json").read_text())["loss_weights"]["toy"] == 1.0
     assert json.loads((run / "result.json").read_text())["steps"] == 1
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt["model_cfg"]["arch"] == "toy_net"

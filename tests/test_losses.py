@@ -48,8 +48,8 @@ def test_config_switches_the_supervised_dice_to_per_image():
     logits = torch.randn(2, NUM_CLASSES, 8, 8, requires_grad=True)
     labels = torch.randint(0, NUM_CLASSES, (2, 8, 8))
     labels[1] = 0
-    per_image = training_loss(RunConfig(dice_weight=1.0, dice_scope="image"))(logits, None, labels)
-    pooled = training_loss(RunConfig(dice_weight=1.0))(logits, None, labels)
+    per_image = training_loss(RunConfig(loss_weights={"ce": 1.0, "dice": 1.0}, dice_scope="image"))(logits, None, labels)
+    pooled = training_loss(RunConfig(loss_weights={"ce": 1.0, "dice": 1.0}))(logits, None, labels)
     assert per_image["dice"].item() == pytest.approx(dice_loss(logits, labels, per_image=True).item())
     assert per_image["dice"].item() != pytest.approx(pooled["dice"].item(), abs=1e-3)
     per_image["loss"].backward()
@@ -63,9 +63,9 @@ def test_every_registered_loss_runs_forward_and_backward_through_training_loss(n
     """Weighing one loss alone in the config turns it on, and only it; its gradient reaches the
     student's logits, with the teacher's side taken from stored soft targets."""
     loss = LOSSES[name]
-    # set as a user sets it, so that a loss with a RunConfig field and one without are alike
-    weights = {LOSSES[other].weight: 0.0 for other in LOSSES}
-    cfg = apply_overrides(RunConfig(), {**weights, loss.weight: 1.0})
+    # set as a user sets it: `--set ce_weight=0 --set kd_weight=1`
+    weights = {LOSSES[other].setting: 0.0 for other in LOSSES}
+    cfg = apply_overrides(RunConfig(), {**weights, loss.setting: 1.0})
     assert weight_of(cfg, loss) == 1.0
     torch.manual_seed(0)
     logits = torch.randn(2, NUM_CLASSES, 8, 8, requires_grad=True)
@@ -79,4 +79,4 @@ def test_every_registered_loss_runs_forward_and_backward_through_training_loss(n
 
 def test_a_config_that_weighs_no_loss_is_refused():
     with pytest.raises(ValueError, match="every loss weight is 0"):
-        training_loss(RunConfig(ce_weight=0.0))
+        training_loss(RunConfig(loss_weights={}))

@@ -41,7 +41,7 @@ def test_a_bf16_step_runs_the_forward_in_bf16_and_keeps_fp32_weights():
     torch.manual_seed(0)
     model = build_model(named_config("tiny", 64)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    loss_fn = training_loss(RunConfig(dice_weight=0.5))
+    loss_fn = training_loss(RunConfig(loss_weights={"ce": 1.0, "dice": 0.5}))
     images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 19, (2, 64, 64))
     before = [p.detach().clone() for p in model.parameters()]
     with autocast("bf16", CPU):

@@ -79,8 +79,8 @@ def test_prune_command_end_to_end(tmp_path, sample_root, capsys):
     capsys.readouterr()
     assert main(args) == 0
     report = json.loads((out / "prune_report.json").read_text())
-    # the training log's per-epoch lines, then the closing lines
-    printed = [line for line in capsys.readouterr().out.strip().splitlines() if not line.startswith("[prune] epoch")]
+    # stdout holds the closing lines alone: the training log goes to stderr
+    printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 4, printed
     assert printed[0].startswith(f"pruned {tmp_path / 'student.pt'} to --target-params ")
     assert printed[-1] == f"wrote {out / 'best.pt'}; every figure is in {out / 'prune_report.json'} (--json prints it)"
@@ -91,8 +91,9 @@ def test_prune_command_end_to_end(tmp_path, sample_root, capsys):
     best = load_checkpoint(out / "best.pt")
     assert best["model_cfg"]["widths"] != students.model_config(student)["widths"]
     assert main(args + ["--resume", "--json"]) == 0  # a finished run resumes to a no-op, not timed again
-    printed = capsys.readouterr().out  # the resume's log line, then the report
-    assert json.loads((out / "prune_report.json").read_text()) == report == json.loads(printed[printed.index("{"):])
+    printed = capsys.readouterr()  # the report alone on stdout; the resume's log line on stderr
+    assert json.loads((out / "prune_report.json").read_text()) == report == json.loads(printed.out)
+    assert "\nresumed " in "\n" + printed.err.replace("\r", "\n")
     assert_stages_timed_side_by_side(out, report)
 
 

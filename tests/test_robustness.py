@@ -496,7 +496,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
         return terms
     with pytest.raises(engine.NonFiniteLossError, match=r"\[teacher\] epoch 1, step 3: the loss is nan; .*epoch 0"):
         engine.fit(build_model(model_cfg), model_cfg, diverges_at_step_3, cfg, tmp_path / "run",
-                   data_root=sample_root, stage="teacher", progress=False)
+                   data_root=sample_root, stage="teacher", show_progress=False)
     last = load_checkpoint(tmp_path / "run" / "last.pt")
     assert last["epoch"] == 0 and all(t.isfinite().all() for t in last["model"].values() if t.is_floating_point())
     assert all(t.isfinite().all() for t in load_checkpoint(tmp_path / "run" / "best.pt")["model"].values()
@@ -550,8 +550,8 @@ def _student(tmp_path: Path) -> Path:
 def slow_steps(monkeypatch):
     """Each training step takes 1.5 s more: a budget of a second cannot hold one."""
     import time
-    real_step = engine.train_step
-    monkeypatch.setattr(engine, "train_step", lambda loop, *a: (time.sleep(1.5), real_step(loop, *a))[1])
+    real_batch = engine.train_batch  # called once at the start of every training step
+    monkeypatch.setattr(engine, "train_batch", lambda *a: (time.sleep(1.5), real_batch(*a))[1])
 
 
 def test_a_refused_prune_budget_leaves_nothing_behind(tmp_path, capsys, slow_steps):

@@ -75,9 +75,9 @@ def test_the_engine_trains_on_the_weighted_order(tmp_path, sample_root, monkeypa
     orders = []
     real = engine.train_one_epoch
 
-    def recording(loop, data, order, size):
+    def recording(parts, counters, ctx, split, order, *args):
         orders.append(order.tolist())
-        return real(loop, data, order, size)
+        return real(parts, counters, ctx, split, order, *args)
 
     monkeypatch.setattr(engine, "train_one_epoch", recording)
     cfg = apply_overrides(RunConfig(), dict(model="teacher_tiny", resolutions=[[64, 1]], batch_size=8,

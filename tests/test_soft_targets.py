@@ -84,7 +84,7 @@ def test_stored_targets_follow_every_flip_and_warp(aligned, flip):
     split, targets = CachedSplit(split.stems[:8], split.images[:8], split.masks[:8]), targets[:8]
     aug = AugmentConfig(flip=flip, scale=(0.7, 1.3), rotate_deg=20, shift=0.1)
     gen = torch.Generator().manual_seed(1)
-    _, labels, scores = train_batch(split.images, split.masks, aug, gen, scores=targets)
+    _, labels, scores = train_batch(split.images, split.masks, aug, gen, soft_targets=targets)
     assert scores.shape == targets.shape and (labels == IGNORE_INDEX).any()  # the warp brought in outside pixels
     pred = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
     keep = interior(labels, 3)
@@ -92,7 +92,7 @@ def test_stored_targets_follow_every_flip_and_warp(aligned, flip):
     assert torch.equal(pred[keep], labels[keep])
     # the test can fail: the same comparison without the warp, or without the left/right swap
     _, _, unwarped = train_batch(split.images, split.masks, AugmentConfig(flip=flip, scale=(1, 1), rotate_deg=0,
-                                                                          shift=0), scores=targets)
+                                                                          shift=0), soft_targets=targets)
     unwarped = F.interpolate(unwarped, size=labels.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
     assert (unwarped[keep] != labels[keep]).float().mean() > 0.05
     sided = keep & (labels >= 4) & (labels <= 9)  # l_/r_ eyes, brows and ears
@@ -102,7 +102,7 @@ def test_stored_targets_follow_every_flip_and_warp(aligned, flip):
 
 
 def test_offline_loss_uses_the_stored_targets_and_ignores_outside_pixels():
-    cfg = RunConfig(kd_weight=1.0, cwd_weight=1.0)
+    cfg = RunConfig(loss_weights={"ce": 1.0, "kd": 1.0, "cwd": 1.0})
     loss_fn = training_loss(cfg, teacher=None)
     logits = torch.randn(2, NUM_CLASSES, 8, 8)
     labels = torch.randint(0, NUM_CLASSES, (2, 32, 32))
@@ -125,7 +125,7 @@ def test_online_loss_is_unchanged_and_keeps_cwd_on_the_padding():
     """Online, the teacher runs on the batch, KD leaves out IGNORE pixels and CWD keeps them,
     as before offline targets existed."""
     from facekd.losses import channel_wise_kd_loss, pixel_kd_loss
-    cfg = RunConfig(kd_weight=1.0, cwd_weight=1.0)
+    cfg = RunConfig(loss_weights={"ce": 1.0, "kd": 1.0, "cwd": 1.0})
     teacher = build_model(named_config("teacher_tiny", 64)).eval().requires_grad_(False)
     images, logits = torch.randn(2, 3, 64, 64), torch.randn(2, NUM_CLASSES, 16, 16)
     labels = torch.randint(0, NUM_CLASSES, (2, 64, 64))
