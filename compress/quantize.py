@@ -3,7 +3,7 @@
 PyTorch 2.14 has moved PT2E quantization (prepare_pt2e with the x86 quantizer) out of
 torch into torchao. FX graph mode with the x86 backend is still in torch and runs int8
 convs directly. Timed side by side at one thread on the development machine (the shipped
-student, 512²; docs/RESULTS.md): fp32 61.6 ms, FX x86 20.6 ms, PT2E (torchao 0.18) 91.6 ms
+student, 512²; docs/RESULTS_ARCHIVE.md): fp32 61.6 ms, FX x86 20.6 ms, PT2E (torchao 0.18) 91.6 ms
 as exported and 16.8 ms once compiled by inductor with freezing. PT2E's 18% would cost an
 extra dependency, a C++ compiler and 8 s of compiling at every load, and its compiled
 graph does not save as plain tensors; FX needs none of that, so it is what we use.

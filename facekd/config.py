@@ -283,7 +283,7 @@ PRESETS = {
     "distill": {
         "smoke": dict(model="tiny", resolutions=[[128, 6]], batch_size=4, eval_every=2, warmup_epochs=0.5,
                       loss_weights=dict(ce=1.0, kd=1.0, cwd=1.0)),
-        # CWD beat pixel KD and no KD on val (docs/RESULTS.md, student runs b and c)
+        # CWD beat pixel KD and no KD on val (docs/RESULTS.md, "Which distillation loss?")
         "cpu": dict(model="resfpn", resolutions=[[256, 12], [384, 3]], batch_size=8, lr=3e-3, eval_every=3,
                     loss_weights=dict(ce=1.0, dice=0.5, cwd=1.0)),
         "gpu": dict(model="resfpn", resolutions=[[512, 200]], batch_size=16, lr=2e-3, ema_decay=0.999, eval_every=5,

@@ -15,6 +15,7 @@ import pytest
 
 from facekd.app.cli import build_parser
 from facekd.app.export import REPO_ROOT
+from facekd.config import resolve_config
 from facekd.data import SAMPLE_DATA
 
 README = REPO_ROOT / "README.md"
@@ -97,3 +98,66 @@ def test_the_readme_commands_write_only_under_runs():
         written.append(argv[argv.index("--output") + 1])
     assert len(written) >= 10
     assert [out for out in written if Path(out).parts[0] != "runs"] == []
+
+
+def results_commands() -> list[list[str]]:
+    """Every `facekd ...` command of docs/RESULTS.md's bash blocks, split as bash would split it:
+    continuation lines joined, comments dropped, the block's own `VAR=value` assignments
+    substituted, and any other `$var` (a loop's counter) standing for 0."""
+    text = re.sub(r"\\\n\s*", " ", (REPO_ROOT / "docs" / "RESULTS.md").read_text())
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        env: dict[str, str] = {}
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            line = re.sub(r"\$(\w+)", lambda m: env.get(m.group(1), "0"), line)
+            for word in shlex.split(line) if re.match(r"^\w+=", line) else []:
+                name, _, value = word.rstrip(";").partition("=")
+                env[name] = value
+            if line.startswith("facekd "):
+                commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def test_every_facekd_command_in_results_parses():
+    """Issue 35: docs/RESULTS.md gives each figure's command in today's option names, so each
+    must parse as the CLI stands (the archive keeps the commands as they ran)."""
+    commands = results_commands()
+    assert len(commands) >= 20 and {"pipeline", "distill", "prune", "finetune", "quantize"} <= {c[0] for c in commands}
+    parser = build_parser()
+    stage = {"train-teacher": "teacher", "distill": "distill", "pipeline": "distill", "prune": "prune",
+             "finetune": "prune"}
+    for argv in commands:
+        args = parser.parse_args(argv)
+        assert callable(args.func), argv
+        if argv[0] in stage:  # each --set key and --config file as the command would read them
+            config = args.config and str(REPO_ROOT / args.config)
+            resolve_config(stage[argv[0]], args.preset or "cpu", config, args.set)
+
+
+def markdown_anchors(path: Path) -> set[str]:
+    """The anchors GitHub makes of a markdown file's headings (lowercase, punctuation but '-'
+    dropped, spaces to '-'; a repeated heading gets -1, -2, ...)."""
+    anchors, seen, fence = set(), {}, False
+    for line in path.read_text().splitlines():
+        fence ^= line.startswith("```")
+        if not fence and re.match(r"#{1,6} ", line):
+            slug = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+            seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def test_the_docs_links_reach_their_files_and_headings():
+    """RESULTS.md links each section to its record in RESULTS_ARCHIVE.md by anchor: a renamed
+    heading must not leave a link pointing nowhere."""
+    broken = []
+    for md in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", md.read_text()):
+            name, _, anchor = target.partition("#")
+            path = (md.parent / name) if name else md
+            if target.startswith("http"):
+                continue
+            if not path.exists() or (anchor and path.suffix == ".md" and anchor not in markdown_anchors(path)):
+                broken.append(f"{md.name}: {target}")
+    assert broken == []

@@ -22,8 +22,8 @@ trains nothing and a --budget goes to the student stages alone.
 
 --finetune-kd says whether the prune stage fine-tunes under the teacher. With "auto" (the
 default) it does so only while the teacher scored above the distilled student on val: a student
-that has passed its teacher is held back by its targets (docs/RESULTS.md, "The pipeline's prune
-stage with and without the teacher").
+that has passed its teacher is held back by its targets (docs/RESULTS.md, "Does distillation
+pay?").
 """
 
 from __future__ import annotations
