@@ -17,9 +17,6 @@ import json
 from pathlib import Path
 
 from compress.prune import prune_fastest_rounding
-import compress.quantize  # noqa: F401  (registers the int8 checkpoint format)
-import students  # noqa: F401  (fills the registries load_model builds from: students, teachers)
-import teachers  # noqa: F401
 from facekd.files import load_checkpoint
 from facekd.models import load_model
 from facekd.latency import RUNS, format_spread, latency_record, rank_groups, spearman

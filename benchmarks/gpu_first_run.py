@@ -17,8 +17,6 @@ from pathlib import Path
 
 import torch
 
-import students  # noqa: F401  (registers the students)
-import teachers  # noqa: F401  (registers the teachers)
 from distill.train import distill
 from facekd.config import resolve_config
 from facekd.data import SAMPLE_DATA

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
-import compress.quantize  # noqa: F401  (registers the int8 format, so that an int8 student is named as one)
 from compress.prune import IMPORTANCES, check_targets, prune_fastest_rounding, rebuild, target_kind
 from distill.teacher import frozen_teacher
 from distill.train import distill

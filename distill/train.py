@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-import students  # noqa: F401  (fills the student registry that init_model builds from)
 from distill.soft_targets import offline_soft_targets, stored_size
 from distill.teacher import frozen_teacher, teacher_paths, teacher_record, teacher_val_fscore
 from facekd.budget import Budget
