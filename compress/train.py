@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from compress.prune import IMPORTANCES, check_targets, prune_fastest_rounding, rebuild, target_kind
 from distill.teacher import frozen_teacher
-from distill.train import distill
+from distill.train import train_student
 from facekd import distributed
 from facekd.checkpoint import file_sha256, save_checkpoint
 from facekd.files import load_checkpoint
@@ -109,7 +109,7 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
                        round_to: int | str = "auto", importance: str = "magnitude", resume: bool = False,
                        progress: bool = True, bounds: dict | None = None) -> dict:
     """Prune student_path to one target (latency: one image at its input size on `threads` threads) in
-    out/pruned.pt, then fine-tune it in out; returns distill's result with the prune report. `bounds`
+    out/pruned.pt, then fine-tune it in out; returns train_student's result with the prune report. `bounds`
     are the student's pruning bounds when a sweep has found them already (compress.prune.check_targets)."""
     budget = Budget.from_minutes(cfg.budget_minutes)  # pruning and its measurements count too
     out = Path(out)
@@ -120,8 +120,8 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
     how = {"importance": importance, "round_to": round_to, "threads": threads, "bounds": bounds}
     with run_folder_lock(out, enabled=distributed.is_main()), removed_if_budget_refused(out):
         model, model_cfg, report = _pruned_model(cfg, data_root, out, student_path, target, how, resume, progress)
-        result = distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
-                         model_cfg=model_cfg, stage="prune", budget=budget)
+        result = train_student(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
+                               model_cfg=model_cfg, stage="prune", budget=budget)
     report_path = out / "prune_report.json"
     # a finished run resumed is a no-op: its report, timings and TensorBoard points stand
     if distributed.is_main() and "after_finetune" not in report:
@@ -218,8 +218,8 @@ def finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, resume:
     under the teacher or, with teacher_path None or 'none', from labels alone."""
     ckpt = load_checkpoint(student_path)
     model = load_model(ckpt, student_path, student_for="fine-tune")
-    return distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
-                   model_cfg=ckpt["model_cfg"], stage="finetune")
+    return train_student(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
+                         model_cfg=ckpt["model_cfg"], stage="finetune")
 
 
 def _prune(cfg: RunConfig, data_root, out: Path, student_path, target: dict, how: dict, progress: bool) -> tuple:

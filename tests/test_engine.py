@@ -97,8 +97,8 @@ def test_gpu_preset_runs_two_steps_on_cpu(tmp_path, sample_root):
     assert gpu.ema_decay > 0 and gpu.dice_weight > 0 and gpu.eval_every > 1  # what this test exercises
     # two steps: timm's EMA copies the weights outright on its first update
     cfg = apply_overrides(gpu, {"model": "tiny", "resolutions": [[64, 1]], "train_limit": 4, "batch_size": 2})
-    from distill.train import distill
-    result = distill(cfg, sample_root, tmp_path / "gpu", "none", progress=False)
+    from distill.train import train_student
+    result = train_student(cfg, sample_root, tmp_path / "gpu", "none", progress=False)
     run = tmp_path / "gpu"
     last, best = load_checkpoint(run / "last.pt"), load_checkpoint(run / "best.pt")
     assert result["epochs"] == 1 and last["step"] == 2

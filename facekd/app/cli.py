@@ -114,10 +114,10 @@ def cmd_grow(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from distill.train import distill
+    from distill.train import train_student
     cfg = _config("distill", args, model=args.arch)
     _warn_of_settings_without_teacher(args, cfg)
-    result = distill(cfg, _data_root(args), args.out, _teacher(args), args.resume)
+    result = train_student(cfg, _data_root(args), args.out, _teacher(args), args.resume)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from compress.train import prune_and_finetune
 from distill.teacher import frozen_teacher, teacher_paths, teacher_record, teacher_val_fscore
-from distill.train import distill
+from distill.train import train_student
 from facekd import distributed
 from facekd.audit import audit_split, save_panel, write_fixed
 from facekd.budget import Budget, BudgetError
@@ -234,8 +234,8 @@ class Pipeline:
 
     def distill(self) -> dict:
         cfg, planned = self.stage_config("distill", "distill")
-        return _trained(distill(cfg, self.data_root, self.out / "distill", self.teacher_checkpoints,
-                                resume=self.resume, progress=self.progress), planned)
+        return _trained(train_student(cfg, self.data_root, self.out / "distill", self.teacher_checkpoints,
+                                      resume=self.resume, progress=self.progress), planned)
 
     def prune(self) -> dict:
         cfg, planned = self.stage_config("prune", "prune")
