@@ -36,8 +36,8 @@ def load_plugins() -> None:
         try:
             plugin.load()
         except Exception as e:  # one broken plugin must not take the built-in models down with it
-            warnings.warn(f"facekd plugin {plugin.name!r} ({plugin.value}) failed to load and registers nothing: "
-                          f"{type(e).__name__}: {e}", stacklevel=2)
+            warnings.warn(f"facekd plugin {plugin.name!r} ({plugin.value}) failed to load: {type(e).__name__}: {e}",
+                          stacklevel=2)
 
 
 def skip_plugins() -> None:
