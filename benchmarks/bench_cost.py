@@ -12,9 +12,6 @@ import argparse
 
 import torch
 
-import compress.quantize  # noqa: F401  (registers the int8 checkpoint format)
-import students  # noqa: F401  (fills the registries load_model builds from: students, teachers)
-import teachers  # noqa: F401
 from facekd.files import load_checkpoint
 from facekd.models import load_model
 from facekd.profile import model_cost

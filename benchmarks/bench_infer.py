@@ -12,7 +12,6 @@ import tempfile
 
 import torch
 
-import students  # noqa: F401  (fills the registry load_model builds from)
 from facekd.files import load_checkpoint
 from facekd.models import load_model
 from facekd.app.predict import predict_paths

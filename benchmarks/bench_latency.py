@@ -16,10 +16,7 @@ import copy
 import json
 from pathlib import Path
 
-from compress.prune import prune_fastest_rounding
-import compress.quantize  # noqa: F401  (registers the int8 checkpoint format)
-import students  # noqa: F401  (fills the registries load_model builds from: students, teachers)
-import teachers  # noqa: F401
+from compress.prune import PruneTarget, prune_fastest_rounding
 from facekd.files import load_checkpoint
 from facekd.models import load_model
 from facekd.latency import RUNS, format_spread, latency_record, rank_groups, spearman
@@ -36,7 +33,8 @@ def gather(weights: list[str], prune_from: str | None, prune_to: list[int], size
     models.setdefault(source, load_model(load_checkpoint(source), source))
     family = [source]
     for target in prune_to:
-        pruned, report = prune_fastest_rounding(copy.deepcopy(models[source]), target_params=target, example_size=size)
+        pruned, report = prune_fastest_rounding(copy.deepcopy(models[source]), PruneTarget("params", target),
+                                                example_size=size)
         family.append(f"{source} pruned to {target:,} (round_to {report['round_to']})")
         models[family[-1]] = pruned
     return models, family

@@ -4,7 +4,6 @@ import json, sys, time
 import torch
 from compress.prune import prune_to_target
 from compress.train import taylor_gradients
-import students  # noqa: F401  (fills the registry load_model builds from)
 from facekd.files import load_checkpoint
 from facekd.models import load_model
 from facekd.challenge import count_params

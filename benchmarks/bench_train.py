@@ -72,7 +72,6 @@ def precision_step_times(models: list[str], sizes: list[int], batch_size: int, s
     """Median seconds of one training step (forward under autocast, fp32 loss, backward, AdamW)
     in fp32 and in bf16. The two precisions alternate step by step, so that a change in the
     machine's load falls on both alike. Random pixels: a step's cost does not depend on them."""
-    import teachers  # noqa: F401  (registers the teacher architectures)
     loss_fn, cpu = training_loss(RunConfig(loss_weights={"ce": 1.0, "dice": 0.5})), torch.device("cpu")
     rows = []
     for name in models:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-import students  # noqa: F401  (fills the registry load_model builds from)
 from facekd.files import load_checkpoint
 from facekd.models import load_model
 from facekd.data import load_split

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import torch
 
-import students  # noqa: F401  (registers the students)
-import teachers  # noqa: F401  (registers the teachers)
-from distill.train import distill
+from distill.train import train_student
 from facekd.config import resolve_config
 from facekd.data import SAMPLE_DATA
 from teachers.train import train_teacher
@@ -70,8 +68,8 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     teacher = train_teacher(config("teacher", args.teacher_minutes), data, out / "teacher", progress=False)
     summary["teacher"] = stage_summary("teacher", teacher)
-    student = distill(config("distill", args.student_minutes), data, out / "student",
-                      str(out / "teacher" / "best.pt"), progress=False)
+    student = train_student(config("distill", args.student_minutes), data, out / "student",
+                            str(out / "teacher" / "best.pt"), progress=False)
     summary["student"] = stage_summary("student", student)
     summary["wall_s"] = time.perf_counter() - t0
     for name in ("teacher", "student"):

@@ -19,8 +19,6 @@ import statistics
 
 import torch
 
-import students  # noqa: F401  (registers the students)
-import teachers  # noqa: F401  (registers the teachers, grown ones included)
 from facekd.data import load_split
 from facekd.files import load_checkpoint
 from facekd.inference import predict_logits

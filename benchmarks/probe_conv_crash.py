@@ -42,7 +42,6 @@ def run_case(case: dict) -> None:
     torch.backends.mkldnn.enabled = case["onednn"]
     layout = torch.channels_last if case["channels_last"] else torch.contiguous_format
     if case["kind"] == "student":
-        import students  # noqa: F401  (the registry)
         from facekd.models import build_model, named_config
         model, channels = build_model(named_config("tiny", case["hw"])).train(), 3
     else:

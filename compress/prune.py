@@ -39,17 +39,63 @@ NEAR_TARGET = 0.9
 SEARCH_RUNS = 8
 
 
-# A target's kind -> prune_to_target's keyword for it, and the flag a user gives it with.
+# A target's kind -> prune_to_target's keyword for it, the flag a user gives it with, and its
+# key in prune_report.json's "target" (a format that --resume reads back from older runs).
 KINDS = {"params": "target_params", "macs": "target_macs", "ratio": "ratio", "latency": "target_latency_ms"}
 FLAGS = {"params": "--target-params", "macs": "--target-macs", "ratio": "--ratio", "latency": "--target-latency"}
+RECORDED_AS = {"params": "params", "macs": "macs", "ratio": "ratio", "latency": "latency_ms"}
 
 
-def target_kind(target: dict) -> tuple[str, float]:
-    """(kind, value) of the one target set in `target`, a dict of prune_to_target's keywords."""
-    given = [(kind, target.get(key)) for kind, key in KINDS.items() if target.get(key) is not None]
-    if len(given) != 1:
-        raise ValueError(f"give exactly one of {', '.join(FLAGS.values())}")
-    return given[0]
+@dataclass(frozen=True)
+class PruneTarget:
+    """What to prune to: one `kind` of KINDS and its value. Latencies, a latency target's and
+    those a prune report gives each stage, are timed on `threads` CPU threads."""
+    kind: str
+    value: float
+    threads: int = 1
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown target kind {self.kind!r}; choose from {sorted(KINDS)}")
+
+    @classmethod
+    def from_keywords(cls, threads: int = 1, **keywords) -> PruneTarget:
+        """The one target set among prune_to_target's keywords (the others None)."""
+        given = [(kind, keywords.get(key)) for kind, key in KINDS.items() if keywords.get(key) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(FLAGS.values())}")
+        return cls(*given[0], threads)
+
+    @classmethod
+    def from_record(cls, record: dict) -> PruneTarget:
+        """The target a prune report's "target" holds (record())."""
+        kind = next(kind for kind, key in RECORDED_AS.items() if record.get(key) is not None)
+        return cls(kind, record[RECORDED_AS[kind]], record["threads"])
+
+    @property
+    def flag(self) -> str:
+        return FLAGS[self.kind]
+
+    def keywords(self) -> dict:
+        """{prune_to_target's keyword for this kind: the value}."""
+        return {KINDS[self.kind]: self.value}
+
+    def record(self) -> dict:
+        """The target as prune_report.json holds it: every kind's key, None but for this one's,
+        then the thread count."""
+        return {**{key: self.value if kind == self.kind else None for kind, key in RECORDED_AS.items()},
+                "threads": self.threads}
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """How to prune, beside what to: the importance that ranks channels (IMPORTANCES), the
+    channel rounding (ROUND_TO, or "auto" for the fastest of them, timed), and the student's
+    pruning bounds when a sweep has found them already (check_targets), so that each of its
+    targets is checked without pruning, and timing, the student again."""
+    importance: str = "magnitude"
+    round_to: int | str = "auto"
+    bounds: dict | None = None
 
 
 def classifier_layers(model: nn.Module) -> list[nn.Module]:
@@ -107,8 +153,8 @@ def prune_to_target(model: nn.Module, *, target_params: int | None = None, targe
     (one image at the model's input size, as it predicts, on `threads` CPU threads). gradient_fn(model)
     fills .grad before each step for an importance that needs gradients. Returns what was reached:
     params and MACs (at example_size, the challenge resolution) before and after."""
-    target_kind({"target_params": target_params, "target_macs": target_macs, "ratio": ratio,
-                 "target_latency_ms": target_latency_ms})
+    PruneTarget.from_keywords(target_params=target_params, target_macs=target_macs, ratio=ratio,
+                              target_latency_ms=target_latency_ms)
     if ratio is not None and not 0 < ratio < 1:
         raise ValueError(f"--ratio must be in (0, 1), got {ratio}")
     if IMPORTANCES[importance].needs_gradients and gradient_fn is None:
@@ -226,41 +272,45 @@ def search_latency(model: nn.Module, size: int, threads: int) -> float:
         model.train(was_training)
 
 
-def prune_fastest_rounding(model: nn.Module, *, round_to: int | str = "auto", threads: int = 1,
-                           example_size: int = 512, **target) -> tuple[nn.Module, dict]:
+def prune_fastest_rounding(model: nn.Module, target: PruneTarget, *, round_to: int | str = "auto",
+                           importance: str = "magnitude", example_size: int = 512,
+                           gradient_fn: Callable[[nn.Module], None] | None = None) -> tuple[nn.Module, dict]:
     """(pruned model, report) for one round_to, or for round_to="auto" the best of ROUND_TO:
     each prunes its own copy of `model` to the target, the copies are timed interleaved, and
     choose_rounding picks one. The report's "rounding" holds every candidate's size and
     latency spread."""
+    def prune(copy_: nn.Module, r: int) -> dict:
+        return prune_to_target(copy_, round_to=r, threads=target.threads, importance=importance,
+                               example_size=example_size, gradient_fn=gradient_fn, **target.keywords())
     if round_to != "auto":
         if round_to not in ROUND_TO:
             raise ValueError(f"--round-to {round_to}: choose from {', '.join(map(str, ROUND_TO))} or auto")
-        return model, prune_to_target(model, round_to=round_to, threads=threads, example_size=example_size, **target)
+        return model, prune(model, round_to)
     candidates, reports, failures = {}, {}, []
     for r in ROUND_TO:
         copy_ = copy.deepcopy(model)
         try:
-            reports[r] = prune_to_target(copy_, round_to=r, threads=threads, example_size=example_size, **target)
+            reports[r] = prune(copy_, r)
         except ValueError as e:  # coarse rounding can miss a target that finer rounding meets
             failures.append(str(e))
             continue
-        if target.get("ratio") is not None and reports[r]["params_after"] == reports[r]["params_before"]:
-            failures.append(f"--ratio {target['ratio']:g}: round_to {r} cuts nothing from these narrow layers")
+        if target.kind == "ratio" and reports[r]["params_after"] == reports[r]["params_before"]:
+            failures.append(f"--ratio {target.value:g}: round_to {r} cuts nothing from these narrow layers")
             del reports[r]
             continue  # an uncut model is no answer to a ratio, however fast it times
         candidates[r] = copy_
     if not candidates:
         raise ValueError(failures[0])
     latency_size = getattr(model, "input_size", example_size)
-    spreads = measure_latency({str(r): m for r, m in candidates.items()}, latency_size, threads)
+    spreads = measure_latency({str(r): m for r, m in candidates.items()}, latency_size, target.threads)
     chosen = choose_rounding(reports, {r: spreads[str(r)] for r in candidates}, target)
-    rounding = {"threads": threads, "size": latency_size, "chosen": chosen,
+    rounding = {"threads": target.threads, "size": latency_size, "chosen": chosen,
                 "candidates": {str(r): {"params": reports[r]["params_after"], "macs": reports[r]["macs_after"],
                                         "latency": spreads[str(r)]} for r in candidates}}
     return candidates[chosen], {**reports[chosen], "rounding": rounding}
 
 
-def choose_rounding(reports: dict[int, dict], spreads: dict[int, dict], target: dict) -> int:
+def choose_rounding(reports: dict[int, dict], spreads: dict[int, dict], target: PruneTarget) -> int:
     """The round_to to keep, from each candidate's prune report and latency spread.
 
     A latency target: the largest candidate that meets it. Each met it in its own search, by
@@ -272,8 +322,8 @@ def choose_rounding(reports: dict[int, dict], spreads: dict[int, dict], target: 
     Coarse rounding moves widths in big jumps and can land far below a size target; plain
     "fastest" would reward that overshoot, whose lost accuracy is not free, where the point
     of rounding is speed at the size asked for."""
-    if target.get("target_latency_ms") is not None:
-        ms = target["target_latency_ms"]
+    if target.kind == "latency":
+        ms = target.value
         meets = [r for r in reports if spreads[r]["median_ms"] <= ms]
         if not meets:
             r = min(reports, key=lambda r: spreads[r]["median_ms"])
@@ -281,7 +331,7 @@ def choose_rounding(reports: dict[int, dict], spreads: dict[int, dict], target: 
                              f"are timed side by side (fastest: round_to {r}, {spreads[r]['median_ms']:.2f} ms "
                              f"over {spreads[r]['runs']} runs); give a target of at least that")
         return max(meets, key=lambda r: reports[r]["params_after"])
-    measure = "macs_after" if target.get("target_macs") is not None else "params_after"
+    measure = "macs_after" if target.kind == "macs" else "params_after"
     closest = max(reports[r][measure] for r in reports)
     near = [r for r in reports if reports[r][measure] >= NEAR_TARGET * closest]
     return min(near, key=lambda r: spreads[r]["median_ms"] / reports[r]["macs_after"])

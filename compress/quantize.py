@@ -22,10 +22,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-# The registries start empty: `facekd quantize` in a fresh process rebuilds the fp32 student
-# from `students`, and knows a teacher checkpoint (to refuse it by name) from `teachers`.
-import students  # noqa: F401
-import teachers  # noqa: F401
 from facekd.challenge import PARAM_LIMIT, count_params
 from facekd.checkpoint import save_checkpoint
 from facekd.data import load_split

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from compress.prune import KINDS, check_targets
+from compress.prune import PruneSettings, PruneTarget, check_targets
 from compress.train import prune_and_finetune
 from distill.soft_targets import offline_soft_targets, stored_size
 from distill.teacher import frozen_teacher, teacher_paths, teacher_record
@@ -33,8 +33,9 @@ from facekd.profile import count_macs
 from facekd.run_folder import removed_if_budget_refused, run_folder_lock
 
 
-def run_name(kind: str, value) -> str:
-    return f"{kind}_{value:g}" if isinstance(value, float) else f"{kind}_{value}"
+def run_name(target: PruneTarget) -> str:
+    value = f"{target.value:g}" if isinstance(target.value, float) else target.value
+    return f"{target.kind}_{value}"
 
 
 def check_sweep_targets(student_path, kind: str, targets: list, threads: int = 1) -> dict:
@@ -53,9 +54,9 @@ def _finished(report_path: Path) -> dict | None:
     return report if "after_finetune" in report else None
 
 
-def _row(kind: str, value, run: Path, report: dict) -> dict:
+def _row(target: PruneTarget, run: Path, report: dict) -> dict:
     tuned = report["after_finetune"]
-    return {"target": value, "run": run.name, "params": tuned["params"],
+    return {"target": target.value, "run": run.name, "params": tuned["params"],
             # MACs at the challenge's 512x512, as pruning counted them; latency at the input
             # size, from the side-by-side timing once the whole sweep is done (time_sweep)
             "macs": report["pruning"]["macs_after"], "round_to": report["pruning"]["round_to"],
@@ -85,10 +86,10 @@ def time_sweep(record: dict, out: Path, student_path, macs_at: int) -> None:
     record["latency"] = timed
 
 
-def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: str, targets: list,
-          importance: str = "magnitude", round_to: int | str = "auto", threads: int = 1, resume: bool = False,
-          progress: bool = True) -> dict:
-    """Prune and fine-tune student_path to each target in out/<kind>_<target>; returns sweep.json's content."""
+def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: str, targets: list, threads: int = 1,
+          settings: PruneSettings = PruneSettings(), resume: bool = False, progress: bool = True) -> dict:
+    """Prune and fine-tune student_path to each target (values of one `kind`, latencies timed on
+    `threads` threads) in out/<kind>_<target>; returns sweep.json's content."""
     if distributed.is_distributed():
         raise ValueError("facekd prune --sweep runs as one process; under torchrun, prune one target at a time")
     out = Path(out)
@@ -107,7 +108,7 @@ def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: s
         # every target is fine-tuned on the same teacher maps: compute them once for the sweep
         cfg = dataclasses.replace(cfg, soft_target_cache=str(out / "soft_targets"))
     record = {"student": str(student_path), "teacher": teacher_record(teacher_path), "kind": kind,
-              "importance": importance, **bounds, "targets": []}
+              "importance": settings.importance, **bounds, "targets": []}
     # a budget refused at the first target leaves nothing; finished targets are kept for --resume
     with run_folder_lock(out), removed_if_budget_refused(out, keep=lambda: bool(record["targets"])):
         if cfg.soft_target_cache and distils:
@@ -117,30 +118,31 @@ def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: s
                                  stored_size(cfg, _load(student_path)), progress)
         del teacher  # the targets load it again, each in its own run
         # each target's own check reuses the bounds found above, rather than pruning (and timing) again
-        options = dict(importance=importance, round_to=round_to, threads=threads, resume=resume, progress=progress,
-                       bounds=bounds)
-        macs_at = _sweep_targets(cfg, data_root, out, student_path, teacher_path, kind, targets, record, options)
+        settings = dataclasses.replace(settings, bounds=bounds)
+        # largest model first: the mildest cut, and the first row a reader compares with the student
+        in_order = [PruneTarget(kind, value, threads) for value in sorted(targets, reverse=kind != "ratio")]
+        macs_at = _sweep_targets(cfg, data_root, out, student_path, teacher_path, in_order, settings, record,
+                                 resume, progress)
         time_sweep(record, out, student_path, macs_at)
         sweep_path.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
-def _sweep_targets(cfg: RunConfig, data_root, out: Path, student_path, teacher_path, kind: str, targets: list,
-                   record: dict, options: dict) -> int:
-    """Prune and fine-tune each target in turn, largest model first (the mildest cut, and the
-    first row a reader compares with the student), writing sweep.json after each; returns the
-    size MACs and latencies are taken at."""
-    for value in tqdm(sorted(targets, reverse=kind != "ratio"), desc="sweep", disable=not options["progress"]):
-        run = out / run_name(kind, value)
-        report = _finished(run / "prune_report.json") if options["resume"] else None
+def _sweep_targets(cfg: RunConfig, data_root, out: Path, student_path, teacher_path, targets: list[PruneTarget],
+                   settings: PruneSettings, record: dict, resume: bool, progress: bool) -> int:
+    """Prune and fine-tune each target in turn, writing sweep.json after each; returns the size
+    MACs and latencies are taken at."""
+    for target in tqdm(targets, desc="sweep", disable=not progress):
+        run = out / run_name(target)
+        report = _finished(run / "prune_report.json") if resume else None
         if report is not None:
             tqdm.write(f"[sweep] {run.name}: done earlier, skipped")
         else:
             tqdm.write(f"[sweep] {run.name}: starting")
-            report = prune_and_finetune(cfg, data_root, run, student_path, teacher_path, **options,
-                                        **{KINDS[kind]: value})["report"]
+            report = prune_and_finetune(cfg, data_root, run, student_path, teacher_path, target, settings,
+                                        resume=resume, progress=progress)["report"]
         record["student_val_fscore"] = report["before"]["val_fscore"]
-        record["targets"].append(_row(kind, value, run, report))
+        record["targets"].append(_row(target, run, report))
         # after each target, for a sweep killed later
         (out / "sweep.json").write_text(json.dumps(record, indent=2) + "\n")
     return report["pruning"]["macs_at"]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
-import compress.quantize  # noqa: F401  (registers the int8 format, so that an int8 student is named as one)
-from compress.prune import IMPORTANCES, check_targets, prune_fastest_rounding, rebuild, target_kind
+from compress.prune import (FLAGS, IMPORTANCES, KINDS, RECORDED_AS, PruneSettings, PruneTarget, check_targets,
+                            prune_fastest_rounding, rebuild)
 from distill.teacher import frozen_teacher
-from distill.train import distill
+from distill.train import train_student
 from facekd import distributed
 from facekd.checkpoint import file_sha256, save_checkpoint
 from facekd.files import load_checkpoint
@@ -81,13 +81,13 @@ def closing_lines(report: dict, out) -> list[str]:
     """What `facekd prune` prints when done: the cut, the scores and latencies of the three
     stages, and where the rest is. prune_report.json (or --json) holds every figure (issue 34:
     printing it all was about 170 lines)."""
-    kind, value = next((k, v) for k, v in report["target"].items() if k != "threads" and v is not None)
+    target = PruneTarget.from_record(report["target"])
     stages = [report[stage] for stage in STAGES]
-    return [f"pruned {report['source']} to {TARGET_FLAGS[kind]} {value:,}: {stages[0]['params']:,} -> "
+    return [f"pruned {report['source']} to {target.flag} {target.value:,}: {stages[0]['params']:,} -> "
             f"{stages[1]['params']:,} params in {report['pruning']['steps']} step(s)",
             "val F " + ", ".join(f"{s['val_fscore']:.4f} {name}" for s, name in
                                  zip(stages, ("before", "pruned", "fine-tuned"))),
-            f"latency at {stages[0]['size']}x{stages[0]['size']}, {report['target']['threads']} thread(s): "
+            f"latency at {stages[0]['size']}x{stages[0]['size']}, {target.threads} thread(s): "
             + " -> ".join(f"{s['latency_ms']:.2f}" for s in stages) + " ms (medians)",
             f"wrote {Path(out) / 'best.pt'}; every figure is in {Path(out) / 'prune_report.json'} (--json prints it)"]
 
@@ -105,24 +105,21 @@ def _load(path):
     return load_model(load_checkpoint(path), path)
 
 
-def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, *, target_params=None,
-                       target_macs=None, ratio=None, target_latency_ms=None, threads: int = 1,
-                       round_to: int | str = "auto", importance: str = "magnitude", resume: bool = False,
-                       progress: bool = True, bounds: dict | None = None) -> dict:
-    """Prune student_path to one target (latency: one image at its input size on `threads` threads) in
-    out/pruned.pt, then fine-tune it in out; returns distill's result with the prune report. `bounds`
-    are the student's pruning bounds when a sweep has found them already (compress.prune.check_targets)."""
+def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, target: PruneTarget,
+                       settings: PruneSettings = PruneSettings(), *, resume: bool = False,
+                       progress: bool = True) -> dict:
+    """Prune student_path to `target` (a latency: one image at its input size on target.threads
+    threads) in out/pruned.pt, then fine-tune it in out; returns train_student's result with the
+    prune report."""
     budget = Budget.from_minutes(cfg.budget_minutes)  # pruning and its measurements count too
     out = Path(out)
     frozen_teacher(teacher_path)  # an unsafe, foreign or mis-sized teacher is refused before pruning, not after
     distributed.setup()  # under torchrun, for the barriers below
-    target = {"target_params": target_params, "target_macs": target_macs, "ratio": ratio,
-              "target_latency_ms": target_latency_ms}
-    how = {"importance": importance, "round_to": round_to, "threads": threads, "bounds": bounds}
     with run_folder_lock(out, enabled=distributed.is_main()), removed_if_budget_refused(out):
-        model, model_cfg, report = _pruned_model(cfg, data_root, out, student_path, target, how, resume, progress)
-        result = distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
-                         model_cfg=model_cfg, stage="prune", budget=budget)
+        model, model_cfg, report = _pruned_model(cfg, data_root, out, student_path, target, settings, resume,
+                                                 progress)
+        result = train_student(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
+                               model_cfg=model_cfg, stage="prune", budget=budget)
     report_path = out / "prune_report.json"
     # a finished run resumed is a no-op: its report, timings and TensorBoard points stand
     if distributed.is_main() and "after_finetune" not in report:
@@ -130,7 +127,7 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
         tuned = load_model(best, out / "best.pt")
         report["after_finetune"] = {**model_cost(tuned, latency=False), "val_fscore": best["val_fscore"]}
         models = {"before": _load(student_path), "after_pruning": _load(out / "pruned.pt"), "after_finetune": tuned}
-        time_stages(report, models, threads)
+        time_stages(report, models, target.threads)
         report_path.write_text(json.dumps(report, indent=2) + "\n")
         log_stages(out, report)
     distributed.barrier()
@@ -139,13 +136,13 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
     return {**result, "report": report}
 
 
-def _pruned_model(cfg: RunConfig, data_root, out: Path, student_path, target: dict, how: dict, resume: bool,
-                  progress: bool) -> tuple:
+def _pruned_model(cfg: RunConfig, data_root, out: Path, student_path, target: PruneTarget,
+                  settings: PruneSettings, resume: bool, progress: bool) -> tuple:
     """(model, model_cfg, report): the student pruned here, or when resuming a run whose
     architecture was already cut, rebuilt from last.pt's plain config."""
     report_path = out / "prune_report.json"
     if resume and (out / "last.pt").exists():
-        report = resumable_report(out, student_path, target, how)
+        report = resumable_report(out, student_path, target, settings)
         model_cfg = load_checkpoint(out / "last.pt")["model_cfg"]
         model = build_model(model_cfg, allow_over_budget=True)  # last.pt's weights come back in fit
         return model, model_cfg, report
@@ -154,7 +151,7 @@ def _pruned_model(cfg: RunConfig, data_root, out: Path, student_path, target: di
     # Taylor importance comes from gradients, which need not agree bit for bit across
     # GPUs, and one differing channel choice would give the ranks different models.
     if distributed.is_main():
-        pruned = _prune(cfg, data_root, out, student_path, target, how, progress)
+        pruned = _prune(cfg, data_root, out, student_path, target, settings, progress)
     distributed.barrier()
     if distributed.is_main():
         return pruned
@@ -163,17 +160,11 @@ def _pruned_model(cfg: RunConfig, data_root, out: Path, student_path, target: di
     return model, pruned["model_cfg"], json.loads(report_path.read_text())
 
 
-def target_record(target: dict, how: dict) -> dict:
-    """The target as prune_report.json records it, and as --resume compares it."""
-    return {"params": target["target_params"], "macs": target["target_macs"], "ratio": target["ratio"],
-            "latency_ms": target["target_latency_ms"], "threads": how["threads"]}
+# prune_report.json's "target" keys -> the flags that set them, for --resume to name a change
+TARGET_FLAGS = {**{RECORDED_AS[kind]: FLAGS[kind] for kind in KINDS}, "threads": "--threads"}
 
 
-TARGET_FLAGS = {"params": "--target-params", "macs": "--target-macs", "ratio": "--ratio",
-                "latency_ms": "--target-latency", "threads": "--threads"}
-
-
-def resumable_report(out: Path, student_path, target: dict, how: dict) -> dict:
+def resumable_report(out: Path, student_path, target: PruneTarget, settings: PruneSettings) -> dict:
     """The prune report of the run in `out` that --resume continues. Refused, before anything is
     written: a last.pt that is not a prune run's (a distill run's folder: pruning wrote pruned.pt
     and prune_report.json into it before fit refused it), and a student, target or pruning
@@ -186,14 +177,14 @@ def resumable_report(out: Path, student_path, target: dict, how: dict) -> dict:
                          "continue it; choose another --out")
     report = json.loads(report_path.read_text())
     shown = lambda value: "unset" if value is None else repr(value)
-    saved, new = report["target"], target_record(target, how)
+    saved, new = report["target"], target.record()
     conflicts = [f"{TARGET_FLAGS[key]}: {shown(saved.get(key))} != {shown(new[key])}"
                  for key in TARGET_FLAGS if saved.get(key) != new[key]]
     pruning = report["pruning"]
-    if pruning["importance"] != how["importance"]:
-        conflicts.append(f"--importance: {pruning['importance']!r} != {how['importance']!r}")
-    if how["round_to"] != "auto" and pruning["round_to"] != how["round_to"]:  # auto accepts what it chose
-        conflicts.append(f"--round-to: {pruning['round_to']} != {how['round_to']}")
+    if pruning["importance"] != settings.importance:
+        conflicts.append(f"--importance: {pruning['importance']!r} != {settings.importance!r}")
+    if settings.round_to != "auto" and pruning["round_to"] != settings.round_to:  # auto accepts what it chose
+        conflicts.append(f"--round-to: {pruning['round_to']} != {settings.round_to}")
     conflicts = _changed_student(report, student_path) + conflicts
     if conflicts:
         raise ValueError(f"{out / 'last.pt'} cannot be resumed with these settings; they differ from the run's own "
@@ -219,30 +210,28 @@ def finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, resume:
     under the teacher or, with teacher_path None or 'none', from labels alone."""
     ckpt = load_checkpoint(student_path)
     model = load_model(ckpt, student_path, student_for="fine-tune")
-    return distill(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
-                   model_cfg=ckpt["model_cfg"], stage="finetune")
+    return train_student(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
+                         model_cfg=ckpt["model_cfg"], stage="finetune")
 
 
-def _prune(cfg: RunConfig, data_root, out: Path, student_path, target: dict, how: dict, progress: bool) -> tuple:
-    """Prune the student, save pruned.pt and prune_report.json; returns (model, model_cfg, report).
-    `how` holds the importance, the channel rounding, the thread count latencies are timed at and
-    the student's pruning bounds if a sweep has found them."""
+def _prune(cfg: RunConfig, data_root, out: Path, student_path, target: PruneTarget, settings: PruneSettings,
+           progress: bool) -> tuple:
+    """Prune the student, save pruned.pt and prune_report.json; returns (model, model_cfg, report)."""
     ckpt = load_checkpoint(student_path)
     student = load_model(ckpt, student_path, student_for="prune")
     # before the search, which ran to its end on a target at or above the student's size and failed
     # after it on one at or below zero
-    kind, value = target_kind(target)
-    check_targets(student, kind, [value], how["threads"], student_path, how["bounds"])
+    check_targets(student, target.kind, [target.value], target.threads, student_path, settings.bounds)
     input_size = ckpt["model_cfg"]["input_size"]
     val = load_split(data_root, "val", None, progress=progress)
     before = measure(student, val, input_size, cfg.flip_tta)
-    gradient_fn = taylor_gradients(data_root) if IMPORTANCES[how["importance"]].needs_gradients else None
-    model, pruning = prune_fastest_rounding(copy.deepcopy(student), round_to=how["round_to"], threads=how["threads"],
-                                            importance=how["importance"], gradient_fn=gradient_fn, **target)
+    gradient_fn = taylor_gradients(data_root) if IMPORTANCES[settings.importance].needs_gradients else None
+    model, pruning = prune_fastest_rounding(copy.deepcopy(student), target, round_to=settings.round_to,
+                                            importance=settings.importance, gradient_fn=gradient_fn)
     model, model_cfg = rebuild(model)
     after = measure(model, val, input_size, cfg.flip_tta)
     report = {"source": str(student_path), "source_sha256": file_sha256(student_path),  # what --resume compares
-              "target": target_record(target, how), "pruning": pruning, "before": before, "after_pruning": after}
+              "target": target.record(), "pruning": pruning, "before": before, "after_pruning": after}
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"model": model.state_dict(), "model_cfg": model_cfg, "stage": "pruned",
                      "val_fscore": after["val_fscore"], "params": after["params"]}, out / "pruned.pt")

@@ -56,7 +56,7 @@ def scaled_sizes(input_size: int, scales: list) -> list[int]:
 
 
 def members(teacher: nn.Module) -> list[nn.Module]:
-    """The models whose outputs make the targets: an ensemble's members, or the teacher itself."""
+    """The models whose outputs make the soft targets: an ensemble's members, or the teacher itself."""
     return list(teacher.members) if isinstance(teacher, Ensemble) else [teacher]
 
 
@@ -70,17 +70,17 @@ def teacher_logits(teacher: nn.Module, images: torch.Tensor, out_size: int, scal
     ensemble's members each run at their own input sizes, and their logits are averaged too."""
     device = device or pick_device()
     runs = [(m.eval().to(device), s) for m in members(teacher) for s in scaled_sizes(m.input_size, scales)]
-    out = None
+    soft_targets = None
     for i in tqdm(range(0, len(images), batch_size), desc=f"teacher soft targets @{[s for _, s in runs]}",
                   disable=not progress, leave=False):
         batch = images[i:i + batch_size].to(device)
         with autocast(precision, device):
             logits = sum(predict_logits(m, batch, s, out_size=(out_size, out_size)).float() for m, s in runs)
         logits = logits / len(runs)
-        if out is None:
-            out = torch.empty(len(images), logits.shape[1], out_size, out_size, dtype=torch.float16)
-        out[i:i + len(batch)] = logits.to(torch.float16).cpu()
-    return out
+        if soft_targets is None:
+            soft_targets = torch.empty(len(images), logits.shape[1], out_size, out_size, dtype=torch.float16)
+        soft_targets[i:i + len(batch)] = logits.to(torch.float16).cpu()
+    return soft_targets
 
 
 def cache_key(teacher_paths: list, data_root: str | Path, train_limit: int, scales: list, size: int,
@@ -110,10 +110,10 @@ def cache_file(cache_dir: str | Path, key: dict) -> Path:
     return Path(cache_dir) / f"soft_targets_{digest}.pt"
 
 
-def targets_sha256(targets: torch.Tensor) -> str:
+def soft_targets_sha256(soft_targets: torch.Tensor) -> str:
     """A checksum of the stored maps' bytes: torch reads a tensor's bytes from its zip without
     checking them, so bytes overwritten in a cache file would otherwise be trained on."""
-    return hashlib.sha256(targets.contiguous().view(torch.uint8).numpy()).hexdigest()
+    return hashlib.sha256(soft_targets.contiguous().view(torch.uint8).numpy()).hexdigest()
 
 
 def _read_cache(path: Path, key: dict) -> torch.Tensor | None:
@@ -128,7 +128,7 @@ def _read_cache(path: Path, key: dict) -> torch.Tensor | None:
         return None
     if not isinstance(stored, dict) or stored.get("key") != key:
         return None
-    if stored.get("targets_sha256") != targets_sha256(stored["targets"]):
+    if stored.get("targets_sha256") != soft_targets_sha256(stored["targets"]):
         tqdm.write(f"soft targets: {path}: its maps do not match their checksum (the file was damaged); "
                    "recomputing them")
         return None
@@ -137,7 +137,7 @@ def _read_cache(path: Path, key: dict) -> torch.Tensor | None:
 
 def offline_soft_targets(cfg: RunConfig, teacher: nn.Module, teacher_paths: list[str], data_root: str | Path,
                          size: int, progress: bool = True) -> tuple[torch.Tensor, dict]:
-    """(targets, record): the stored maps for the training split (cfg.train_limit applied), from
+    """(soft_targets, record): the stored maps for the training split (cfg.train_limit applied), from
     cfg.soft_target_cache when it holds them, and what they cost, for the run's config record.
     teacher_paths are the files `teacher` was loaded from (distill.teacher.teacher_paths), which
     key the cache."""
@@ -152,24 +152,24 @@ def offline_soft_targets(cfg: RunConfig, teacher: nn.Module, teacher_paths: list
     if cfg.soft_target_cache:
         key = cache_key(teacher_paths, data_root, cfg.train_limit, scales, size, precision)
         path = cache_file(cfg.soft_target_cache, key)
-        targets = _read_cache(path, key)
-        if targets is not None:
-            record.update(cache="hit", file=str(path), shape=list(targets.shape),
+        soft_targets = _read_cache(path, key)
+        if soft_targets is not None:
+            record.update(cache="hit", file=str(path), shape=list(soft_targets.shape),
                           seconds=round(time.perf_counter() - t0, 2))
-            return targets, record
+            return soft_targets, record
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # as training will; computing counts against the budget
     split = load_split(data_root, "train", max(record["teacher_input_sizes"]), cfg.train_limit, progress=progress)
-    targets = teacher_logits(teacher, split.images, size, scales, cfg.batch_size, progress=progress,
-                             precision=precision)
+    soft_targets = teacher_logits(teacher, split.images, size, scales, cfg.batch_size, progress=progress,
+                                  precision=precision)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as f:
-            torch.save({"key": key, "stems": split.stems, "targets": targets,
-                        "targets_sha256": targets_sha256(targets)}, f)
-    record.update(cache="miss" if path else "off", shape=list(targets.shape),
+            torch.save({"key": key, "stems": split.stems, "targets": soft_targets,
+                        "targets_sha256": soft_targets_sha256(soft_targets)}, f)
+    record.update(cache="miss" if path else "off", shape=list(soft_targets.shape),
                   seconds=round(time.perf_counter() - t0, 2), **({"file": str(path)} if path else {}))
-    tqdm.write(f"soft targets: {len(targets)} maps of {size}x{size} from the teacher at "
+    tqdm.write(f"soft targets: {len(soft_targets)} maps of {size}x{size} from the teacher at "
                f"{record['teacher_input_sizes']} with flip TTA in {record['seconds']:.1f} s"
                + (f", cached in {path}" if path else ""))
-    return targets, record
+    return soft_targets, record

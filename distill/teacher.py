@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch.nn as nn
 
-import compress.quantize  # noqa: F401  (registers the int8 format, so that an int8 teacher is named as one)
 from facekd import distributed
 from facekd.checkpoint import file_sha256
 from facekd.config import RunConfig

@@ -1,10 +1,10 @@
-"""Distil a student from a frozen teacher, or train it from scratch with `--teacher none`."""
+"""Train a student: distil it from a frozen teacher, train it from labels alone
+(`--teacher none`), or fine-tune one already built (a pruned student, `facekd finetune`)."""
 
 from __future__ import annotations
 
 import torch.nn as nn
 
-import students  # noqa: F401  (fills the student registry that init_model builds from)
 from distill.soft_targets import offline_soft_targets, stored_size
 from distill.teacher import frozen_teacher, teacher_paths, teacher_record, teacher_val_fscore
 from facekd.budget import Budget
@@ -16,10 +16,10 @@ from facekd.models import init_model
 from facekd.registry import STUDENTS, TEACHERS
 
 
-def distill(cfg: RunConfig, data_root, out, teacher, resume: bool = False, progress: bool = True,
-            model: nn.Module | None = None, model_cfg: dict | None = None, stage: str = "distill",
-            budget: Budget | None = None) -> dict:
-    """Train a student with the shared engine. `teacher` is a checkpoint path, a list of them
+def train_student(cfg: RunConfig, data_root, out, teacher, resume: bool = False, progress: bool = True,
+                  model: nn.Module | None = None, model_cfg: dict | None = None, stage: str = "distill",
+                  budget: Budget | None = None) -> dict:
+    """Train a student with the shared engine, with or without a teacher. `teacher` is a checkpoint path, a list of them
     (an ensemble), or None / "none" for labels alone. `model`/`model_cfg` let the pruning stage
     fine-tune an already-built (pruned) student through the very same path, within the
     `budget` it started (otherwise cfg.budget_minutes starts one here, before the teacher loads)."""

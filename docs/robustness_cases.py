@@ -57,7 +57,6 @@ with zipfile.ZipFile(T / "backslash.zip", "w") as zf:
 # holding a user's own run files, zips with a name stored twice or the code-running ckpt.pth,
 # and 40 images that a zip has no masks for
 sys.path.insert(0, str(REPO))
-import students, teachers  # noqa: F401 (the model registries)
 from facekd.models import build_model, named_config
 from facekd.checkpoint import save_checkpoint
 tiny_cfg = named_config("tiny", 64)

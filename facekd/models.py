@@ -1,9 +1,10 @@
 """Models from plain config: build one by name or from its config, and turn a checkpoint's
 dict (facekd.checkpoint.load_checkpoint) into a model with its weights.
 
-The architectures come from the registry (facekd/registry.py), which the `students` and
-`teachers` packages fill when they are imported. This module ships with the exported
-solution, so it imports nothing beyond torch and the shipped core modules.
+The architectures and checkpoint formats come from the registry (facekd/registry.py), whose
+first lookup imports the plugins that fill it (`students`, `teachers`, `compress.quantize`):
+importing this module is all a caller needs. It ships with the exported solution, so it
+imports nothing beyond torch and the shipped core modules.
 """
 
 from __future__ import annotations
@@ -57,8 +58,7 @@ def build_model(model_cfg: dict, allow_over_budget: bool = False) -> nn.Module:
 
 def checkpoint_format(ckpt: dict) -> str | None:
     """The registered format a checkpoint is marked with ("quantized"), or None for plain fp32
-    weights. A format is known once its module is imported (compress.quantize registers int8):
-    a command that loads checkpoints imports it, or an int8 file reads as mismatched weights."""
+    weights."""
     return next((key for key in CHECKPOINT_FORMATS if ckpt.get(key)), None)
 
 

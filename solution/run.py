@@ -24,7 +24,12 @@ import torch  # noqa: E402
 from facekd.files import InputError, check_mask_jobs, load_checkpoint, one_line  # noqa: E402
 from facekd.inference import list_images, load_rgb, predict_mask, save_mask  # noqa: E402
 from facekd.models import load_model  # noqa: E402
+from facekd.registry import skip_plugins  # noqa: E402
 import students  # noqa: E402,F401  (registers the student architectures load_model builds)
+
+# Only the shipped students: an installed facekd's plugins would import its modules from
+# beside these, where the solution does not ship them.
+skip_plugins()
 
 
 def model_from_export(weights: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, int]:

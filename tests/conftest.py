@@ -4,8 +4,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import students  # noqa: F401  (the model registries, filled as the application fills them)
-import teachers  # noqa: F401
 from facekd.data import SAMPLE_DATA
 
 

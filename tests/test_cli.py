@@ -145,7 +145,7 @@ def test_the_default_preset_follows_the_data(tmp_path, sample_root, data_copy, m
     import distill.train
     import facekd.app.pipeline
     trained = []
-    monkeypatch.setattr(distill.train, "distill", lambda cfg, *a, **k: trained.append(cfg.model) or {})
+    monkeypatch.setattr(distill.train, "train_student", lambda cfg, *a, **k: trained.append(cfg.model) or {})
     monkeypatch.setattr(facekd.app.pipeline, "run_pipeline", lambda root, out, preset, *a, **k: trained.append(preset))
     distill_cmd = ["distill", "--teacher", "none", "--out", str(tmp_path / "r")]
     assert main(distill_cmd) == 0 and main(distill_cmd + ["--data", str(sample_root)]) == 0

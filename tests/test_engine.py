@@ -11,7 +11,7 @@ import numpy as np
 import facekd.engine as engine
 from facekd.files import load_checkpoint
 from facekd.app.cli import main
-from distill.train import distill
+from distill.train import train_student
 from facekd.config import RunConfig, apply_overrides, config_from_saved, load_toml, resolve_config
 from facekd.metric import read_mask
 from facekd.models import build_model, named_config
@@ -87,7 +87,7 @@ def test_a_run_saved_before_the_engine_rewrite_resumes_and_exports(tmp_path, sam
     torch.save(last, run / "last.pt")
     cfg = config_from_saved(json.loads((run / "config.json").read_text()))
     assert cfg.loss_weights == {"ce": 1.0, "dice": 0.5} and cfg.resolutions == [[64, 3]]
-    result = distill(cfg, sample_root, run, None, resume=True, progress=False)
+    result = train_student(cfg, sample_root, run, None, resume=True, progress=False)
     # 16 pairs in batches of 8: 2 steps an epoch, epochs 1 and 2 trained here
     assert (result["epochs_started"], result["steps"], result["images_seen"]) == (3, 6, 48)
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
@@ -139,8 +139,7 @@ def test_gpu_preset_runs_two_steps_on_cpu(tmp_path, sample_root):
     assert gpu.ema_decay > 0 and gpu.loss_weights["dice"] > 0 and gpu.eval_every > 1  # what this test exercises
     # two steps: timm's EMA copies the weights outright on its first update
     cfg = apply_overrides(gpu, {"model": "tiny", "resolutions": [[64, 1]], "train_limit": 4, "batch_size": 2})
-    from distill.train import distill
-    result = distill(cfg, sample_root, tmp_path / "gpu", "none", progress=False)
+    result = train_student(cfg, sample_root, tmp_path / "gpu", "none", progress=False)
     run = tmp_path / "gpu"
     last, best = load_checkpoint(run / "last.pt"), load_checkpoint(run / "best.pt")
     assert result["epochs"] == 1 and last["step"] == 2

@@ -18,7 +18,7 @@ def test_the_extending_guide_runs_as_written(tmp_path):
     blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "EXTENDING.md").read_text(), re.S)
     assert len(blocks) >= 6  # a student (class, pruning), a teacher (config, training), a loss, an importance
     script = tmp_path / "extending.py"
-    script.write_text("import students, teachers\n" + "\n".join(blocks))
+    script.write_text("\n".join(blocks))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
@@ -27,8 +27,9 @@ def test_the_extending_guide_runs_as_written(tmp_path):
         assert line in out.stdout, out.stdout
 
 
-# A student and a loss from outside the project: a module that registers them, imported before
-# the command runs, as a plugin package would be. Nothing in the project names them.
+# A student and a loss from outside the project: a module that registers them, declared in the
+# facekd.plugins entry-point group by an installed package's metadata. Nothing in the project
+# names them, and nothing imports the module but the registry's first lookup.
 TOY_PLUGIN = '''
 import torch.nn as nn
 
@@ -62,23 +63,27 @@ def toy_loss(logits, labels, cfg):
     return logits.pow(2).mean()
 '''
 
-TOY_DISTILL = """
-import sys
-import toy_plugin
-from facekd.app.cli import main
-raise SystemExit(main(["distill", "--arch", "toy", "--teacher", "none", "--set", "toy_weight=1",
-                       "--set", "resolutions=[[64, 1]]", "--set", "train_limit=4", "--set", "batch_size=4",
-                       "--set", "threads=1", "--out", sys.argv[1]]))
-"""
+TOY_DISTILL = ["distill", "--arch", "toy", "--teacher", "none", "--set", "toy_weight=1", "--set",
+               "resolutions=[[64, 1]]", "--set", "train_limit=4", "--set", "batch_size=4", "--set", "threads=1"]
+
+
+def install_toy_plugin(folder: Path) -> None:
+    """What `pip install` of a plugin package leaves on the path: its module, and metadata
+    whose entry_points.txt declares the module in facekd's group (docs/EXTENDING.md)."""
+    (folder / "toy_plugin.py").write_text(TOY_PLUGIN)
+    metadata = folder / "toy_plugin-0.1.dist-info"
+    metadata.mkdir()
+    (metadata / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-plugin\nVersion: 0.1\n")
+    (metadata / "entry_points.txt").write_text("[facekd.plugins]\ntoy = toy_plugin\n")
 
 
 def test_a_plugin_student_and_loss_train_through_facekd_distill(tmp_path):
-    """Registering is all it takes: no project file names the toy student or its loss, and
-    `--set toy_weight=1` turns the loss on though RunConfig has no such field."""
-    (tmp_path / "toy_plugin.py").write_text(TOY_PLUGIN)
+    """Declaring the module is all it takes: no project file names the toy student or its
+    loss, and `--set toy_weight=1` turns the loss on though RunConfig has no such field."""
+    install_toy_plugin(tmp_path)
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    out = subprocess.run([sys.executable, "-c", TOY_DISTILL, str(run)], cwd=tmp_path, env=env,
+    out = subprocess.run([sys.executable, "-m", "facekd", *TOY_DISTILL, "--out", str(run)], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -191,7 +191,7 @@ def no_training(monkeypatch):
     """distill, prune and finetune do no work: the tests below read what the CLI says first."""
     import compress.train
     import distill.train
-    for module, name in ((distill.train, "distill"), (compress.train, "prune_and_finetune"),
+    for module, name in ((distill.train, "train_student"), (compress.train, "prune_and_finetune"),
                          (compress.train, "finetune")):
         monkeypatch.setattr(module, name, lambda *args, **kwargs: {"report": {}})
 

@@ -180,28 +180,28 @@ def test_latency_target_is_met_and_an_unreachable_one_is_named(monkeypatch):
 
 
 def test_choose_rounding_by_latency_per_mac_near_the_target():
-    from compress.prune import choose_rounding
+    from compress.prune import PruneTarget, choose_rounding
     from facekd.latency import spread
     reports = {8: {"params_after": 990, "macs_after": 100}, 16: {"params_after": 950, "macs_after": 96},
                32: {"params_after": 600, "macs_after": 60}}
     ms = {8: 50.0, 16: 40.0, 32: 20.0}
     spreads = {r: spread([v] * 4) for r, v in ms.items()}
     # 32 is fastest, even per MAC, but cut far past the size asked for; 16 is faster per MAC than 8
-    assert choose_rounding(reports, spreads, {"target_params": 1000}) == 16
-    assert choose_rounding(reports, spreads, {"target_macs": 100}) == 16
+    assert choose_rounding(reports, spreads, PruneTarget("params", 1000)) == 16
+    assert choose_rounding(reports, spreads, PruneTarget("macs", 100)) == 16
     # a latency target keeps the largest model that meets it
-    assert choose_rounding(reports, spreads, {"target_latency_ms": 45.0}) == 16
-    assert choose_rounding(reports, spreads, {"target_latency_ms": 60.0}) == 8
+    assert choose_rounding(reports, spreads, PruneTarget("latency", 45.0)) == 16
+    assert choose_rounding(reports, spreads, PruneTarget("latency", 60.0)) == 8
 
 
 def test_a_latency_target_no_rounding_meets_on_the_retiming_is_refused():
-    from compress.prune import choose_rounding
+    from compress.prune import PruneTarget, choose_rounding
     from facekd.latency import spread
     reports = {8: {"params_after": 990, "macs_after": 100}, 16: {"params_after": 950, "macs_after": 96}}
     spreads = {8: spread([50.0] * 20), 16: spread([40.0] * 20)}
     with pytest.raises(ValueError, match=r"--target-latency 30: no channel rounding meets it once the pruned "
                                          r"candidates are timed side by side \(fastest: round_to 16, 40.00 ms over 20"):
-        choose_rounding(reports, spreads, {"target_latency_ms": 30.0})
+        choose_rounding(reports, spreads, PruneTarget("latency", 30.0))
 
 
 def test_a_single_prune_checks_the_latency_floor_before_searching(tmp_path, capsys, monkeypatch):
@@ -225,15 +225,16 @@ def test_round_to_auto_prunes_each_and_keeps_the_chosen():
     import compress.prune as prune
     from facekd.profile import count_macs
     model = small_student("resfpn")
-    pruned, report = prune.prune_fastest_rounding(model, target_params=challenge.count_params(model) // 2,
-                                                  example_size=64)
+    half = prune.PruneTarget("params", challenge.count_params(model) // 2)
+    pruned, report = prune.prune_fastest_rounding(model, half, example_size=64)
     rounding = report["rounding"]
     assert rounding["chosen"] == report["round_to"] and set(rounding["candidates"]) <= {"8", "16", "32"}
     assert challenge.count_params(pruned) == report["params_after"] <= challenge.count_params(model) // 2
     assert count_macs(pruned, 64) == rounding["candidates"][str(report["round_to"])]["macs"]
     assert rounding["candidates"][str(report["round_to"])]["latency"]["runs"] >= 20
     with pytest.raises(ValueError, match="--round-to 12"):
-        prune.prune_fastest_rounding(small_student("resfpn"), round_to=12, ratio=0.5, example_size=64)
+        prune.prune_fastest_rounding(small_student("resfpn"), prune.PruneTarget("ratio", 0.5), round_to=12,
+                                     example_size=64)
 
 
 def test_prune_refuses_an_unreachable_latency_and_writes_nothing(tmp_path, sample_root, capsys):
@@ -257,3 +258,17 @@ def test_sweep_checks_latency_targets_against_the_student_and_the_floor(tmp_path
         check_sweep_targets(path, "latency", [1e6])
     with pytest.raises(ValueError, match="--target-latency 0.001: unreachable; cutting every layer by 90%"):
         check_sweep_targets(path, "latency", [0.001])
+
+
+def test_a_prune_target_is_recorded_as_older_runs_recorded_it():
+    """prune_report.json's "target", which --resume compares with the flags given, keeps the
+    format of runs made before PruneTarget: every kind's key, None but the one set, and the
+    thread count, in this order."""
+    from compress.prune import PruneTarget
+    written_before = [{"params": 900000, "macs": None, "ratio": None, "latency_ms": None, "threads": 1},
+                      {"params": None, "macs": None, "ratio": 0.3, "latency_ms": None, "threads": 1},
+                      {"params": None, "macs": None, "ratio": None, "latency_ms": 12.5, "threads": 2}]
+    assert list(PruneTarget("params", 900000).record().items()) == list(written_before[0].items())
+    for saved in written_before:
+        assert PruneTarget.from_record(saved).record() == saved
+    assert PruneTarget.from_record(written_before[2]) == PruneTarget("latency", 12.5, threads=2)

@@ -114,10 +114,10 @@ def cmd_grow(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from distill.train import distill
+    from distill.train import train_student
     cfg = _config("distill", args, model=args.arch)
     _warn_of_settings_without_teacher(args, cfg)
-    result = distill(cfg, _data_root(args), args.out, _teacher(args), args.resume)
+    result = train_student(cfg, _data_root(args), args.out, _teacher(args), args.resume)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -133,25 +133,26 @@ def _number_list(kind):
 
 
 def cmd_prune(args) -> int:
-    from compress.sweep import KINDS, format_table, sweep
+    from compress.prune import PruneSettings, PruneTarget
+    from compress.sweep import format_table, sweep
     from compress.train import closing_lines, prune_and_finetune
     kind, targets = next((k, v) for k, v in (("params", args.target_params), ("macs", args.target_macs),
                                              ("ratio", args.ratio), ("latency", args.target_latency)) if v is not None)
-    speed = {"round_to": args.round_to, "threads": args.threads}
+    settings = PruneSettings(importance=args.importance, round_to=args.round_to)
     if args.threads < 1:
         raise ValueError(f"--threads {args.threads}: give at least 1")
     cfg = _config("prune", args)
     _warn_of_settings_without_teacher(args, cfg)
     checkpoint = _student_checkpoint(args, "runs/distill/best.pt")
     if args.sweep:
-        record = sweep(cfg, _data_root(args), args.out, checkpoint, _teacher(args), kind=kind,
-                       targets=targets, importance=args.importance, resume=args.resume, **speed)
+        record = sweep(cfg, _data_root(args), args.out, checkpoint, _teacher(args), kind=kind, targets=targets,
+                       threads=args.threads, settings=settings, resume=args.resume)
         print(json.dumps(record, indent=2) if args.json else format_table(record))
         return 0
     if len(targets) > 1:
         raise ValueError(f"{len(targets)} targets given; pass --sweep to prune to each of them")
     result = prune_and_finetune(cfg, _data_root(args), args.out, checkpoint, _teacher(args),
-                                importance=args.importance, resume=args.resume, **speed, **{KINDS[kind]: targets[0]})
+                                PruneTarget(kind, targets[0], args.threads), settings, resume=args.resume)
     print(json.dumps(result["report"], indent=2) if args.json else "\n".join(closing_lines(result["report"], args.out)))
     return 0
 

@@ -12,10 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import compress.quantize  # noqa: F401  (registers the int8 format, which export refuses by name)
 import facekd
 import students
-import teachers  # noqa: F401  (in a fresh process, shippable_student knows a teacher only from here)
 from facekd.checkpoint import save_checkpoint
 from facekd.files import check_output_folder, load_checkpoint, naming_failed_writes
 from facekd.models import shippable_student

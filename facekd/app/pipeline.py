@@ -36,9 +36,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from compress.prune import PruneSettings, PruneTarget
 from compress.train import prune_and_finetune
 from distill.teacher import frozen_teacher, teacher_paths, teacher_record, teacher_val_fscore
-from distill.train import distill
+from distill.train import train_student
 from facekd import distributed
 from facekd.audit import audit_split, save_panel, write_fixed
 from facekd.budget import Budget, BudgetError
@@ -234,8 +235,8 @@ class Pipeline:
 
     def distill(self) -> dict:
         cfg, planned = self.stage_config("distill", "distill")
-        return _trained(distill(cfg, self.data_root, self.out / "distill", self.teacher_checkpoints,
-                                resume=self.resume, progress=self.progress), planned)
+        return _trained(train_student(cfg, self.data_root, self.out / "distill", self.teacher_checkpoints,
+                                      resume=self.resume, progress=self.progress), planned)
 
     def prune(self) -> dict:
         cfg, planned = self.stage_config("prune", "prune")
@@ -247,8 +248,8 @@ class Pipeline:
         # stage much of its fine-tuning (12 s of the smoke pipeline's 12); prune the result for speed
         # afterwards with `facekd prune --round-to auto` if latency matters
         result = prune_and_finetune(cfg, self.data_root, self.out / "prune", self.out / "distill" / "best.pt",
-                                    self.teacher_checkpoints if with_teacher else None, target_params=target,
-                                    round_to=8, resume=self.resume, progress=self.progress)
+                                    self.teacher_checkpoints if with_teacher else None, PruneTarget("params", target),
+                                    PruneSettings(round_to=8), resume=self.resume, progress=self.progress)
         return {"target_params": target, "finetune_kd": with_teacher, "pruning": result["report"]["pruning"],
                 **_trained(result, planned)}
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import compress.quantize  # noqa: F401  (registers the int8 checkpoint format that load_model reads)
 from teachers.ensemble import model_or_ensemble
 from facekd.distributed import pick_device
 from facekd.files import InputError, check_mask_jobs

@@ -22,7 +22,6 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-import compress.quantize  # noqa: F401  (registers the int8 checkpoint format that load_model reads)
 from facekd import distributed
 from facekd.files import check_output_folder, load_checkpoint
 from facekd.models import is_teacher, load_model

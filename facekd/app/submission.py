@@ -27,7 +27,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from facekd.models import load_model
-import students  # noqa: F401  (fills the registry load_model rebuilds the shipped student from)
 from facekd import challenge
 from facekd.files import atomic_write, check_output_file, is_partial_write, load_checkpoint, naming_failed_writes
 from facekd.inference import list_images
