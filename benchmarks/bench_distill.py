@@ -91,7 +91,7 @@ def offline_added_ms(cfg: RunConfig, split, targets: torch.Tensor, out_side: int
 
 def bench_size(cfg, args, size: int, kinds: dict, student, targets) -> None:
     """Median step time of each kind of step at one training size, interleaved step by step."""
-    split = load_split(args.data, "train", size, args.images, progress=False)
+    split = load_split(args.data, "train", size, args.images, show_progress=False)
     steps = {k: make_step(cfg, student(), loss_fn, soft) for k, (loss_fn, soft) in kinds.items()}
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))
     times = {k: [] for k in kinds}
@@ -141,7 +141,7 @@ def main():
 
     peak = matmul_gflops()
     targets, record = offline_soft_targets(cfg, teacher, teacher_paths(args.teacher), args.data, stored_size(cfg, student()),
-                                           progress=False)
+                                           show_progress=False)
     print(f"threads={args.threads} fp32 matmul 2048^3: {peak:.1f} GFLOP/s")
     teacher_params = sum(p.numel() for p in teacher.parameters())  # frozen, so count_params would say 0
     print(f"student {cfg.model} ({count_params(student()):,} params), teacher {teacher_name} "

@@ -36,7 +36,7 @@ def main():
     print(f"fp32 matmul 2048^3: {peak:.1f} GFLOP/s; the forward pass reaches {100 * achieved / peak:.0f}% of it")
     with tempfile.TemporaryDirectory() as out:
         for tta in (True, False):
-            result = predict_paths(args.weights, args.images, out, flip_tta=tta, progress=False)
+            result = predict_paths(args.weights, args.images, out, flip_tta=tta, show_progress=False)
             print(f"facekd predict (flip TTA {'on' if tta else 'off'}): {result['written']} images, "
                   f"{result['images_per_s']:.2f} images/s including decode and PNG writing")
 

@@ -12,7 +12,7 @@ from facekd.evaluation import evaluate
 
 torch.set_num_threads(1)
 data, target = "data/celebamask-mini", int(sys.argv[1])
-val = load_split(data, "val", None, progress=False)
+val = load_split(data, "val", None, show_progress=False)
 out = {"target_params": target, "val_images": len(val)}
 for importance in ("magnitude", "taylor"):
     torch.manual_seed(0)

@@ -125,7 +125,7 @@ def main():
     n_images = args.batch_size * (args.batches + 1)
 
     t0 = time.perf_counter()
-    split = load_split(args.data, "train", args.size, limit=n_images, progress=False)
+    split = load_split(args.data, "train", args.size, limit=n_images, show_progress=False)
     decode_s = time.perf_counter() - t0
     fast_update, augment = make_update(args, loss_fn, True), AugmentConfig()
 

@@ -16,8 +16,6 @@ import re
 import statistics
 from pathlib import Path
 
-import torch
-
 from facekd.files import load_checkpoint
 from facekd.models import load_model
 from facekd.data import load_split

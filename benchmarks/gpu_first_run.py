@@ -66,10 +66,10 @@ def main(argv=None) -> dict:
     summary = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "preset": preset,
                "data": str(data)}
     t0 = time.perf_counter()
-    teacher = train_teacher(config("teacher", args.teacher_minutes), data, out / "teacher", progress=False)
+    teacher = train_teacher(config("teacher", args.teacher_minutes), data, out / "teacher", show_progress=False)
     summary["teacher"] = stage_summary("teacher", teacher)
     student = train_student(config("distill", args.student_minutes), data, out / "student",
-                            str(out / "teacher" / "best.pt"), progress=False)
+                            str(out / "teacher" / "best.pt"), show_progress=False)
     summary["student"] = stage_summary("student", student)
     summary["wall_s"] = time.perf_counter() - t0
     for name in ("teacher", "student"):

@@ -53,7 +53,7 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    val = load_split(args.data, "val", None, progress=False)
+    val = load_split(args.data, "val", None, show_progress=False)
     scores = {arm: [per_image_fscores(p, val) for p in paths] for arm, paths in (("a", args.a), ("b", args.b))}
     out = {"images": len(val)}
     for arm, paths in (("a", args.a), ("b", args.b)):

@@ -92,13 +92,13 @@ def int8_model(ckpt: dict, source) -> Int8Student:
 
 def calibration_batch(data_root, size: int, n: int = CALIBRATION_IMAGES) -> torch.Tensor:
     """The first n training images at the model's input size, normalised: train, never val."""
-    train = load_split(data_root, "train", size, limit=n, progress=False)
+    train = load_split(data_root, "train", size, limit=n, show_progress=False)
     return normalize(train.images)
 
 
 def score_both(fp32: nn.Module, int8: Int8Student, data_root, flip_tta: bool) -> dict:
     """val F of the fp32 student and of its int8 model, scored side by side on the same split."""
-    val = load_split(data_root, "val", None, progress=False)
+    val = load_split(data_root, "val", None, show_progress=False)
     return {f"{name}val_fscore": evaluate(m, val, m.input_size, flip_tta)["fscore"]
             for name, m in (("fp32_", fp32), ("", int8))}
 

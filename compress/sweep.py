@@ -87,7 +87,7 @@ def time_sweep(record: dict, out: Path, student_path, macs_at: int) -> None:
 
 
 def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: str, targets: list, threads: int = 1,
-          settings: PruneSettings = PruneSettings(), resume: bool = False, progress: bool = True) -> dict:
+          settings: PruneSettings = PruneSettings(), resume: bool = False, show_progress: bool = True) -> dict:
     """Prune and fine-tune student_path to each target (values of one `kind`, latencies timed on
     `threads` threads) in out/<kind>_<target>; returns sweep.json's content."""
     if distributed.is_distributed():
@@ -115,24 +115,24 @@ def sweep(cfg: RunConfig, data_root, out, student_path, teacher_path, *, kind: s
             # fill the cache before the first target, so that under --budget every target gets
             # the same time to fine-tune rather than the first paying for the teacher's pass
             offline_soft_targets(cfg, teacher, teacher_paths(teacher_path), data_root,
-                                 stored_size(cfg, _load(student_path)), progress)
+                                 stored_size(cfg, _load(student_path)), show_progress)
         del teacher  # the targets load it again, each in its own run
         # each target's own check reuses the bounds found above, rather than pruning (and timing) again
         settings = dataclasses.replace(settings, bounds=bounds)
         # largest model first: the mildest cut, and the first row a reader compares with the student
         in_order = [PruneTarget(kind, value, threads) for value in sorted(targets, reverse=kind != "ratio")]
         macs_at = _sweep_targets(cfg, data_root, out, student_path, teacher_path, in_order, settings, record,
-                                 resume, progress)
+                                 resume, show_progress)
         time_sweep(record, out, student_path, macs_at)
         sweep_path.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
 def _sweep_targets(cfg: RunConfig, data_root, out: Path, student_path, teacher_path, targets: list[PruneTarget],
-                   settings: PruneSettings, record: dict, resume: bool, progress: bool) -> int:
+                   settings: PruneSettings, record: dict, resume: bool, show_progress: bool) -> int:
     """Prune and fine-tune each target in turn, writing sweep.json after each; returns the size
     MACs and latencies are taken at."""
-    for target in tqdm(targets, desc="sweep", disable=not progress):
+    for target in tqdm(targets, desc="sweep", disable=not show_progress):
         run = out / run_name(target)
         report = _finished(run / "prune_report.json") if resume else None
         if report is not None:
@@ -140,7 +140,7 @@ def _sweep_targets(cfg: RunConfig, data_root, out: Path, student_path, teacher_p
         else:
             tqdm.write(f"[sweep] {run.name}: starting")
             report = prune_and_finetune(cfg, data_root, run, student_path, teacher_path, target, settings,
-                                        resume=resume, progress=progress)["report"]
+                                        resume=resume, show_progress=show_progress)["report"]
         record["student_val_fscore"] = report["before"]["val_fscore"]
         record["targets"].append(_row(target, run, report))
         # after each target, for a sweep killed later

@@ -39,7 +39,7 @@ PRUNE_FILES = ("pruned.pt", "prune_report.json")
 
 def taylor_gradients(data_root, size: int = 256, n: int = 16):
     """Gradients of the CE loss on a few training images, for Taylor importance."""
-    split = load_split(data_root, "train", size, limit=n, progress=False)
+    split = load_split(data_root, "train", size, limit=n, show_progress=False)
 
     def gradient_fn(model):
         # Eval mode, not train mode with the buffers saved and restored: Taylor importance
@@ -107,7 +107,7 @@ def _load(path):
 
 def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, target: PruneTarget,
                        settings: PruneSettings = PruneSettings(), *, resume: bool = False,
-                       progress: bool = True) -> dict:
+                       show_progress: bool = True) -> dict:
     """Prune student_path to `target` (a latency: one image at its input size on target.threads
     threads) in out/pruned.pt, then fine-tune it in out; returns train_student's result with the
     prune report."""
@@ -117,8 +117,8 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
     distributed.setup()  # under torchrun, for the barriers below
     with run_folder_lock(out, enabled=distributed.is_main()), removed_if_budget_refused(out):
         model, model_cfg, report = _pruned_model(cfg, data_root, out, student_path, target, settings, resume,
-                                                 progress)
-        result = train_student(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
+                                                 show_progress)
+        result = train_student(cfg, data_root, out, teacher_path, resume, show_progress=show_progress, model=model,
                                model_cfg=model_cfg, stage="prune", budget=budget)
     report_path = out / "prune_report.json"
     # a finished run resumed is a no-op: its report, timings and TensorBoard points stand
@@ -137,7 +137,7 @@ def prune_and_finetune(cfg: RunConfig, data_root, out, student_path, teacher_pat
 
 
 def _pruned_model(cfg: RunConfig, data_root, out: Path, student_path, target: PruneTarget,
-                  settings: PruneSettings, resume: bool, progress: bool) -> tuple:
+                  settings: PruneSettings, resume: bool, show_progress: bool) -> tuple:
     """(model, model_cfg, report): the student pruned here, or when resuming a run whose
     architecture was already cut, rebuilt from last.pt's plain config."""
     report_path = out / "prune_report.json"
@@ -151,7 +151,7 @@ def _pruned_model(cfg: RunConfig, data_root, out: Path, student_path, target: Pr
     # Taylor importance comes from gradients, which need not agree bit for bit across
     # GPUs, and one differing channel choice would give the ranks different models.
     if distributed.is_main():
-        pruned = _prune(cfg, data_root, out, student_path, target, settings, progress)
+        pruned = _prune(cfg, data_root, out, student_path, target, settings, show_progress)
     distributed.barrier()
     if distributed.is_main():
         return pruned
@@ -205,17 +205,17 @@ def _changed_student(report: dict, student_path) -> list[str]:
 
 
 def finetune(cfg: RunConfig, data_root, out, student_path, teacher_path, resume: bool = False,
-             progress: bool = True) -> dict:
+             show_progress: bool = True) -> dict:
     """Continue training a student checkpoint (pruned or not) with the prune stage's config,
     under the teacher or, with teacher_path None or 'none', from labels alone."""
     ckpt = load_checkpoint(student_path)
     model = load_model(ckpt, student_path, student_for="fine-tune")
-    return train_student(cfg, data_root, out, teacher_path, resume, progress=progress, model=model,
+    return train_student(cfg, data_root, out, teacher_path, resume, show_progress=show_progress, model=model,
                          model_cfg=ckpt["model_cfg"], stage="finetune")
 
 
 def _prune(cfg: RunConfig, data_root, out: Path, student_path, target: PruneTarget, settings: PruneSettings,
-           progress: bool) -> tuple:
+           show_progress: bool) -> tuple:
     """Prune the student, save pruned.pt and prune_report.json; returns (model, model_cfg, report)."""
     ckpt = load_checkpoint(student_path)
     student = load_model(ckpt, student_path, student_for="prune")
@@ -223,7 +223,7 @@ def _prune(cfg: RunConfig, data_root, out: Path, student_path, target: PruneTarg
     # after it on one at or below zero
     check_targets(student, target.kind, [target.value], target.threads, student_path, settings.bounds)
     input_size = ckpt["model_cfg"]["input_size"]
-    val = load_split(data_root, "val", None, progress=progress)
+    val = load_split(data_root, "val", None, show_progress=show_progress)
     before = measure(student, val, input_size, cfg.flip_tta)
     gradient_fn = taylor_gradients(data_root) if IMPORTANCES[settings.importance].needs_gradients else None
     model, pruning = prune_fastest_rounding(copy.deepcopy(student), target, round_to=settings.round_to,

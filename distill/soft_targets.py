@@ -62,7 +62,7 @@ def members(teacher: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def teacher_logits(teacher: nn.Module, images: torch.Tensor, out_size: int, scales: list,
-                   batch_size: int = 8, device: torch.device | None = None, progress: bool = True,
+                   batch_size: int = 8, device: torch.device | None = None, show_progress: bool = True,
                    precision: str = "fp32") -> torch.Tensor:
     """float16 N x C x out_size x out_size: the teacher's flip-TTA logits for uint8 N x 3 x H x W
     images, averaged over its input side times each scale. Logits, not probabilities, are
@@ -72,7 +72,7 @@ def teacher_logits(teacher: nn.Module, images: torch.Tensor, out_size: int, scal
     runs = [(m.eval().to(device), s) for m in members(teacher) for s in scaled_sizes(m.input_size, scales)]
     soft_targets = None
     for i in tqdm(range(0, len(images), batch_size), desc=f"teacher soft targets @{[s for _, s in runs]}",
-                  disable=not progress, leave=False):
+                  disable=not show_progress, leave=False):
         batch = images[i:i + batch_size].to(device)
         with autocast(precision, device):
             logits = sum(predict_logits(m, batch, s, out_size=(out_size, out_size)).float() for m, s in runs)
@@ -136,7 +136,7 @@ def _read_cache(path: Path, key: dict) -> torch.Tensor | None:
 
 
 def offline_soft_targets(cfg: RunConfig, teacher: nn.Module, teacher_paths: list[str], data_root: str | Path,
-                         size: int, progress: bool = True) -> tuple[torch.Tensor, dict]:
+                         size: int, show_progress: bool = True) -> tuple[torch.Tensor, dict]:
     """(soft_targets, record): the stored maps for the training split (cfg.train_limit applied), from
     cfg.soft_target_cache when it holds them, and what they cost, for the run's config record.
     teacher_paths are the files `teacher` was loaded from (distill.teacher.teacher_paths), which
@@ -159,8 +159,8 @@ def offline_soft_targets(cfg: RunConfig, teacher: nn.Module, teacher_paths: list
             return soft_targets, record
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # as training will; computing counts against the budget
-    split = load_split(data_root, "train", max(record["teacher_input_sizes"]), cfg.train_limit, progress=progress)
-    soft_targets = teacher_logits(teacher, split.images, size, scales, cfg.batch_size, progress=progress,
+    split = load_split(data_root, "train", max(record["teacher_input_sizes"]), cfg.train_limit, show_progress=show_progress)
+    soft_targets = teacher_logits(teacher, split.images, size, scales, cfg.batch_size, show_progress=show_progress,
                                   precision=precision)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

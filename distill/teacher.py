@@ -97,7 +97,7 @@ def teacher_val_fscore(teacher: nn.Module, info: dict, cfg: RunConfig, data_root
         return info.get("val_fscore")
     if not distributed.is_main():
         return None
-    val = load_split(data_root, "val", None, progress=False)
+    val = load_split(data_root, "val", None, show_progress=False)
     device = pick_device()
     return evaluate(teacher, val, teacher.input_size, cfg.flip_tta, cfg.batch_size, device,
                     precision=resolve_precision(cfg.precision, device))["fscore"]

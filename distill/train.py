@@ -16,7 +16,7 @@ from facekd.models import init_model
 from facekd.registry import STUDENTS, TEACHERS
 
 
-def train_student(cfg: RunConfig, data_root, out, teacher, resume: bool = False, progress: bool = True,
+def train_student(cfg: RunConfig, data_root, out, teacher, resume: bool = False, show_progress: bool = True,
                   model: nn.Module | None = None, model_cfg: dict | None = None, stage: str = "distill",
                   budget: Budget | None = None) -> dict:
     """Train a student with the shared engine, with or without a teacher. `teacher` is a checkpoint path, a list of them
@@ -41,12 +41,12 @@ def train_student(cfg: RunConfig, data_root, out, teacher, resume: bool = False,
     if teacher_model is not None and active_losses(cfg, "teacher"):
         if cfg.distill_mode == "offline":
             soft_targets, extra["soft_targets"] = offline_soft_targets(
-                cfg, teacher_model, paths, data_root, stored_size(cfg, model), progress)
+                cfg, teacher_model, paths, data_root, stored_size(cfg, model), show_progress)
             teacher_model = None  # never run again: let its memory go before training
         else:
             teacher_model.to(pick_device())  # where fit puts the student and the batches
     result = fit(model, model_cfg, training_loss(cfg, teacher_model), cfg, out, data_root=data_root,
-                 stage=stage, resume=resume, show_progress=progress, budget=budget, soft_targets=soft_targets,
+                 stage=stage, resume=resume, show_progress=show_progress, budget=budget, soft_targets=soft_targets,
                  reference_scores={} if fscore is None else {"teacher/val_fscore": fscore}, extra_config=extra)
     if soft_targets is not None:
         result["soft_targets_s"] = extra["soft_targets"]["seconds"]

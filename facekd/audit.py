@@ -73,12 +73,12 @@ def _read(path: Path) -> tuple[np.ndarray | None, str | None]:
         return None, f"unreadable ({e})"
 
 
-def audit_split(root: str | Path, split: str = "train", progress: bool = True) -> dict:
+def audit_split(root: str | Path, split: str = "train", show_progress: bool = True) -> dict:
     """Audit every masked pair of root/split. Returns the split's convention, one MaskAudit per
     mask with a problem, and counts."""
     pairs = find_pairs(root, split)
     audits = []
-    for pair in tqdm(pairs, desc=f"audit {split}", disable=not progress, leave=False):
+    for pair in tqdm(pairs, desc=f"audit {split}", disable=not show_progress, leave=False):
         a = MaskAudit(pair.stem, str(pair.mask))
         mask, error = _read(pair.mask)
         if error:

@@ -44,8 +44,8 @@ def probe_budget(model: nn.Module, loss_fn: LossFn, cfg: RunConfig, data_root, b
     would say only after a minute of decoding; check_budget_fits still has the last word."""
     n = cfg.batch_size
     t0 = now()
-    train = load_split(data_root, "train", cfg.size_at(0), limit=n, progress=False)
-    val = load_split(data_root, "val", None, limit=n, progress=False)
+    train = load_split(data_root, "train", cfg.size_at(0), limit=n, show_progress=False)
+    val = load_split(data_root, "val", None, limit=n, show_progress=False)
     decode_s = (now() - t0) / (len(train) + len(val))
     n_train = len(find_pairs(data_root, "train"))
     n_train, n_val = min(n_train, cfg.train_limit or n_train), len(find_pairs(data_root, "val"))

@@ -41,12 +41,12 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 # The full training state that --resume continues from. Its layout lives here, beside the
 # loader, so that the engine only says what to save, not how it is laid out.
 
-def training_state(*, model, model_cfg: dict, stage: str, optimizer, scheduler, ema, progress: dict,
+def training_state(*, model, model_cfg: dict, stage: str, optimizer, scheduler, ema, counters: dict,
                    config: dict, params: int, rng_gens: list, world_size: int) -> dict:
-    """A plain dict for last.pt. `progress` holds the counters (epoch, step, best_metric,
+    """A plain dict for last.pt. `counters` holds the counters (epoch, step, best_metric,
     train_seconds, images_seen, and the budget's spent seconds under a budget)."""
     state = {"model": model.state_dict(), "model_cfg": model_cfg, "stage": stage,
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **progress,
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **counters,
              "config": config, "params": params, "world_size": world_size,
              "rng_cpu": torch.get_rng_state(), "rng_gen": rng_gens[0]}
     if world_size > 1:

@@ -129,7 +129,7 @@ class CachedSplit:
 
 
 def load_split(root: str | Path, split: str, size: int | None = None, limit: int = 0,
-               threads: int = 4, progress: bool = True) -> CachedSplit:
+               threads: int = 4, show_progress: bool = True) -> CachedSplit:
     """Decode a split's masked pairs, resized to size (None keeps the native size, which must
     then be the same for all images). PIL releases the GIL while decoding, so threads help."""
     pairs = find_pairs(root, split)
@@ -137,7 +137,7 @@ def load_split(root: str | Path, split: str, size: int | None = None, limit: int
         pairs = pairs[:limit]
     with ThreadPoolExecutor(threads) as pool:
         items = list(tqdm(pool.map(lambda p: _decode(p, size), pairs), total=len(pairs),
-                          desc=f"decode {split}@{size or 'native'}", disable=not progress, leave=False))
+                          desc=f"decode {split}@{size or 'native'}", disable=not show_progress, leave=False))
     shapes = {tuple(im.shape) for im, _ in items}
     if len(shapes) > 1:
         raise DataError(f"{Path(root) / split}: images differ in size {sorted(shapes)}; pass a size to resize them")

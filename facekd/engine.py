@@ -127,7 +127,7 @@ class TrainSplit:
         if size != self.size:
             self.split = None  # keep one resolution in memory at a time
             t0 = now()
-            self.split = load_split(self.data_root, "train", size, self.cfg.train_limit, progress=self.show_progress)
+            self.split = load_split(self.data_root, "train", size, self.cfg.train_limit, show_progress=self.show_progress)
             self.size, self.decode_s = size, now() - t0
         return self.split
 
@@ -274,7 +274,7 @@ def end_of_epoch(parts: Parts, counters: Counters, ctx: RunContext, size: int, s
         ctx.run.log(record)
         save_checkpoint(training_state(model=parts.model, model_cfg=ctx.model_cfg, stage=ctx.stage,
                                        optimizer=parts.optimizer, scheduler=parts.scheduler, ema=parts.ema,
-                                       progress={**counters.state_dict(), **ctx.length.state_dict()},
+                                       counters={**counters.state_dict(), **ctx.length.state_dict()},
                                        config=ctx.saved_config, params=ctx.n_params, rng_gens=rng_states,
                                        world_size=ctx.processes.world), ctx.run.dir / "last.pt")
         ctx.length.hold_back(now() - t0)
@@ -287,7 +287,7 @@ def validate_and_keep_best(parts: Parts, counters: Counters, ctx: RunContext, si
     cfg, writer, val = ctx.cfg, ctx.run.writer, ctx.val
     eval_model = parts.ema.module if parts.ema is not None else parts.model
     summary, preds = evaluate(eval_model, val, size, cfg.flip_tta, cfg.batch_size, ctx.device, return_preds=True,
-                              progress=ctx.show_progress, precision=parts.precision)
+                              show_progress=ctx.show_progress, precision=parts.precision)
     record["val_fscore"] = summary["fscore"]
     writer.add_scalar("val/fscore", summary["fscore"], counters.epoch)
     writer.add_scalar("val/left_right_swap_rate", summary["left_right_swap_rate"], counters.epoch)
@@ -373,7 +373,7 @@ def training_data(cfg: RunConfig, data_root, processes: Processes, show_progress
                   soft_targets: torch.Tensor | None) -> tuple[TrainingData, CachedSplit | None]:
     """The training data, and the val split on rank 0 (None elsewhere)."""
     train_split = TrainSplit(cfg, data_root, show_progress and processes.is_main)
-    val = load_split(data_root, "val", None, progress=show_progress) if processes.is_main else None
+    val = load_split(data_root, "val", None, show_progress=show_progress) if processes.is_main else None
     first = train_split(cfg.size_at(0))
     if len(first) < 2:
         raise ValueError(f"{data_root}: {len(first)} training pair(s); a step needs at least 2 (BatchNorm)")

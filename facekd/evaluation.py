@@ -15,7 +15,7 @@ from facekd.precision import autocast
 
 @torch.no_grad()
 def evaluate(model: nn.Module, val: CachedSplit, input_size: int, flip_tta: bool, batch_size: int = 8,
-             device: torch.device | None = None, return_preds: bool = False, progress: bool = False,
+             device: torch.device | None = None, return_preds: bool = False, show_progress: bool = False,
              precision: str = "fp32"):
     """The challenge F-score on a cached split at its native size (512 for the real data), with
     the forward passes at a resolved `precision` (facekd/precision.py)."""
@@ -23,7 +23,7 @@ def evaluate(model: nn.Module, val: CachedSplit, input_size: int, flip_tta: bool
     was_training = model.training
     model.eval()
     meter, preds = FScoreMeter(), []
-    for i in tqdm(range(0, len(val), batch_size), desc="validate", unit="batch", leave=False, disable=not progress):
+    for i in tqdm(range(0, len(val), batch_size), desc="validate", unit="batch", leave=False, disable=not show_progress):
         images = val.images[i:i + batch_size].to(device)
         with autocast(precision, device):
             pred = predict_logits(model, images, input_size, flip_tta=flip_tta).argmax(1)

@@ -115,7 +115,7 @@ def check_ground_truth(gt: np.ndarray, path: Path) -> None:
                          f"{int(outside.sum()):,} of {gt.size:,} pixels; a ground-truth mask holds class ids only")
 
 
-def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, progress: bool = True) -> dict:
+def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, show_progress: bool = True) -> dict:
     """Score every ground-truth mask in gt_dir against the same stem in pred_dir. Predicted
     ids outside 0..18 score as misses and the files holding them are listed in
     `invalid_files`; a prediction holding no valid id at all is an error, and so is a
@@ -132,7 +132,7 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, progress: bool = 
     if missing:
         raise FileNotFoundError(f"{pred_dir}: {len(missing)} predictions missing, e.g. {missing[:3]}")
     meter, invalid_files = FScoreMeter(), []
-    for p in tqdm(gts, desc="evaluate", disable=not progress, leave=False):
+    for p in tqdm(gts, desc="evaluate", disable=not show_progress, leave=False):
         pred_path = pred_dir / p.name
         gt = read_checked_mask(p)
         check_ground_truth(gt, p)

@@ -10,7 +10,7 @@ from facekd.losses import training_loss
 from facekd.models import init_model, is_teacher, load_model
 
 
-def train_teacher(cfg: RunConfig, data_root, out, resume: bool = False, progress: bool = True,
+def train_teacher(cfg: RunConfig, data_root, out, resume: bool = False, show_progress: bool = True,
                   init: str | None = None) -> dict:
     """`init`: a teacher checkpoint (`facekd grow` writes one) whose model and weights the run
     starts from, instead of cfg.model freshly initialised."""
@@ -24,5 +24,5 @@ def train_teacher(cfg: RunConfig, data_root, out, resume: bool = False, progress
         model, model_cfg = load_model(ckpt, f"--init {init}").train(), ckpt["model_cfg"]
         extra = {"init": str(init), "model_cfg": model_cfg}
     return fit(model, model_cfg, training_loss(cfg), cfg, out, data_root=data_root, stage="teacher",
-               resume=resume, show_progress=progress, extra_config=extra,
+               resume=resume, show_progress=show_progress, extra_config=extra,
                reference_scores={"init/val_fscore": ckpt["val_fscore"]} if init and ckpt.get("val_fscore") else None)

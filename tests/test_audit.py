@@ -65,7 +65,7 @@ def _digest(root):
 
 
 def test_audit_flags_exactly_the_planted_problems(labelled_root):
-    report = audit_split(labelled_root, "train", progress=False)
+    report = audit_split(labelled_root, "train", show_progress=False)
     assert report["convention"] == "l_ on image-right"
     problems = {a.stem: " ".join(a.problems) for a in report["flagged"]}
     assert set(problems) == {"mirrored_all", "mirrored_lone_ear", "inconsistent", "empty", "out_of_range",
@@ -80,7 +80,7 @@ def test_audit_flags_exactly_the_planted_problems(labelled_root):
 
 def test_fix_swaps_exactly_the_flagged_ids_and_leaves_the_input_alone(labelled_root, tmp_path):
     before = _digest(labelled_root)
-    report = audit_split(labelled_root, "train", progress=False)
+    report = audit_split(labelled_root, "train", show_progress=False)
     out = write_fixed(report, tmp_path / "fixed")
     assert _digest(labelled_root) == before
     assert (out / "val").is_dir()
@@ -103,13 +103,13 @@ def test_fix_swaps_exactly_the_flagged_ids_and_leaves_the_input_alone(labelled_r
     record = json.loads((out / "audit.json").read_text())
     assert {c["stem"] for c in record["changed"]} == {"mirrored_all", "mirrored_lone_ear", "inconsistent"}
     # auditing the fixed copy finds no left/right problem left
-    again = audit_split(out, "train", progress=False)
+    again = audit_split(out, "train", show_progress=False)
     assert again["mirrored"] == 0 and again["inconsistent"] == 0
     assert save_panel(report, tmp_path / "panel.png").is_file()
 
 
 def test_fix_refuses_a_non_empty_folder(labelled_root, tmp_path):
-    report = audit_split(labelled_root, "train", progress=False)
+    report = audit_split(labelled_root, "train", show_progress=False)
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("")
     with pytest.raises(FileExistsError, match="taken"):

@@ -118,30 +118,30 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_folder(tmp_path, data_
     for mask in sorted((data_copy / "train" / "masks").glob("*.png"))[1:]:
         mask.unlink()  # one pair left: too few for a BatchNorm step
     with pytest.raises(ValueError, match="1 training pair"):
-        train_teacher(tiny(), data_copy, tmp_path / "run", progress=False)
+        train_teacher(tiny(), data_copy, tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run").exists()
 
 
 def test_resume_with_another_model_or_preset_is_refused_before_anything_changes(tmp_path, sample_root):
     run = tmp_path / "run"
-    train_teacher(tiny(), sample_root, run, progress=False)
+    train_teacher(tiny(), sample_root, run, show_progress=False)
     snapshot = (run / "config.json").read_text()
     last = (run / "last.pt").stat().st_mtime_ns
     with pytest.raises(ValueError, match=r"cannot be resumed.*model_cfg.*model: 'teacher_tiny' != 'tiny'"):
-        train_teacher(tiny(model="tiny"), sample_root, run, resume=True, progress=False)
+        train_teacher(tiny(model="tiny"), sample_root, run, resume=True, show_progress=False)
     with pytest.raises(ValueError, match=r"cannot be resumed.*lr: 0\.002 != 0\.5"):
-        train_teacher(tiny(lr=0.5), sample_root, run, resume=True, progress=False)
+        train_teacher(tiny(lr=0.5), sample_root, run, resume=True, show_progress=False)
     assert (run / "config.json").read_text() == snapshot and (run / "last.pt").stat().st_mtime_ns == last
 
 
 def test_resume_without_a_run_says_so_and_starts_fresh(tmp_path, sample_root, capsys):
-    train_teacher(tiny(), sample_root, tmp_path / "new", resume=True, progress=False)
+    train_teacher(tiny(), sample_root, tmp_path / "new", resume=True, show_progress=False)
     assert "holds no last.pt, so this run starts from scratch" in capsys.readouterr().err
     assert (tmp_path / "new" / "last.pt").is_file()
 
 
 def test_every_run_logs_its_settings_and_score_to_the_hparams_tab(tmp_path, sample_root):
-    result = train_teacher(tiny(), sample_root, tmp_path / "run", progress=False)
+    result = train_teacher(tiny(), sample_root, tmp_path / "run", show_progress=False)
     events = list((tmp_path / "run").glob("events.out.tfevents.*"))
     assert len(events) == 1  # one run, one events file
     acc = EventAccumulator(str(events[0]))

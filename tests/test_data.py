@@ -9,7 +9,7 @@ from facekd.transforms import IGNORE_INDEX, AugmentConfig, hflip_with_swap, rand
 
 
 def test_sample_split_is_cached_as_uint8(sample_root):
-    split = load_split(sample_root, "train", 64, progress=False)
+    split = load_split(sample_root, "train", 64, show_progress=False)
     assert split.images.shape == (len(split), 3, 64, 64) and split.images.dtype == torch.uint8
     assert split.masks.shape == (len(split), 64, 64) and split.masks.dtype == torch.uint8
     assert int(split.masks.max()) <= 18
@@ -39,14 +39,14 @@ def test_truncated_image_names_the_file(data_copy):
     path = sorted((data_copy / "train" / "images").glob("*.jpg"))[0]
     path.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(DataError, match=path.name):
-        load_split(data_copy, "train", 64, progress=False)
+        load_split(data_copy, "train", 64, show_progress=False)
 
 
 def test_mask_size_mismatch_names_the_file(data_copy):
     path = sorted((data_copy / "train" / "masks").glob("*.png"))[0]
     Image.open(path).resize((100, 100)).save(path)
     with pytest.raises(DataError, match=f"{path.name}.*100x100"):
-        load_split(data_copy, "train", 64, progress=False)
+        load_split(data_copy, "train", 64, show_progress=False)
 
 
 def test_label_above_18_names_the_file(data_copy):
@@ -55,7 +55,7 @@ def test_label_above_18_names_the_file(data_copy):
     mask[0, 0] = 42
     Image.fromarray(mask).save(path)
     with pytest.raises(DataError, match=f"{path.name}.*label 42"):
-        load_split(data_copy, "train", 64, progress=False)
+        load_split(data_copy, "train", 64, show_progress=False)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK"])
@@ -63,7 +63,7 @@ def test_non_rgb_images_are_converted(data_copy, mode):
     path = sorted((data_copy / "train" / "images").glob("*.jpg"))[0]
     Image.open(path).convert(mode).save(path.with_suffix(".tmp"), format="TIFF" if mode != "L" else "PNG")
     path.with_suffix(".tmp").replace(path)
-    split = load_split(data_copy, "train", 32, limit=2, progress=False)
+    split = load_split(data_copy, "train", 32, limit=2, show_progress=False)
     assert split.images.shape[1] == 3
 
 

@@ -39,7 +39,7 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
 
 
 def test_run_directory_holds_everything(tmp_path, sample_root):
-    result = train_teacher(tiny_config(), sample_root, tmp_path / "run", progress=False)
+    result = train_teacher(tiny_config(), sample_root, tmp_path / "run", show_progress=False)
     run = tmp_path / "run"
     for name in ("best.pt", "last.pt", "config.json", "metrics.jsonl"):
         assert (run / name).is_file(), name
@@ -51,19 +51,19 @@ def test_run_directory_holds_everything(tmp_path, sample_root):
     assert best["val_fscore"] == pytest.approx(max(r["val_fscore"] for r in records))
     assert result["val_fscore"] == best["val_fscore"]
     with pytest.raises(FileExistsError, match="--resume"):
-        train_teacher(tiny_config(), sample_root, run, progress=False)
+        train_teacher(tiny_config(), sample_root, run, show_progress=False)
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, sample_root, kill_after_epoch):
     torch.set_num_threads(1)  # bit-exact comparison needs a fixed reduction order
     cfg = tiny_config(resolutions=[[64, 3]], eval_every=3)
-    train_teacher(cfg, sample_root, tmp_path / "straight", progress=False)
+    train_teacher(cfg, sample_root, tmp_path / "straight", show_progress=False)
 
     kill_after_epoch(0)
     with pytest.raises(KeyboardInterrupt):
-        train_teacher(cfg, sample_root, tmp_path / "killed", progress=False)
+        train_teacher(cfg, sample_root, tmp_path / "killed", show_progress=False)
     kill_after_epoch(None)
-    train_teacher(cfg, sample_root, tmp_path / "killed", resume=True, progress=False)
+    train_teacher(cfg, sample_root, tmp_path / "killed", resume=True, show_progress=False)
 
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "killed" / "last.pt")
@@ -87,7 +87,7 @@ def test_a_run_saved_before_the_engine_rewrite_resumes_and_exports(tmp_path, sam
     torch.save(last, run / "last.pt")
     cfg = config_from_saved(json.loads((run / "config.json").read_text()))
     assert cfg.loss_weights == {"ce": 1.0, "dice": 0.5} and cfg.resolutions == [[64, 3]]
-    result = train_student(cfg, sample_root, run, None, resume=True, progress=False)
+    result = train_student(cfg, sample_root, run, None, resume=True, show_progress=False)
     # 16 pairs in batches of 8: 2 steps an epoch, epochs 1 and 2 trained here
     assert (result["epochs_started"], result["steps"], result["images_seen"]) == (3, 6, 48)
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
@@ -139,7 +139,7 @@ def test_gpu_preset_runs_two_steps_on_cpu(tmp_path, sample_root):
     assert gpu.ema_decay > 0 and gpu.loss_weights["dice"] > 0 and gpu.eval_every > 1  # what this test exercises
     # two steps: timm's EMA copies the weights outright on its first update
     cfg = apply_overrides(gpu, {"model": "tiny", "resolutions": [[64, 1]], "train_limit": 4, "batch_size": 2})
-    result = train_student(cfg, sample_root, tmp_path / "gpu", "none", progress=False)
+    result = train_student(cfg, sample_root, tmp_path / "gpu", "none", show_progress=False)
     run = tmp_path / "gpu"
     last, best = load_checkpoint(run / "last.pt"), load_checkpoint(run / "best.pt")
     assert result["epochs"] == 1 and last["step"] == 2
@@ -166,7 +166,7 @@ def test_best_pt_is_written_only_when_the_score_improves(tmp_path, sample_root, 
         return out
 
     monkeypatch.setattr(engine, "evaluate", scripted)
-    result = train_teacher(tiny_config(resolutions=[[64, 3]]), sample_root, tmp_path / "run", progress=False)
+    result = train_teacher(tiny_config(resolutions=[[64, 3]]), sample_root, tmp_path / "run", show_progress=False)
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert (best["epoch"], best["val_fscore"], result["val_fscore"]) == (1, 0.5, 0.5)
     last = load_checkpoint(tmp_path / "run" / "last.pt")

@@ -54,8 +54,8 @@ def test_stored_targets_are_the_mean_of_the_members(tmp_path):
     cfg = RunConfig()
     ensemble, info = frozen_teacher(members)
     assert isinstance(ensemble, Ensemble) and [m["path"] for m in info["members"]] == members
-    targets, _ = offline_soft_targets(cfg, ensemble, members, SAMPLE_DATA, STORED, progress=False)
-    alone = [offline_soft_targets(cfg, frozen_teacher(p)[0], [p], SAMPLE_DATA, STORED, progress=False)[0]
+    targets, _ = offline_soft_targets(cfg, ensemble, members, SAMPLE_DATA, STORED, show_progress=False)
+    alone = [offline_soft_targets(cfg, frozen_teacher(p)[0], [p], SAMPLE_DATA, STORED, show_progress=False)[0]
              for p in members]
     mean = (alone[0].float() + alone[1].float()) / 2
     assert targets.dtype == torch.float16 and targets.shape == (16, NUM_CLASSES, STORED, STORED)
@@ -68,12 +68,12 @@ def test_cache_misses_when_any_member_changes(tmp_path, members):
     cfg = RunConfig(soft_target_cache=str(tmp_path / "cache"))
 
     def run():
-        return offline_soft_targets(cfg, frozen_teacher(members)[0], members, SAMPLE_DATA, STORED, progress=False)[1]
+        return offline_soft_targets(cfg, frozen_teacher(members)[0], members, SAMPLE_DATA, STORED, show_progress=False)[1]
 
     assert run()["cache"] == "miss" and run()["cache"] == "hit"
     _model_file(members[1], "tiny", 96, 7)  # the second member retrained: same file, other weights
     assert run()["cache"] == "miss" and run()["cache"] == "hit"
-    one = offline_soft_targets(cfg, frozen_teacher(members[0])[0], [members[0]], SAMPLE_DATA, STORED, progress=False)[1]
+    one = offline_soft_targets(cfg, frozen_teacher(members[0])[0], [members[0]], SAMPLE_DATA, STORED, show_progress=False)[1]
     assert one["cache"] == "miss", "one member alone is another teacher"
 
 
@@ -97,7 +97,7 @@ def test_distill_with_two_teachers_uses_and_records_both(tmp_path, members, caps
     assert [m["path"] for m in record["teacher_members"]] == members
     assert record["soft_targets"]["teacher_input_sizes"] == [64, 96]
     ensemble, _ = model_or_ensemble(members)
-    val = load_split(SAMPLE_DATA, "val", None, progress=False)
+    val = load_split(SAMPLE_DATA, "val", None, show_progress=False)
     assert record["teacher_val_fscore"] == pytest.approx(evaluate(ensemble, val, 96, True)["fscore"], abs=1e-6)
     epoch = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert epoch["loss/kd"] > 0 and epoch["loss/cwd"] > 0 and epoch["loss/dist"] > 0

@@ -221,7 +221,7 @@ def test_run_py_bad_inputs_fail_cleanly(tmp_path, solution_dir):
 
 
 def test_run_py_matches_facekd_predict_byte_for_byte(tmp_path, solution_dir):
-    predict_paths(solution_dir / "ckpt.pth", VAL_IMAGES, tmp_path / "predict", progress=False)
+    predict_paths(solution_dir / "ckpt.pth", VAL_IMAGES, tmp_path / "predict", show_progress=False)
     proc = run_solution(solution_dir / "run.py", "--input", VAL_IMAGES, "--output", tmp_path / "run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in (tmp_path / "predict").iterdir())

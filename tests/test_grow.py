@@ -29,7 +29,7 @@ def shipped_student():
 @pytest.fixture(scope="module")
 def val_images():
     from facekd.data import SAMPLE_DATA
-    images = load_split(SAMPLE_DATA, "val", None, progress=False).images
+    images = load_split(SAMPLE_DATA, "val", None, show_progress=False).images
     return normalize(F.interpolate(images.float(), size=(256, 256), mode="bilinear") .round().to(torch.uint8))
 
 
@@ -69,12 +69,12 @@ def test_a_grown_teacher_trains_resumes_and_is_refused_by_export(tmp_path, sampl
     assert isinstance(load_model(grown), GrownResFPN)
 
     cfg = tiny_config(resolutions=[[64, 2]], eval_every=2)
-    straight = train_teacher(cfg, sample_root, tmp_path / "straight", progress=False, init=tmp_path / "grown.pt")
+    straight = train_teacher(cfg, sample_root, tmp_path / "straight", show_progress=False, init=tmp_path / "grown.pt")
     kill_after_epoch(0)
     with pytest.raises(KeyboardInterrupt):
-        train_teacher(cfg, sample_root, tmp_path / "killed", progress=False, init=tmp_path / "grown.pt")
+        train_teacher(cfg, sample_root, tmp_path / "killed", show_progress=False, init=tmp_path / "grown.pt")
     kill_after_epoch(None)
-    resumed = train_teacher(cfg, sample_root, tmp_path / "killed", resume=True, progress=False,
+    resumed = train_teacher(cfg, sample_root, tmp_path / "killed", resume=True, show_progress=False,
                             init=tmp_path / "grown.pt")
     assert resumed["val_fscore"] == straight["val_fscore"]
     a, b = (load_checkpoint(tmp_path / run / "last.pt")["model"] for run in ("straight", "killed"))
@@ -89,7 +89,7 @@ def test_a_grown_teacher_trains_resumes_and_is_refused_by_export(tmp_path, sampl
 def test_growth_refuses_a_student_as_init_and_a_bad_spec(tmp_path, sample_root, capsys):
     student = tiny_student_checkpoint(tmp_path / "student.pt")
     with pytest.raises(ValueError, match="is a student checkpoint; grow it"):
-        train_teacher(tiny_config(), sample_root, tmp_path / "run", progress=False, init=student)
+        train_teacher(tiny_config(), sample_root, tmp_path / "run", show_progress=False, init=student)
     assert main(["grow", "--checkpoint", str(student), "--depth", "1,2", "--out", str(tmp_path / "g.pt")]) == 2
     assert "4 extra depths" in capsys.readouterr().err
     assert not (tmp_path / "g.pt").exists()

@@ -264,7 +264,7 @@ def test_training_images_without_masks_are_reported(data_copy, capsys):
     for mask in unmasked:
         mask.unlink()
     for size in (64, 96):  # a second resolution does not say it again
-        assert len(load_split(data_copy, "train", size, progress=False)) == 13
+        assert len(load_split(data_copy, "train", size, show_progress=False)) == 13
     err = capsys.readouterr().err
     assert err.count("warning") == 1, err
     assert f"{data_copy / 'train' / 'images'}: 3 of 16 images have no mask" in err
@@ -276,7 +276,7 @@ def test_two_images_of_one_stem_are_refused(data_copy):
     image = sorted((data_copy / "train" / "images").glob("*.jpg"))[0]
     (image.parent / f"{image.stem}.JPG").write_bytes(image.read_bytes())
     with pytest.raises(DataError) as e:
-        load_split(data_copy, "train", 64, progress=False)
+        load_split(data_copy, "train", 64, show_progress=False)
     assert str(e.value).startswith(f"{image.parent}: {image.stem}.JPG and {image.stem}.jpg share one stem")
 
 

@@ -70,12 +70,12 @@ def test_evaluate_folders_and_missing_prediction(tmp_path, sample_root):
     pred_dir = tmp_path / "pred"
     for p in gt_dir.glob("*.png"):
         save_mask(read_mask(p), pred_dir / p.name)
-    summary = evaluate_folders(pred_dir, gt_dir, progress=False)
+    summary = evaluate_folders(pred_dir, gt_dir, show_progress=False)
     assert summary["images"] == len(list(gt_dir.glob("*.png")))
     assert summary["fscore"] == pytest.approx(1.0, abs=1e-6)
     next(pred_dir.glob("*.png")).unlink()
     with pytest.raises(FileNotFoundError, match="predictions missing"):
-        evaluate_folders(pred_dir, gt_dir, progress=False)
+        evaluate_folders(pred_dir, gt_dir, show_progress=False)
 
 
 def test_out_of_range_predicted_ids_are_misses_as_the_reference_scores_them():

@@ -61,7 +61,7 @@ def test_a_run_records_the_precision_it_ran_at(tmp_path, sample_root, monkeypatc
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: has_bf16)
     cfg = apply_overrides(RunConfig(), dict(model="teacher_tiny", resolutions=[[64, 1]], batch_size=8,
                                             warmup_epochs=0.5, precision="auto"))
-    result = train_teacher(cfg, sample_root, tmp_path / "run", progress=False)
+    result = train_teacher(cfg, sample_root, tmp_path / "run", show_progress=False)
     snapshot = json.loads((tmp_path / "run" / "config.json").read_text())
     assert snapshot["precision"] == "auto" and snapshot["precision_used"] == used
     assert result["precision"] == used

@@ -36,7 +36,7 @@ def test_int8_logits_follow_fp32_within_tolerance(tiny_ckpt, int8_ckpt):
     fp32, _ = load(tiny_ckpt)
     int8, ckpt = load(int8_ckpt)
     assert isinstance(int8, Int8Student) and ckpt["quantized"]["calibration"]["split"] == "train"
-    x = normalize(load_split(SAMPLE_DATA, "val", 64, progress=False).images)
+    x = normalize(load_split(SAMPLE_DATA, "val", 64, show_progress=False).images)
     with torch.no_grad():
         want, got = fp32(x), int8(x)
     # Each int8 layer rounds to 1/255 of its calibrated range; a dozen layers compound that
@@ -50,13 +50,13 @@ def test_int8_keeps_param_count_and_predicts(tmp_path, tiny_ckpt, int8_ckpt):
     int8, ckpt = load(int8_ckpt)
     fp32, _ = load(tiny_ckpt)
     assert model_cost(int8)["params"] == model_cost(fp32, latency=False)["params"] == ckpt["params"]
-    result = predict_paths(int8_ckpt, SAMPLE_DATA / "val" / "images", tmp_path / "masks", progress=False)
+    result = predict_paths(int8_ckpt, SAMPLE_DATA / "val" / "images", tmp_path / "masks", show_progress=False)
     assert result["written"] == len(list((SAMPLE_DATA / "val" / "images").iterdir())) and not result["failed"]
 
 
 def test_calibration_reads_train_never_val():
     batch = calibration_batch(SAMPLE_DATA, 64, n=3)
-    train = normalize(load_split(SAMPLE_DATA, "train", 64, limit=3, progress=False).images)
+    train = normalize(load_split(SAMPLE_DATA, "train", 64, limit=3, show_progress=False).images)
     assert torch.equal(batch, train)
 
 
@@ -80,7 +80,7 @@ def test_an_int8_checkpoint_is_neither_quantized_again_nor_pruned(tmp_path, int8
 
 def test_report_scores_and_times_an_int8_checkpoint_beside_its_fp32(tmp_path, tiny_ckpt, int8_ckpt):
     from facekd.app.report import write_report
-    page = write_report([tiny_ckpt, int8_ckpt], tmp_path / "report", SAMPLE_DATA, progress=False).read_text()
+    page = write_report([tiny_ckpt, int8_ckpt], tmp_path / "report", SAMPLE_DATA, show_progress=False).read_text()
     assert f"{tmp_path.name}/int8.pt" in page and f"{tmp_path.name}/best.pt" in page
     assert "speed rank" in page and "interquartile range" in page
 
@@ -107,5 +107,5 @@ def test_an_int8_model_stays_on_the_cpu_where_a_gpu_is_picked(tmp_path, tiny_ckp
     # int8 model moved there could not predict
     import facekd.app.predict as predict
     monkeypatch.setattr(predict, "pick_device", lambda: torch.device("meta"))
-    result = predict_paths(int8_ckpt, SAMPLE_DATA / "val" / "images", tmp_path / "masks", progress=False)
+    result = predict_paths(int8_ckpt, SAMPLE_DATA / "val" / "images", tmp_path / "masks", show_progress=False)
     assert result["written"] == 4 and not result["failed"]

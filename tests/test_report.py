@@ -177,7 +177,7 @@ class Page(HTMLParser):
 @pytest.fixture(scope="module")
 def report(runs, tmp_path_factory):
     root, _ = runs
-    return write_report([root / "student", root / "sweep"], tmp_path_factory.mktemp("report"), progress=False)
+    return write_report([root / "student", root / "sweep"], tmp_path_factory.mktemp("report"), show_progress=False)
 
 
 def test_report_has_every_section_and_figure(report):
@@ -277,7 +277,7 @@ def test_the_parameter_axis_labels_do_not_overlap(params):
 def test_the_report_header_counts_in_english(runs, tmp_path):
     """Issue 28, friction 11: "1 models from 1 run folder(s)"; and the page has a margin."""
     root, _ = runs
-    page = write_report([root / "student"], tmp_path / "one", progress=False).read_text()
+    page = write_report([root / "student"], tmp_path / "one", show_progress=False).read_text()
     assert "1 model from 1 run folder," in page
     assert "padding:0 24px" in page
 
@@ -423,5 +423,5 @@ def test_a_run_given_twice_is_one_model_from_one_folder(runs, tmp_path):
     """Fault 15: `report r r` read "1 model from 2 run folders"."""
     root, _ = runs
     student = root / "student"
-    page = write_report([student, student, student / "best.pt"], tmp_path / "twice", progress=False).read_text()
+    page = write_report([student, student, student / "best.pt"], tmp_path / "twice", show_progress=False).read_text()
     assert "1 model from 1 run folder," in page

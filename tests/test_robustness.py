@@ -123,7 +123,7 @@ def test_training_validation_scores_invalid_ids_like_the_reference(sample_root):
             return self.conv(x)
 
     torch.manual_seed(0)
-    val = load_split(sample_root, "val", size=64, progress=False)
+    val = load_split(sample_root, "val", size=64, show_progress=False)
     summary, preds = evaluate(TooManyClasses(), val, 64, flip_tta=False, return_preds=True)
     assert (preds >= NUM_CLASSES).any() and (preds < NUM_CLASSES).any()
     expected = np.mean([reference_fscore(g.numpy(), p.numpy()) for g, p in zip(val.masks, preds)])
@@ -251,7 +251,7 @@ def test_oversized_image_costs_one_mask(tmp_path, size):
     with pytest.raises(InputError, match=rf"bomb.png: image too large.*{MAX_PIXELS:,} pixels \(4096x4096\)"):
         load_rgb(bomb)
     weights = make_checkpoint(tmp_path / "best.pt", named_config("tiny", 64))
-    result = predict_paths(weights, images, tmp_path / "masks", progress=False)
+    result = predict_paths(weights, images, tmp_path / "masks", show_progress=False)
     assert result["written"] == 1 and len(result["failed"]) == 1 and "bomb.png" in result["failed"][0]
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [f"{good.stem}.png"]
 

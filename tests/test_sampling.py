@@ -82,7 +82,7 @@ def test_the_engine_trains_on_the_weighted_order(tmp_path, sample_root, monkeypa
     monkeypatch.setattr(engine, "train_one_epoch", recording)
     cfg = apply_overrides(RunConfig(), dict(model="teacher_tiny", resolutions=[[64, 1]], batch_size=8,
                                             repeat_threshold=1.0, dice_weight=0.5, dice_scope="image"))
-    train_teacher(cfg, sample_root, tmp_path / "run", progress=False)
+    train_teacher(cfg, sample_root, tmp_path / "run", show_progress=False)
     (order,) = orders
     n_train = len(list((sample_root / "train" / "masks").glob("*.png")))
     assert len(order) == n_train and len(set(order)) < n_train  # some images twice, some not at all

@@ -64,10 +64,10 @@ def aligned(tmp_path_factory):
     """The sample's training split at SIZE and its stand-in teacher's stored targets at stride 4,
     with flip TTA and two scales, through the same function that `distill` uses."""
     from facekd.data import SAMPLE_DATA
-    split = load_split(SAMPLE_DATA, "train", SIZE, progress=False)
+    split = load_split(SAMPLE_DATA, "train", SIZE, show_progress=False)
     teacher = GroundTruthTeacher(split, SIZE)
     targets, record = offline_soft_targets(RunConfig(soft_target_scales=[1.0, 0.75]), teacher, None, SAMPLE_DATA,
-                                           SIZE // STRIDE, progress=False)
+                                           SIZE // STRIDE, show_progress=False)
     assert targets.dtype == torch.float16 and record["cache"] == "off"
     return split, targets
 
@@ -151,7 +151,7 @@ def test_cache_hits_on_the_same_inputs_and_misses_when_teacher_or_image_bytes_ch
 
     def run(cfg=cfg, path=path, data=data_copy):
         teacher, _ = frozen_teacher(path)
-        return offline_soft_targets(cfg, teacher, [str(path)], data, 16, progress=False)
+        return offline_soft_targets(cfg, teacher, [str(path)], data, 16, show_progress=False)
 
     first, rec = run()
     assert rec["cache"] == "miss" and first.shape == (16, NUM_CLASSES, 16, 16)
@@ -209,15 +209,15 @@ def test_a_cache_file_with_overwritten_bytes_is_recomputed(tmp_path, sample_root
     path = [str(_teacher_file(tmp_path / "teacher.pt", 0))]
     cfg = RunConfig(soft_target_cache=str(tmp_path / "cache"))
     teacher, _ = frozen_teacher(path)
-    first, rec = offline_soft_targets(cfg, teacher, path, sample_root, 16, progress=False)
+    first, rec = offline_soft_targets(cfg, teacher, path, sample_root, 16, show_progress=False)
     cache = Path(rec["file"])
     data = bytearray(cache.read_bytes())
     middle = data.index(first.contiguous().view(torch.uint8).numpy().tobytes()[:64]) + 1000
     data[middle:middle + 64] = b"\xff" * 64  # float16 NaNs, where the maps' bytes lie
     cache.write_bytes(bytes(data))
     capsys.readouterr()
-    again, rec = offline_soft_targets(cfg, teacher, path, sample_root, 16, progress=False)
+    again, rec = offline_soft_targets(cfg, teacher, path, sample_root, 16, show_progress=False)
     assert rec["cache"] == "miss" and torch.equal(again, first)
     assert "do not match their checksum" in capsys.readouterr().out
-    _, rec = offline_soft_targets(cfg, teacher, path, sample_root, 16, progress=False)
+    _, rec = offline_soft_targets(cfg, teacher, path, sample_root, 16, show_progress=False)
     assert rec["cache"] == "hit"

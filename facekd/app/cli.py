@@ -195,7 +195,7 @@ def cmd_audit(args) -> int:
         check_fix_target(args.fix)
     if args.panel:
         check_output_file(args.panel)
-    report = audit_split(_data_root(args), args.split, progress=not args.json)
+    report = audit_split(_data_root(args), args.split, show_progress=not args.json)
     if args.fix:
         write_fixed(report, args.fix, copy=args.copy)
     panel = args.panel or (Path(args.fix) / "flagged.png" if args.fix else None)
@@ -223,7 +223,7 @@ def cmd_predict(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from facekd.metric import evaluate_folders, name_some
-    summary = evaluate_folders(args.pred, args.gt, progress=not args.json)
+    summary = evaluate_folders(args.pred, args.gt, show_progress=not args.json)
     if args.json:
         print(json.dumps(summary))
         return 0

@@ -18,7 +18,6 @@ import shutil
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -87,7 +86,7 @@ def parity(model: nn.Module, onnx_path: Path, data_root, flip_tta: bool) -> dict
     of equal pixels and both val F-scores. Val images not at the input size are resized first,
     as predict_logits would."""
     _, ort = require_onnx()
-    val = load_split(data_root, "val", model.input_size, progress=False)
+    val = load_split(data_root, "val", model.input_size, show_progress=False)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         graph = MaskGraph(model, flip_tta)

@@ -140,7 +140,7 @@ class Pipeline:
     summary: dict
     prune_from: str
     resume: bool
-    progress: bool
+    show_progress: bool
     finetune_kd: str
     given_teacher: list[Path] | None = None  # --teacher: checkpoints trained earlier, [] for none
 
@@ -217,7 +217,7 @@ class Pipeline:
         self.save()
 
     def audit(self) -> dict:
-        report = audit_split(self.data_root, "train", progress=self.progress)
+        report = audit_split(self.data_root, "train", show_progress=self.show_progress)
         fixed = self.out / "audit" / "data"
         if fixed.exists():  # a killed earlier attempt; the copy is cheap to redo
             shutil.rmtree(fixed)
@@ -231,12 +231,12 @@ class Pipeline:
             return {"from": teacher_record(self.given_teacher)}
         cfg, planned = self.stage_config("teacher", "teacher")
         return _trained(train_teacher(cfg, self.data_root, self.out / "teacher", resume=self.resume,
-                                      progress=self.progress), planned)
+                                      show_progress=self.show_progress), planned)
 
     def distill(self) -> dict:
         cfg, planned = self.stage_config("distill", "distill")
         return _trained(train_student(cfg, self.data_root, self.out / "distill", self.teacher_checkpoints,
-                                      resume=self.resume, progress=self.progress), planned)
+                                      resume=self.resume, show_progress=self.show_progress), planned)
 
     def prune(self) -> dict:
         cfg, planned = self.stage_config("prune", "prune")
@@ -249,7 +249,7 @@ class Pipeline:
         # afterwards with `facekd prune --round-to auto` if latency matters
         result = prune_and_finetune(cfg, self.data_root, self.out / "prune", self.out / "distill" / "best.pt",
                                     self.teacher_checkpoints if with_teacher else None, PruneTarget("params", target),
-                                    PruneSettings(round_to=8), resume=self.resume, progress=self.progress)
+                                    PruneSettings(round_to=8), resume=self.resume, show_progress=self.show_progress)
         return {"target_params": target, "finetune_kd": with_teacher, "pruning": result["report"]["pruning"],
                 **_trained(result, planned)}
 
@@ -268,7 +268,7 @@ class Pipeline:
 
     def report(self) -> dict:
         # the page to open when it is done: every model, its curves, its worst images
-        return {"page": str(write_report([self.out], self.out / "report", self.data_root, progress=self.progress))}
+        return {"page": str(write_report([self.out], self.out / "report", self.data_root, show_progress=self.show_progress))}
 
 
 def _trained(result: dict, planned_s: float | None) -> dict:
@@ -276,7 +276,7 @@ def _trained(result: dict, planned_s: float | None) -> dict:
 
 
 def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file: str | None = None,
-                 resume: bool = False, progress: bool = True, audit: bool = True,
+                 resume: bool = False, show_progress: bool = True, audit: bool = True,
                  budget_minutes: float | None = None, assignments: list[str] | None = None,
                  prune_from: str = "student", teacher: str | Path | list | None = None,
                  finetune_kd: str = "auto", seed: int | None = None) -> dict:
@@ -300,7 +300,7 @@ def run_pipeline(data_root, out, preset: str = "smoke", images=None, config_file
             # a resumed pipeline has already spent what its finished stages took
             budget.resume(sum(s["wall_s"] for s in summary["stages"].values()), None)
         pipeline = Pipeline(Path(data_root), out, preset, Path(images), configs, budget, summary, prune_from,
-                            resume, progress, finetune_kd, None if teachers is None else [Path(p) for p in teachers])
+                            resume, show_progress, finetune_kd, None if teachers is None else [Path(p) for p in teachers])
         # A budget refused before any model was trained leaves nothing behind, so a plain rerun
         # with a larger one is accepted; a trained teacher or student is kept for --resume.
         with removed_if_budget_refused(out, keep=lambda: pipeline.trained_anything(), only_new_since=before):

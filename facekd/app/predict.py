@@ -14,7 +14,7 @@ from facekd.files import InputError, check_mask_jobs
 from facekd.inference import list_images, load_rgb, predict_mask, save_mask
 
 
-def predict_paths(weights, inputs, output_dir, flip_tta: bool = True, progress: bool = True) -> dict:
+def predict_paths(weights, inputs, output_dir, flip_tta: bool = True, show_progress: bool = True) -> dict:
     """Write <output_dir>/<stem>.png for each input image, predicted by one checkpoint or, for
     a list of several, by their ensemble. Outputs that would overwrite an input or be shared
     by two inputs are refused before anything is predicted; unreadable inputs are reported,
@@ -27,7 +27,7 @@ def predict_paths(weights, inputs, output_dir, flip_tta: bool = True, progress: 
     model, _ = model_or_ensemble(weights, pick_device())
     model.to(memory_format=torch.channels_last)
     failed, t0 = [], time.time()
-    for image, mask in tqdm(jobs, desc="predict", disable=not progress):
+    for image, mask in tqdm(jobs, desc="predict", disable=not show_progress):
         try:
             save_mask(predict_mask(model, load_rgb(image), model.input_size, flip_tta), mask)
         except InputError as e:

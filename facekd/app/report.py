@@ -175,7 +175,7 @@ def _shipped(top: Path) -> Path | None:
 
 
 def score_models(runs: list[tuple[str, Path]], run_dirs, data_root=None,
-                 progress: bool = True) -> tuple[list[Entry], list[str], Path, CachedSplit, dict]:
+                 show_progress: bool = True) -> tuple[list[Entry], list[str], Path, CachedSplit, dict]:
     """(entries, notes on skipped input, val root, val split, latency record): every model's
     cost and val scores, and its latency timed beside all the others."""
     metrics = {d: read_metrics(_folder(d) / "metrics.jsonl") for _, d in runs}
@@ -183,11 +183,11 @@ def score_models(runs: list[tuple[str, Path]], run_dirs, data_root=None,
     root = _val_root(runs, data_root)
     # every checkpoint read before the val split is decoded: a bad file costs nothing
     ckpts = {run: load_checkpoint(_checkpoint(run)) for _, run in runs}
-    val = load_split(root, "val", None, progress=progress)
+    val = load_split(root, "val", None, show_progress=show_progress)
     shipped = {_shipped(Path(top)) for top in run_dirs}
     device = distributed.pick_device()
     entries = []
-    for label, run in tqdm(runs, desc="report: scoring models", disable=not progress):
+    for label, run in tqdm(runs, desc="report: scoring models", disable=not show_progress):
         ckpt = ckpts.pop(run)  # let each go once its model is built
         model = load_model(ckpt, _checkpoint(run))
         model.to(distributed.device_for([model], device))
@@ -566,7 +566,7 @@ def _sweeps_section(run_dirs, out: Path) -> str:
 
 
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, data_root: str | Path | None = None, *,
-                 focus: str | None = None, worst: int = 8, progress: bool = True) -> Path:
+                 focus: str | None = None, worst: int = 8, show_progress: bool = True) -> Path:
     """Score every model in run_dirs on one val split and write out_dir/index.html with its
     figures; returns the page's path. data_root=None takes the val split the runs trained with."""
     if worst < 1:
@@ -576,7 +576,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, data_root:
     runs = find_runs(run_dirs)
     if focus is not None and focus not in (labels := [label for label, _ in runs]):
         raise ValueError(f"--focus {focus!r}: no such model; choose from {', '.join(labels)}")
-    entries, notes, root, val, timing = score_models(runs, run_dirs, data_root, progress)
+    entries, notes, root, val, timing = score_models(runs, run_dirs, data_root, show_progress)
     chosen = pick_focus(entries, focus)
     cm = confusion_matrices(chosen.preds, val.masks)
     f1, present = per_class_f1(cm)
