@@ -55,7 +55,7 @@ def straight(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     # threads = 1: bit-exact comparisons need a fixed reduction order
     (root / "tiny.toml").write_text("resolutions = [[64, 2]]\nthreads = 1\n")
-    proc = torchrun(["-m", "facekd.app"], root / "run", root / "dump", root / "tiny.toml")
+    proc = torchrun(["-m", "facekd"], root / "run", root / "dump", root / "tiny.toml")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return root, proc
 
@@ -86,7 +86,7 @@ def test_resume_under_torchrun_matches_an_uninterrupted_run(straight, tmp_path):
     assert killed.returncode != 0
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 0
 
-    resumed = torchrun(["-m", "facekd.app"], tmp_path / "run", tmp_path / "dump1", config, "--resume")
+    resumed = torchrun(["-m", "facekd"], tmp_path / "run", tmp_path / "dump1", config, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed" in resumed.stderr  # a log line: stdout holds the command's result
     straight0, _ = final_states(root / "dump")  # same initial weights: both runs use the default seed
@@ -108,7 +108,7 @@ def test_two_ranks_under_a_budget_stop_together_on_time(tmp_path):
     # rank 0's progress is broadcast every step: both ranks must take the same number of steps,
     # switch resolution at the same step and stop together, or DDP would hang or diverge
     (tmp_path / "tiny.toml").write_text("resolutions = [[64, 3], [96, 1]]\nthreads = 1\neval_every = 2\n")
-    proc = torchrun(["-m", "facekd.app"], tmp_path / "run", tmp_path / "dump", tmp_path / "tiny.toml", "--budget", "0.25")
+    proc = torchrun(["-m", "facekd"], tmp_path / "run", tmp_path / "dump", tmp_path / "tiny.toml", "--budget", "0.25")
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert abs(result["budget_spent_s"] - 15) < 4, result
