@@ -134,6 +134,7 @@ class TrainSplit:
 
 @dataclass
 class TrainingData:
+    """What the loop trains on."""
     split: TrainSplit
     sampler: DistributedSampler     # each epoch's order of this rank's training images
     soft_targets: torch.Tensor | None  # a teacher's stored class scores (N x C x h x w), in the split's order
