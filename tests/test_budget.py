@@ -44,7 +44,7 @@ def records(run) -> list[dict]:
 def test_budgeted_stage_ends_on_time_with_lr_at_the_floor(tmp_path, sample_root, step_seconds):
     sizes = step_seconds(STEP_S)
     cfg = tiny()
-    result = train_student(cfg, sample_root, tmp_path / "run", None, progress=False)
+    result = train_student(cfg, sample_root, tmp_path / "run", None, show_progress=False)
     # it stops when all but the reserve is spent: 14 s of the 15, 56 steps of 0.25 s
     assert result["budget_spent_s"] == pytest.approx(60 * BUDGET_MIN - RESERVE_S)
     assert result["steps"] == len(sizes) == (60 * BUDGET_MIN - RESERVE_S) / STEP_S
@@ -66,7 +66,7 @@ def test_a_machine_that_slows_down_midway_still_lands_on_time(tmp_path, sample_r
     # after 20 steps every step costs 0.4 s more, as when another job starts on the machine
     slower = STEP_S + 0.4
     sizes = step_seconds(lambda done: STEP_S if done < 20 else slower)
-    result = train_student(tiny(), sample_root, tmp_path / "run", None, progress=False)
+    result = train_student(tiny(), sample_root, tmp_path / "run", None, show_progress=False)
     # progress is re-read at every step: the run still stops with its reserve held back, within
     # one (slow) step of the point it aims for, and with fewer steps than the first pace allowed
     aim = 60 * BUDGET_MIN - RESERVE_S
@@ -83,7 +83,7 @@ def test_the_last_step_runs_at_the_floor_however_the_reads_fall(tmp_path, sample
     # (an even and an odd count, so a second read per step is caught whichever it falls on)
     reads = itertools.count()
     monkeypatch.setattr(Budget, "progress", lambda self: min(1.0, next(reads) / reads_to_end))
-    train_student(tiny(), sample_root, tmp_path / "run", None, progress=False)
+    train_student(tiny(), sample_root, tmp_path / "run", None, show_progress=False)
     assert records(tmp_path / "run")[-1]["lr"] == pytest.approx(tiny().lr * tiny().min_lr_ratio)
 
 
@@ -101,7 +101,7 @@ def test_a_slow_decode_at_the_resolution_switch_is_paid_within_the_budget(tmp_pa
     monkeypatch.setattr(engine, "load_split", slow_load)
     sizes = step_seconds(STEP_S)
     cfg = tiny(resolutions=[[64, 9], [96, 1]], budget_minutes=0.4)
-    result = train_student(cfg, sample_root, tmp_path / "run", None, progress=False)
+    result = train_student(cfg, sample_root, tmp_path / "run", None, show_progress=False)
     # the second decode was held back from the first phase (priced as the first took): the run
     # still stops with the reserve left, and the last phase ran after its decode
     assert result["budget_spent_s"] == pytest.approx(result["budget_s"] - RESERVE_S)
@@ -115,7 +115,7 @@ def test_a_run_cut_mid_epoch_counts_a_fraction_of_an_epoch(tmp_path, sample_root
     "epoch 1 @384" for a run of 0.42 epochs; it says what was trained."""
     reads = itertools.count(1)
     monkeypatch.setattr(Budget, "progress", lambda self: min(1.0, next(reads) / 7))
-    result = train_student(tiny(resolutions=[[64, 4]]), sample_root, tmp_path / "run", None, progress=False)
+    result = train_student(tiny(resolutions=[[64, 4]]), sample_root, tmp_path / "run", None, show_progress=False)
     assert result["steps"] == 5 and result["images_seen"] == 20 and result["epochs_started"] == 2
     assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs"] == result["epochs"] == 1.25
     logged = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[distill]")]
@@ -127,12 +127,12 @@ def test_a_killed_and_resumed_budgeted_run_spends_only_what_is_left(tmp_path, sa
     sizes = step_seconds(STEP_S)
     kill_after_epoch(2)
     with pytest.raises(KeyboardInterrupt):
-        train_student(tiny(), sample_root, tmp_path / "run", None, progress=False)
+        train_student(tiny(), sample_root, tmp_path / "run", None, show_progress=False)
     spent_at_kill = load_checkpoint(tmp_path / "run" / "last.pt")["budget_spent"]
     assert spent_at_kill == pytest.approx(3 * 4 * STEP_S)  # epochs 0, 1 and 2, of 4 steps each
     steps_at_kill = len(sizes)
     kill_after_epoch(None)
-    result = train_student(tiny(), sample_root, tmp_path / "run", None, resume=True, progress=False)
+    result = train_student(tiny(), sample_root, tmp_path / "run", None, resume=True, show_progress=False)
     # the resumed process spends what the killed one left, and the budget as a whole is kept
     left = 60 * BUDGET_MIN - RESERVE_S - spent_at_kill
     assert (len(sizes) - steps_at_kill) * STEP_S == pytest.approx(left)
@@ -144,7 +144,7 @@ def test_a_budget_too_small_for_one_step_and_a_validation_writes_nothing(tmp_pat
     # one step of 2.5 s and the validation reserve (1 s) overrun a 3-s budget
     step_seconds(2.5)
     with pytest.raises(BudgetError, match=r"too small.*one step \(2\.50 s\)"):
-        train_student(tiny(budget_minutes=3 / 60), sample_root, tmp_path / "run", None, progress=False)
+        train_student(tiny(budget_minutes=3 / 60), sample_root, tmp_path / "run", None, show_progress=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -164,7 +164,7 @@ def test_a_hopeless_budget_is_refused_before_the_data_is_decoded(tmp_path, sampl
     # one batch of 4 from each split priced all 20 images at 2 s: more than the 1-s budget
     with pytest.raises(BudgetError, match=r"too small.*decoding its 20 images would take about 2 s.*"
                                           r"before decoding the rest"):
-        train_student(tiny(budget_minutes=1 / 60), sample_root, tmp_path / "run", None, progress=False)
+        train_student(tiny(budget_minutes=1 / 60), sample_root, tmp_path / "run", None, show_progress=False)
     assert decoded and all(limit for _, limit in decoded), decoded  # never a whole split
     assert not (tmp_path / "run").exists()
 
@@ -188,7 +188,7 @@ def test_budget_wins_over_a_fixed_epoch_config_and_both_are_recorded(tmp_path, s
     cfg = resolve_config("distill", "smoke", str(tmp_path / "fixed.toml"), ["model='tiny'", "batch_size=4"],
                          budget_minutes=0.15)
     assert cfg.epochs == epochs and cfg.budget_minutes == 0.15
-    result = train_student(cfg, sample_root, tmp_path / "run", None, progress=False)
+    result = train_student(cfg, sample_root, tmp_path / "run", None, show_progress=False)
     # (9 s - the reserve) / 0.25 s = 32 steps, of 4 to an epoch
     assert result["budget_spent_s"] == pytest.approx(9 - RESERVE_S)
     assert result["epochs"] == (9 - RESERVE_S) / STEP_S / 4 == 8
@@ -251,10 +251,10 @@ def test_resuming_a_finished_budgeted_run_is_a_no_op(tmp_path, sample_root, step
     finished fixed-epoch run resumes as a no-op."""
     sizes = step_seconds(STEP_S)
     cfg = tiny(budget_minutes=0.15)
-    first = train_student(cfg, sample_root, tmp_path / "run", None, progress=False)
+    first = train_student(cfg, sample_root, tmp_path / "run", None, show_progress=False)
     before, steps = records(tmp_path / "run"), len(sizes)
     step = load_checkpoint(tmp_path / "run" / "last.pt")["step"]
-    result = train_student(cfg, sample_root, tmp_path / "run", None, resume=True, progress=False)
+    result = train_student(cfg, sample_root, tmp_path / "run", None, resume=True, show_progress=False)
     assert len(sizes) == steps  # not one step more
     assert records(tmp_path / "run") == before
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == step
