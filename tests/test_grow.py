@@ -93,3 +93,16 @@ def test_growth_refuses_a_student_as_init_and_a_bad_spec(tmp_path, sample_root, 
     assert main(["grow", "--checkpoint", str(student), "--depth", "1,2", "--out", str(tmp_path / "g.pt")]) == 2
     assert "4 extra depths" in capsys.readouterr().err
     assert not (tmp_path / "g.pt").exists()
+
+
+def test_the_committed_grown_teacher_loads_as_a_teacher():
+    """teachers/weights/grown_teacher_fp16.pt (docs/RESULTS.md): the shipped student grown and
+    trained 90 minutes, kept in fp16, loads as a teacher in fp32 and predicts every class."""
+    from distill.teacher import frozen_teacher
+    path = Path(__file__).resolve().parent.parent / "teachers" / "weights" / "grown_teacher_fp16.pt"
+    teacher, info = frozen_teacher(str(path))
+    assert info["model_cfg"]["arch"] == "resfpn_grown" and info["stage"] == "teacher"
+    assert sum(p.numel() for p in teacher.parameters()) == info["params"] == 3_793_083
+    assert all(p.dtype == torch.float32 for p in teacher.parameters())
+    with torch.no_grad():
+        assert teacher(torch.randn(1, 3, 64, 64)).shape == (1, 19, 16, 16)
