@@ -35,8 +35,6 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, cfg: RunConfig, lr: float,
 class FixedEpochs:
     """cfg.epochs epochs, each at cfg.size_at(epoch); the lr schedule is counted in steps."""
 
-    budget = None
-
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
 
