@@ -75,6 +75,7 @@ def refuse_repeated_members(paths: list[str]) -> None:
 # Settings that only a teacher gives an effect, besides the weights of the losses that read it:
 # each with what counts as set (a non-default value would do nothing either).
 TEACHER_SETTINGS = {"temperature": lambda v: True, "distill_mode": lambda v: v == "offline",
+                    "teacher_term_size": lambda v: v == "labels",
                     "soft_target_cache": lambda v: bool(v), "soft_target_scales": lambda v: True}
 
 

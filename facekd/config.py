@@ -57,6 +57,10 @@ class RunConfig:
     # training (flip TTA, averaged over soft_target_scales x its input size) and warps the stored
     # logits with each batch (distill/soft_targets.py)
     distill_mode: str = "online"
+    # where the teacher losses compare: "output", the student's own logits (stride 4 for the
+    # students here) with the teacher's resized to them; "labels", both upsampled to the
+    # labels' size, where CE and Dice already compare (a finer grid, 16x the pixels)
+    teacher_term_size: str = "output"
     soft_target_scales: list = field(default_factory=lambda: [1.0])
     soft_target_cache: str = ""         # a folder that keeps offline targets across runs; "" = memory only
     # evaluation and logging
@@ -97,6 +101,7 @@ class RunConfig:
             ("temperature", not self.temperature > 0, "must be positive"),
             ("dice_scope", self.dice_scope not in ("batch", "image"), "must be 'batch' or 'image'"),
             ("distill_mode", self.distill_mode not in ("online", "offline"), "must be 'online' or 'offline'"),
+            ("teacher_term_size", self.teacher_term_size not in ("output", "labels"), "must be 'output' or 'labels'"),
             ("precision", self.precision not in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
             ("soft_target_scales", not (isinstance(self.soft_target_scales, list) and self.soft_target_scales and all(
                 isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < math.inf

@@ -8,8 +8,8 @@ no edit to facekd/config.py: `--set toy_weight=1`, a TOML key or a preset then t
 loss registered as "toy". A loss says what it compares the logits with:
 - "labels": fn(logits, labels, cfg), logits upsampled to the labels' size;
 - "teacher": fn(student, teacher, temperature, valid), both BxCxHxW at the student's output
-  size, `valid` an optional BxHxW mask of the pixels to compare. These run only when the stage
-  has a teacher, or its stored soft targets.
+  size (the labels' with teacher_term_size = "labels"), `valid` an optional BxHxW mask of the
+  pixels to compare. These run only when the stage has a teacher, or its stored soft targets.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def training_loss(cfg, teacher: nn.Module | None = None) -> LossFn:
         upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         terms = {loss.name: loss.fn(upsampled, labels, cfg) for loss in label_losses}
         if teacher_losses and (teacher is not None or soft_targets is not None):
-            terms.update(_teacher_terms(teacher_losses, cfg, teacher, logits, images, labels, soft_targets))
+            student = upsampled if cfg.teacher_term_size == "labels" else logits
+            terms.update(_teacher_terms(teacher_losses, cfg, teacher, student, images, labels, soft_targets))
         terms["loss"] = sum(weight_of(cfg, LOSSES[name]) * value for name, value in terms.items())
         return terms
     return loss_fn
@@ -110,10 +111,12 @@ def _teacher_terms(losses: list[Loss], cfg, teacher, logits, images, labels, sof
         # the same augmented batch as the student sees, at the run's forward precision
         with torch.no_grad(), autocast(resolve_precision(cfg.precision, images.device), images.device):
             soft_targets = teacher(images).float()
-    soft_targets = F.interpolate(soft_targets, size=logits.shape[-2:], mode="bilinear", align_corners=False)
     # Offline, the pixels warped in from outside hold zeros that no teacher produced, and the
-    # bilinear warp blends those zeros into the first stored pixel inside: both are left out.
-    valid = valid_pixels(labels, logits.shape[-2:], margin=1 if offline else 0)
+    # bilinear warp blends those zeros into the first stored pixel inside: both are left out,
+    # the margin being one stored pixel on the grid compared.
+    margin = -(-logits.shape[-1] // soft_targets.shape[-1]) if offline else 0
+    soft_targets = F.interpolate(soft_targets, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+    valid = valid_pixels(labels, logits.shape[-2:], margin=margin)
     return {loss.name: loss.fn(logits, soft_targets, cfg.temperature, valid=valid if offline or loss.masks_online else None)
             for loss in losses}
 

@@ -255,6 +255,7 @@ class TrainingRun:
                   **{f"{name}_weight": cfg.loss_weights.get(name, 0.0) for name in LOSSES},
                   "dice_scope": cfg.dice_scope, "temperature": cfg.temperature,
                   "repeat_threshold": cfg.repeat_threshold, "distill_mode": cfg.distill_mode,
+                  "teacher_term_size": cfg.teacher_term_size,
                   "params": result["params"]}
         metrics = {"hparam/val_fscore": result["val_fscore"], "hparam/train_seconds": result["train_seconds"]}
         with naming_failed_writes(self.writer.path):

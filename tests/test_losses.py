@@ -80,3 +80,30 @@ def test_every_registered_loss_runs_forward_and_backward_through_training_loss(n
 def test_a_config_that_weighs_no_loss_is_refused():
     with pytest.raises(ValueError, match="every loss weight is 0"):
         training_loss(RunConfig(loss_weights={}))
+
+
+def test_teacher_term_size_labels_compares_on_the_labels_grid_and_masks_one_stored_pixel():
+    """With teacher_term_size "labels", KD sees the student's and the stored teacher's logits
+    both upsampled to the labels' size, and leaves out the padding plus a margin of one stored
+    pixel (4 label pixels here); the default compares at the student's own output size."""
+    from facekd.losses import pixel_kd_loss
+    torch.manual_seed(0)
+    logits, soft = torch.randn(2, NUM_CLASSES, 8, 8), torch.randn(2, NUM_CLASSES, 8, 8)
+    labels = torch.randint(0, NUM_CLASSES, (2, 32, 32))
+    labels[:, :, 24:] = IGNORE_INDEX  # a warp brought in padding on the right
+    kd_only = {"ce": 0.0, "kd": 1.0}
+
+    def up(x):
+        return F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    valid = torch.ones(2, 32, 32, dtype=torch.bool)
+    valid[:, :, 20:] = False
+    fine = training_loss(RunConfig(loss_weights=kd_only, temperature=2.0, teacher_term_size="labels"))(
+        logits, None, labels, soft)
+    assert fine["kd"].item() == pytest.approx(pixel_kd_loss(up(logits), up(soft), 2.0, valid).item(), rel=1e-5)
+    coarse_valid = torch.ones(2, 8, 8, dtype=torch.bool)
+    coarse_valid[:, :, 5:] = False
+    coarse = training_loss(RunConfig(loss_weights=kd_only, temperature=2.0))(logits, None, labels, soft)
+    assert coarse["kd"].item() == pytest.approx(pixel_kd_loss(logits, soft, 2.0, coarse_valid).item(), rel=1e-5)
+    assert fine["kd"].item() != pytest.approx(coarse["kd"].item(), rel=1e-3)
+    with pytest.raises(ValueError, match="teacher_term_size must be 'output' or 'labels'"):
+        RunConfig(teacher_term_size="input")
