@@ -317,11 +317,14 @@ def choose_rounding(reports: dict[int, dict], spreads: dict[int, dict], target: 
     a shorter check; when none meets it on this retiming, the search stopped on noise near
     the target, and keeping one anyway would fine-tune and report a model slower than asked
     for, so that is an error giving the latency reached, before anything is written.
-    Any other target: of the candidates that land near the target (NEAR_TARGET of the
-    closest one's size, in the target's measure), the one the CPU runs fastest per MAC.
-    Coarse rounding moves widths in big jumps and can land far below a size target; plain
-    "fastest" would reward that overshoot, whose lost accuracy is not free, where the point
-    of rounding is speed at the size asked for."""
+    Any other target: the candidate closest to the target, unless another near it (within
+    NEAR_TARGET of the closest one's size, in the target's measure) runs faster per MAC beyond
+    doubt: its whole interquartile range per MAC below the closest one's. Then the fastest
+    per MAC of those. Coarse rounding moves widths in big jumps and can land far below a size
+    target; plain "fastest" would reward that overshoot, whose lost accuracy is not free,
+    where the point of rounding is speed at the size asked for. And on a busy machine two
+    timings of the same models can order them either way: only a gap wider than the spread
+    may change the model, so that two runs of one command prune alike."""
     if target.kind == "latency":
         ms = target.value
         meets = [r for r in reports if spreads[r]["median_ms"] <= ms]
@@ -332,9 +335,13 @@ def choose_rounding(reports: dict[int, dict], spreads: dict[int, dict], target: 
                              f"over {spreads[r]['runs']} runs); give a target of at least that")
         return max(meets, key=lambda r: reports[r]["params_after"])
     measure = "macs_after" if target.kind == "macs" else "params_after"
-    closest = max(reports[r][measure] for r in reports)
-    near = [r for r in reports if reports[r][measure] >= NEAR_TARGET * closest]
-    return min(near, key=lambda r: spreads[r]["median_ms"] / reports[r]["macs_after"])
+    closest = max(reports, key=lambda r: (reports[r][measure], -r))
+
+    def per_mac(r: int, quantile: str) -> float:
+        return spreads[r][quantile] / reports[r]["macs_after"]
+    faster = [r for r in reports if reports[r][measure] >= NEAR_TARGET * reports[closest][measure]
+              and per_mac(r, "q3_ms") < per_mac(closest, "q1_ms")]
+    return min(faster, key=lambda r: per_mac(r, "median_ms"), default=closest)
 
 
 def rebuild(model: nn.Module) -> tuple[nn.Module, dict]:

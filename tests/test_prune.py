@@ -194,6 +194,24 @@ def test_choose_rounding_by_latency_per_mac_near_the_target():
     assert choose_rounding(reports, spreads, PruneTarget("latency", 60.0)) == 8
 
 
+def test_round_to_auto_keeps_the_closest_candidate_unless_another_is_faster_beyond_the_spread():
+    """Timed on a busy machine, two near candidates' spreads overlap and either median may be
+    lower: the choice must not follow that noise (a ladder's two arms once pruned to 473,347
+    and 439,723 parameters from one command). Only a gap wider than the quartiles moves it."""
+    from compress.prune import PruneTarget, choose_rounding
+    from facekd.latency import spread
+    reports = {8: {"params_after": 990, "macs_after": 100}, 16: {"params_after": 950, "macs_after": 100}}
+    target = PruneTarget("params", 1000)
+    overlapping = [{8: spread([48.0, 50.0, 52.0, 54.0]), 16: spread([47.0, 48.0, 52.0, 55.0])},
+                   {8: spread([47.0, 48.0, 52.0, 55.0]), 16: spread([48.0, 50.0, 52.0, 54.0])}]
+    assert overlapping[0][16]["median_ms"] < overlapping[0][8]["median_ms"]  # 16 looks faster, by noise
+    assert [choose_rounding(reports, s, target) for s in overlapping] == [8, 8]
+    apart = {8: spread([48.0, 50.0, 52.0, 54.0]), 16: spread([38.0, 40.0, 42.0, 44.0])}
+    assert choose_rounding(reports, apart, target) == 16
+    # equal sizes: the finer rounding is the closest
+    assert choose_rounding({32: reports[8], 8: reports[8]}, {32: apart[8], 8: apart[8]}, target) == 8
+
+
 def test_a_latency_target_no_rounding_meets_on_the_retiming_is_refused():
     from compress.prune import PruneTarget, choose_rounding
     from facekd.latency import spread
