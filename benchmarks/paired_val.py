@@ -34,8 +34,7 @@ def per_image_fscores(path: str, val) -> torch.Tensor:
     for i in range(0, len(val), 8):
         pred = predict_logits(model, val.images[i:i + 8], model.input_size, flip_tta=True).argmax(1)
         meter.update(pred, val.masks[i:i + 8])
-    f1, present = torch.cat(meter.f1), torch.cat(meter.present)
-    return (f1 * present).sum(1) / present.sum(1).clamp(min=1)
+    return meter.image_scores()
 
 
 def paired(a: torch.Tensor, b: torch.Tensor) -> dict:

@@ -64,9 +64,14 @@ class FScoreMeter:
         swapped = sum(int(self.confusion[c, FLIP_PERMUTATION[c]]) for c in sided)
         return swapped / max(1, sum(int(self.confusion[c].sum()) for c in sided))
 
+    def image_scores(self) -> torch.Tensor:
+        """Each image's score: the mean F1 over the classes its mask holds."""
+        f1, present = torch.cat(self.f1), torch.cat(self.present)
+        return (f1 * present).sum(1) / present.sum(1).clamp(min=1)
+
     def summary(self) -> dict:
         f1, present = torch.cat(self.f1), torch.cat(self.present)
-        scores = (f1 * present).sum(1) / present.sum(1).clamp(min=1)
+        scores = self.image_scores()
         per_class = {}
         for c, name in enumerate(CLASS_NAMES):
             if present[:, c].any():
