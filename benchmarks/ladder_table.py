@@ -28,6 +28,7 @@ from facekd.data import load_split
 from facekd.files import load_checkpoint
 from facekd.latency import matmul_gflops, measure_latency, num_threads
 from facekd.models import load_model
+from facekd.losses import LOSSES
 from facekd.profile import count_macs
 from paired_val import paired, per_image_fscores  # beside this script
 
@@ -47,6 +48,18 @@ def arm_summary(scores: list[torch.Tensor], folders: list[Path]) -> dict:
             "half_range": (max(means) - min(means)) / 2}
 
 
+def recipe(run: Path) -> str:
+    """How arm (b) was taught, from its config snapshot: the teacher losses with their
+    weights, the temperature, online or offline, and where the terms compare if not at the
+    student's output."""
+    cfg = json.loads((run / "config.json").read_text())
+    terms = [f"{name} {weight:g}" for name, weight in cfg["loss_weights"].items()
+             if name in LOSSES and LOSSES[name].uses == "teacher"]
+    where = cfg.get("teacher_term_size", "output")
+    return (" + ".join(terms) + f", T {cfg['temperature']:g}, {cfg['distill_mode']}"
+            + ("" if where == "output" else f", at the {where}' size"))
+
+
 def rung_record(rung: str, val, teacher_scores: torch.Tensor, out: Path, data_root) -> tuple[dict, dict]:
     """(the rung's record, {"fp32": model, "int8": model} to time)."""
     folders = {arm: arm_folders(rung, arm) for arm in ("a", "b")}
@@ -59,6 +72,7 @@ def rung_record(rung: str, val, teacher_scores: torch.Tensor, out: Path, data_ro
     lead = float(teacher_scores.mean() - a.mean())
     gain = paired(a, b)
     record = {"rung": Path(rung).name, "params": count_params(fp32), "gmacs": count_macs(fp32, fp32.input_size) / 1e9,
+              "recipe": recipe(folders["b"][0]),
               "a": arm_summary(scores["a"], folders["a"]), "b": arm_summary(scores["b"], folders["b"]),
               "paired_b_minus_a": gain, "per_seed": [paired(x, y) for x, y in zip(scores["a"], scores["b"])],
               "teacher_lead_over_a": lead,
@@ -72,14 +86,14 @@ def rung_record(rung: str, val, teacher_scores: torch.Tensor, out: Path, data_ro
 def markdown(rows: list[dict], teacher: dict, gflops: float) -> str:
     lines = [f"Teacher (the unpruned student): {teacher['params']:,} params, val F {teacher['val_f']:.4f}; "
              f"latency at 1 thread, 2-thread matmul {gflops:.1f} GFLOP/s.", "",
-             "| params | GMACs | fp32 ms | int8 ms | (a) labels | (b) taught | b − a (paired) | teacher lead over (a) "
-             "| share kept | int8 val F |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| params | GMACs | fp32 ms | int8 ms | (b)'s recipe | (a) labels | (b) taught | b − a (paired) "
+             "| teacher lead over (a) | share kept | int8 val F |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         share = "—" if r["share_of_lead_kept"] is None else f"{r['share_of_lead_kept']:+.2f}"
         lines.append(
             f"| {r['params']:,} | {r['gmacs']:.2f} | {r['latency_ms']['fp32']:.1f} | {r['latency_ms']['int8']:.1f} "
-            f"| {r['a']['mean']:.4f} ± {r['a']['half_range']:.4f} | {r['b']['mean']:.4f} ± {r['b']['half_range']:.4f} "
+            f"| {r['recipe']} | {r['a']['mean']:.4f} ± {r['a']['half_range']:.4f} | {r['b']['mean']:.4f} ± {r['b']['half_range']:.4f} "
             f"| {r['paired_b_minus_a']['mean']:+.4f} ± {r['paired_b_minus_a']['se']:.4f} "
             f"| {r['teacher_lead_over_a']:+.4f} | {share} | {r['int8']['val_f']:.4f} |")
     return "\n".join(lines) + "\n"

@@ -45,6 +45,9 @@ def test_the_ladder_table_pairs_arms_by_image_and_writes_table_json_and_plot(tmp
         for arm, first_seed in (("a", 10), ("b", 20)):
             for seed in (0, 1):
                 write_student(runs / f"{rung}_{arm}_s{seed}" / "best.pt", arch, first_seed + seed)
+        (runs / f"{rung}_b_s0" / "config.json").write_text(json.dumps(
+            {"loss_weights": {"ce": 1.0, "dice": 0.5, "cwd": 1.0}, "temperature": 4.0, "distill_mode": "offline",
+             "teacher_term_size": "output" if rung == "big" else "labels"}))
     write_student(runs / "teacher" / "best.pt", "resfpn", 99)
     out = tmp_path / "table"
     monkeypatch.setattr("sys.argv", ["ladder_table.py", str(runs / "small"), str(runs / "big"), "--data",
@@ -53,6 +56,7 @@ def test_the_ladder_table_pairs_arms_by_image_and_writes_table_json_and_plot(tmp
     script.main()
     record = json.loads((out / "ladder.json").read_text())
     assert [r["rung"] for r in record["rungs"]] == ["big", "small"]  # largest first
+    assert [r["recipe"] for r in record["rungs"]] == ["cwd 1, T 4, offline", "cwd 1, T 4, offline, at the labels' size"]
 
     val = load_split(sample_root, "val", None, show_progress=False)
     teacher = script.per_image_fscores(str(runs / "teacher" / "best.pt"), val)
