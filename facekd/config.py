@@ -297,8 +297,10 @@ PRESETS = {
     "prune": {
         "smoke": dict(resolutions=[[128, 1]], batch_size=4, eval_every=1, warmup_epochs=0.2,
                       loss_weights=dict(ce=1.0, kd=1.0)),
+        # CWD at T = 4 fine-tuned pruned students under the unpruned one where pixel KD lost
+        # (docs/RESULTS.md, "The compression ladder")
         "cpu": dict(resolutions=[[384, 3]], batch_size=8, lr=1e-3, eval_every=1, warmup_epochs=0.2,
-                    loss_weights=dict(ce=1.0, dice=0.5, kd=1.0)),
+                    loss_weights=dict(ce=1.0, dice=0.5, cwd=1.0)),
         "gpu": dict(resolutions=[[512, 40]], batch_size=16, lr=5e-4, ema_decay=0.999, eval_every=5,
                     loss_weights=dict(ce=1.0, dice=0.5, kd=1.0)),
     },
