@@ -35,8 +35,9 @@ from paired_val import paired, per_image_fscores  # beside this script
 
 def arm_folders(rung: str, arm: str) -> list[Path]:
     prefix = Path(rung)
-    folders = sorted(prefix.parent.glob(f"{prefix.name}_{arm}_s*"), key=lambda p: int(p.name.rsplit("_s", 1)[1]))
-    folders = [f for f in folders if (f / "best.pt").is_file()]
+    # a run's log often sits beside its folder (RUNG_a_s0.log): only folders holding best.pt count
+    folders = [f for f in prefix.parent.glob(f"{prefix.name}_{arm}_s*") if (f / "best.pt").is_file()]
+    folders.sort(key=lambda f: int(f.name.rsplit("_s", 1)[1]))
     if not folders:
         raise SystemExit(f"{rung}: no {prefix.name}_{arm}_s<seed>/best.pt beside it")
     return folders

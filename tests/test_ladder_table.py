@@ -49,6 +49,7 @@ def test_the_ladder_table_pairs_arms_by_image_and_writes_table_json_and_plot(tmp
             {"loss_weights": {"ce": 1.0, "dice": 0.5, "cwd": 1.0}, "temperature": 4.0, "distill_mode": "offline",
              "teacher_term_size": "output" if rung == "big" else "labels"}))
     write_student(runs / "teacher" / "best.pt", "resfpn", 99)
+    (runs / "big_a_s0.log").write_text("a run's log beside its folder\n")
     out = tmp_path / "table"
     monkeypatch.setattr("sys.argv", ["ladder_table.py", str(runs / "small"), str(runs / "big"), "--data",
                                      str(sample_root), "--teacher", str(runs / "teacher" / "best.pt"),
