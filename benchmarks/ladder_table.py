@@ -24,6 +24,7 @@ import torch
 
 from compress.quantize import quantize_checkpoint
 from facekd.challenge import count_params
+from facekd.config import saved_config
 from facekd.data import load_split
 from facekd.files import load_checkpoint
 from facekd.latency import matmul_gflops, measure_latency, num_threads
@@ -53,7 +54,7 @@ def recipe(run: Path) -> str:
     """How arm (b) was taught, from its config snapshot: the teacher losses with their
     weights, the temperature, online or offline, and where the terms compare if not at the
     student's output."""
-    cfg = json.loads((run / "config.json").read_text())
+    cfg = saved_config(json.loads((run / "config.json").read_text()))  # any version's spelling
     terms = [f"{name} {weight:g}" for name, weight in cfg["loss_weights"].items()
              if name in LOSSES and LOSSES[name].uses == "teacher"]
     where = cfg.get("teacher_term_size", "output")
