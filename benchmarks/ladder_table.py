@@ -65,10 +65,10 @@ def recipe(run: Path) -> str:
 def rung_record(rung: str, val, teacher_scores: torch.Tensor, out: Path, data_root) -> tuple[dict, dict]:
     """(the rung's record, {"fp32": model, "int8": model} to time)."""
     folders = {arm: arm_folders(rung, arm) for arm in ("a", "b")}
-    scores = {arm: [per_image_fscores(str(f / "best.pt"), val) for f in fs] for arm, fs in folders.items()}
+    models = {arm: [load_model(load_checkpoint(f / "best.pt"), f / "best.pt") for f in fs] for arm, fs in folders.items()}
+    scores = {arm: [per_image_fscores(m, val) for m in ms] for arm, ms in models.items()}
     a, b = (torch.stack(scores[arm]).mean(0) for arm in ("a", "b"))
-    first_b = folders["b"][0] / "best.pt"
-    fp32 = load_model(load_checkpoint(first_b), first_b)
+    first_b, fp32 = folders["b"][0] / "best.pt", models["b"][0]
     int8_path = out / f"{Path(rung).name}_b_int8.pt"
     int8_meta = quantize_checkpoint(first_b, int8_path, data_root)
     lead = float(teacher_scores.mean() - a.mean())
@@ -138,8 +138,8 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     val = load_split(args.data, "val", None, show_progress=False)
-    teacher_scores = per_image_fscores(args.teacher, val)
     teacher_model = load_model(load_checkpoint(args.teacher), args.teacher)
+    teacher_scores = per_image_fscores(teacher_model, val)
     teacher = {"file": args.teacher, "params": count_params(teacher_model), "val_f": float(teacher_scores.mean())}
     rows, models = [], {}
     for rung in args.rungs:

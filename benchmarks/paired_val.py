@@ -21,20 +21,17 @@ import torch
 
 from facekd.data import load_split
 from facekd.files import load_checkpoint
-from facekd.inference import predict_logits
-from facekd.metric import FScoreMeter
+from facekd.evaluation import evaluate
 from facekd.models import load_model
 
 
-@torch.no_grad()
-def per_image_fscores(path: str, val) -> torch.Tensor:
-    """The challenge score of each val image: mean F1 over the classes its mask holds."""
-    model = load_model(load_checkpoint(path), path)
-    meter = FScoreMeter()
-    for i in range(0, len(val), 8):
-        pred = predict_logits(model, val.images[i:i + 8], model.input_size, flip_tta=True).argmax(1)
-        meter.update(pred, val.masks[i:i + 8])
-    return meter.image_scores()
+def per_image_fscores(model, val) -> torch.Tensor:
+    """The challenge score of each val image (flip TTA): mean F1 over the classes its mask holds."""
+    return torch.tensor(evaluate(model, val, model.input_size, flip_tta=True)["image_fscores"])
+
+
+def checkpoint_fscores(path: str, val) -> torch.Tensor:
+    return per_image_fscores(load_model(load_checkpoint(path), path), val)
 
 
 def paired(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -53,7 +50,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     val = load_split(args.data, "val", None, show_progress=False)
-    scores = {arm: [per_image_fscores(p, val) for p in paths] for arm, paths in (("a", args.a), ("b", args.b))}
+    scores = {arm: [checkpoint_fscores(p, val) for p in paths] for arm, paths in (("a", args.a), ("b", args.b))}
     out = {"images": len(val)}
     for arm, paths in (("a", args.a), ("b", args.b)):
         means = [float(s.mean()) for s in scores[arm]]

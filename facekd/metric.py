@@ -43,6 +43,12 @@ def per_class_f1(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return f1, gt_count > 0
 
 
+def image_fscores(f1: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """The challenge's per-image score from per_class_f1's output: the mean F1 over the
+    classes each image's mask holds."""
+    return (f1 * present).sum(1) / present.sum(1).clamp(min=1)
+
+
 class FScoreMeter:
     """Accumulates per-image scores batch by batch."""
 
@@ -64,19 +70,17 @@ class FScoreMeter:
         swapped = sum(int(self.confusion[c, FLIP_PERMUTATION[c]]) for c in sided)
         return swapped / max(1, sum(int(self.confusion[c].sum()) for c in sided))
 
-    def image_scores(self) -> torch.Tensor:
-        """Each image's score: the mean F1 over the classes its mask holds."""
-        f1, present = torch.cat(self.f1), torch.cat(self.present)
-        return (f1 * present).sum(1) / present.sum(1).clamp(min=1)
-
     def summary(self) -> dict:
+        """The challenge score, each class's mean F1 over the images holding it, and each
+        image's own score in the order the images came (to pair two models image by image)."""
         f1, present = torch.cat(self.f1), torch.cat(self.present)
-        scores = self.image_scores()
+        scores = image_fscores(f1, present)
         per_class = {}
         for c, name in enumerate(CLASS_NAMES):
             if present[:, c].any():
                 per_class[name] = float(f1[present[:, c], c].mean())
         return {"fscore": float(scores.mean()), "per_class": per_class, "images": int(len(scores)),
+                "image_fscores": scores.tolist(),
                 "left_right_swap_rate": self.left_right_swap_rate(),
                 "invalid_pixels": int(self.confusion[:, -1].sum())}
 

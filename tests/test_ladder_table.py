@@ -59,10 +59,11 @@ def test_the_ladder_table_pairs_arms_by_image_and_writes_table_json_and_plot(tmp
     assert [r["rung"] for r in record["rungs"]] == ["big", "small"]  # largest first
     assert [r["recipe"] for r in record["rungs"]] == ["cwd 1, T 4, offline", "cwd 1, T 4, offline, at the labels' size"]
 
+    from paired_val import checkpoint_fscores  # scored afresh, one checkpoint at a time
     val = load_split(sample_root, "val", None, show_progress=False)
-    teacher = script.per_image_fscores(str(runs / "teacher" / "best.pt"), val)
+    teacher = checkpoint_fscores(str(runs / "teacher" / "best.pt"), val)
     for r in record["rungs"]:
-        scores = {arm: [script.per_image_fscores(str(runs / f"{r['rung']}_{arm}_s{s}" / "best.pt"), val)
+        scores = {arm: [checkpoint_fscores(str(runs / f"{r['rung']}_{arm}_s{s}" / "best.pt"), val)
                         for s in (0, 1)] for arm in ("a", "b")}
         a, b = (torch.stack(scores[arm]).mean(0) for arm in ("a", "b"))
         assert r["a"]["val_f"] == pytest.approx([float(s.mean()) for s in scores["a"]])

@@ -16,8 +16,10 @@ def test_vectorised_fscore_matches_reference_on_real_masks(sample_root):
     meter = FScoreMeter()
     for g, p in zip(gts, preds):
         meter.update(torch.from_numpy(p)[None], torch.from_numpy(g)[None])
-    expected = np.mean([reference_fscore(g, p) for g, p in zip(gts, preds)])
+    per_image = [reference_fscore(g, p) for g, p in zip(gts, preds)]
+    expected = np.mean(per_image)
     assert meter.summary()["fscore"] == pytest.approx(expected, abs=1e-9)
+    assert meter.summary()["image_fscores"] == pytest.approx(per_image, abs=1e-6)  # in the order given
     assert 0.3 < expected < 0.99
 
 

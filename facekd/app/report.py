@@ -31,7 +31,7 @@ from facekd.data import CachedSplit, load_split
 from facekd.evaluation import evaluate
 from facekd.labels import CLASS_NAMES, FLIP_PERMUTATION, PALETTE, colourise
 from facekd.latency import THREADS, latency_record, rank_groups
-from facekd.metric import confusion_matrices, per_class_f1
+from facekd.metric import confusion_matrices, image_fscores, per_class_f1
 from facekd.profile import count_macs, model_cost
 
 MISSED_F1 = 0.5  # a class present in an image counts as missed there below this F1
@@ -517,7 +517,7 @@ def _header(entries: list[Entry], run_dirs, val: CachedSplit, root: Path, timing
 def _worst_section(chosen: Entry, val: CachedSplit, f1: torch.Tensor, present: torch.Tensor, worst: int,
                    out: Path) -> str:
     """The `worst` val images of the chosen model, each as a strip, with the classes it missed."""
-    image_scores = (f1 * present).sum(1) / present.sum(1)  # the challenge's per-image score
+    image_scores = image_fscores(f1, present)
     rows = []
     for rank, i in enumerate(image_scores.argsort()[:worst].tolist(), 1):
         name = f"worst/{rank:02d}.png"
