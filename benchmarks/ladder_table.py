@@ -70,7 +70,7 @@ def rung_record(rung: str, val, teacher_scores: torch.Tensor, out: Path, data_ro
     a, b = (torch.stack(scores[arm]).mean(0) for arm in ("a", "b"))
     first_b, fp32 = folders["b"][0] / "best.pt", models["b"][0]
     int8_path = out / f"{Path(rung).name}_b_int8.pt"
-    int8_meta = quantize_checkpoint(first_b, int8_path, data_root)
+    int8_meta = quantize_checkpoint(first_b, int8_path, data_root, fp32_val_fscore=float(scores["b"][0].mean()))
     lead = float(teacher_scores.mean() - a.mean())
     gain = paired(a, b)
     record = {"rung": Path(rung).name, "params": count_params(fp32), "gmacs": count_macs(fp32, fp32.input_size) / 1e9,

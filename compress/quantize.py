@@ -96,17 +96,21 @@ def calibration_batch(data_root, size: int, n: int = CALIBRATION_IMAGES) -> torc
     return normalize(train.images)
 
 
-def score_both(fp32: nn.Module, int8: Int8Student, data_root, flip_tta: bool) -> dict:
-    """val F of the fp32 student and of its int8 model, scored side by side on the same split."""
+def score_both(fp32: nn.Module, int8: Int8Student, data_root, flip_tta: bool,
+               fp32_val_fscore: float | None = None) -> dict:
+    """val F of the fp32 student and of its int8 model, scored side by side on the same split;
+    the fp32 one is not scored again when the caller gives it."""
     val = load_split(data_root, "val", None, show_progress=False)
-    return {f"{name}val_fscore": evaluate(m, val, m.input_size, flip_tta)["fscore"]
-            for name, m in (("fp32_", fp32), ("", int8))}
+    score = lambda m: evaluate(m, val, m.input_size, flip_tta)["fscore"]
+    return {"fp32_val_fscore": score(fp32) if fp32_val_fscore is None else fp32_val_fscore, "val_fscore": score(int8)}
 
 
 def quantize_checkpoint(checkpoint, out, data_root, n_images: int = CALIBRATION_IMAGES,
-                        flip_tta: bool = True) -> dict:
+                        flip_tta: bool = True, fp32_val_fscore: float | None = None) -> dict:
     """Quantize a shippable student checkpoint into `out`; returns the checkpoint's metadata.
-    A teacher, an over-limit student or an unwritable `out` is refused before any work."""
+    A teacher, an over-limit student or an unwritable `out` is refused before any work.
+    `fp32_val_fscore`: the checkpoint's own val F (same split, same flip_tta) when the caller
+    has scored it already, as a benchmark pairing it with other models has."""
     checkpoint, out = Path(checkpoint), Path(out)
     check_output_file(out)
     if out.resolve() == checkpoint.resolve():
@@ -125,6 +129,6 @@ def quantize_checkpoint(checkpoint, out, data_root, n_images: int = CALIBRATION_
     meta = {"model_cfg": dict(ckpt["model_cfg"]), "params": n_params, "source": str(checkpoint), "stage": "int8",
             "quantized": {"scheme": "static int8, FX graph mode", "backend": BACKEND,
                           "calibration": {"split": "train", "images": len(calibration), "data_root": str(data_root)}},
-            **score_both(model, int8, data_root, flip_tta)}
+            **score_both(model, int8, data_root, flip_tta, fp32_val_fscore)}
     save_checkpoint({"model": int8.graph.state_dict(), **meta}, out)
     return meta

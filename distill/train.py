@@ -11,7 +11,7 @@ from facekd.budget import Budget
 from facekd.config import RunConfig
 from facekd.distributed import pick_device
 from facekd.engine import fit
-from facekd.losses import active_losses, training_loss
+from facekd.losses import active_losses, losses_trained, training_loss
 from facekd.models import init_model
 from facekd.registry import STUDENTS, TEACHERS
 
@@ -31,7 +31,8 @@ def train_student(cfg: RunConfig, data_root, out, teacher, resume: bool = False,
     teacher_model, info = frozen_teacher(paths)
     if model is None:
         model, model_cfg = init_model(cfg)
-    extra = {"teacher": teacher_record(paths), "model_cfg": model_cfg}
+    extra = {"teacher": teacher_record(paths), "model_cfg": model_cfg,
+             "losses_trained": losses_trained(cfg, has_teacher=teacher_model is not None)}
     if "members" in info:
         extra["teacher_members"] = info["members"]
     fscore = teacher_val_fscore(teacher_model, info, cfg, data_root) if teacher_model is not None else None

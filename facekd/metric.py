@@ -155,4 +155,5 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, show_progress: bo
         if invalid.any():
             invalid_files.append(pred_path.name)
         meter.update(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None])
-    return {**meter.summary(), "invalid_files": invalid_files}
+    # image_fscores follow the masks' sorted names: saying which lets two outputs pair by name
+    return {**meter.summary(), "image_names": [p.name for p in gts], "invalid_files": invalid_files}

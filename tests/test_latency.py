@@ -1,7 +1,5 @@
 """The latency measurement: interleaved rounds, a spread per model, ranks only where spreads part."""
 
-import time
-
 import pytest
 import torch
 
@@ -26,8 +24,12 @@ def test_spread_orders_its_statistics():
     assert s["min_ms"] <= s["q1_ms"] <= s["median_ms"] <= s["q3_ms"] <= s["max_ms"]
 
 
-def test_a_slower_model_is_ranked_only_when_its_spread_is_clear():
-    timed = time_interleaved({"fast": lambda: None, "slow": lambda: time.sleep(0.005)}, runs=6, warmup=0)
+def test_a_slower_model_is_ranked_only_when_its_spread_is_clear(fake_clock):
+    # On the wall clock a no-op preempted on a busy machine can take longer than a 5 ms sleep;
+    # on this clock "fast" costs 1 ms and "slow" 5 ms, whatever else runs.
+    timed = time_interleaved({"fast": lambda: fake_clock.advance(0.001), "slow": lambda: fake_clock.advance(0.005)},
+                             runs=6, warmup=0, clock=fake_clock)
+    assert timed["fast"] == pytest.approx([1.0] * 6) and timed["slow"] == pytest.approx([5.0] * 6)
     spreads = {n: spread(t) for n, t in timed.items()}
     assert rank_groups(spreads) == {"fast": 1, "slow": 2}
     overlapping = {"a": {"median_ms": 10, "q1_ms": 9, "q3_ms": 12}, "b": {"median_ms": 11, "q1_ms": 10, "q3_ms": 13},

@@ -75,6 +75,11 @@ def test_evaluate_folders_and_missing_prediction(tmp_path, sample_root):
     summary = evaluate_folders(pred_dir, gt_dir, show_progress=False)
     assert summary["images"] == len(list(gt_dir.glob("*.png")))
     assert summary["fscore"] == pytest.approx(1.0, abs=1e-6)
+    spoiled = sorted(pred_dir.glob("*.png"))[1]
+    save_mask(np.zeros_like(read_mask(spoiled)), spoiled)  # all background: that one image scores low
+    summary = evaluate_folders(pred_dir, gt_dir, show_progress=False)
+    by_name = dict(zip(summary["image_names"], summary["image_fscores"], strict=True))
+    assert by_name.pop(spoiled.name) < 0.5 and all(f == pytest.approx(1.0, abs=1e-6) for f in by_name.values())
     next(pred_dir.glob("*.png")).unlink()
     with pytest.raises(FileNotFoundError, match="predictions missing"):
         evaluate_folders(pred_dir, gt_dir, show_progress=False)

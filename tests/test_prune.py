@@ -8,6 +8,7 @@ from facekd import challenge
 from compress.prune import prune_to_target, rebuild
 from facekd.checkpoint import save_checkpoint
 from facekd.files import load_checkpoint
+from facekd.registry import LOSSES
 from facekd.app.cli import main
 from facekd.models import build_model, named_config
 
@@ -117,14 +118,22 @@ def test_finetune_command_continues_the_student_as_it_is(tmp_path, sample_root, 
     save_checkpoint({"model": student.state_dict(), "model_cfg": students.model_config(student),
                      "stage": "pruned", "val_fscore": 0.0}, tmp_path / "student.pt")
     out = tmp_path / "tuned"
-    args = ["finetune", "--student", str(tmp_path / "student.pt"), "--out", str(out), "--set", "resolutions=[[64, 1]]"]
+    cwd_toml = tmp_path / "cwd.toml"
+    cwd_toml.write_text("cwd_weight = 1\n")  # as the prune preset sets it: inert without a teacher
+    args = ["finetune", "--student", str(tmp_path / "student.pt"), "--out", str(out), "--set", "resolutions=[[64, 1]]",
+            "--config", str(cwd_toml)]
     assert main(args) == 0
     tuned = load_checkpoint(out / "last.pt")
     assert tuned["model_cfg"] == students.model_config(student)  # nothing cut
     assert tuned["stage"] == "finetune"
     before = student.state_dict()
     assert any(not torch.equal(before[k], v) for k, v in tuned["model"].items() if v.is_floating_point())  # it trained
-    assert json.loads((out / "config.json").read_text())["teacher"] == "none"
+    record = json.loads((out / "config.json").read_text())
+    assert record["teacher"] == "none"
+    # the config keeps the CWD weight it was given; the record of what trained leaves it out
+    assert record["loss_weights"]["cwd"] == 1 and "cwd" not in record["losses_trained"]
+    assert record["losses_trained"] == {k: w for k, w in record["loss_weights"].items()
+                                        if w > 0 and LOSSES[k].uses == "labels"}
 
     teacher_cfg = named_config("teacher_tiny", 64)
     save_checkpoint({"model": build_model(teacher_cfg).state_dict(), "model_cfg": teacher_cfg, "stage": "teacher"},

@@ -54,6 +54,14 @@ def test_int8_keeps_param_count_and_predicts(tmp_path, tiny_ckpt, int8_ckpt):
     assert result["written"] == len(list((SAMPLE_DATA / "val" / "images").iterdir())) and not result["failed"]
 
 
+def test_a_caller_s_fp32_score_is_kept_and_the_int8_model_still_scored(tmp_path, tiny_ckpt, int8_ckpt):
+    scored_here = load_checkpoint(int8_ckpt)
+    meta = quantize_checkpoint(tiny_ckpt, tmp_path / "again.pt", SAMPLE_DATA, fp32_val_fscore=0.5)
+    assert meta["fp32_val_fscore"] == load_checkpoint(tmp_path / "again.pt")["fp32_val_fscore"] == 0.5
+    # the same calibration images give the same int8 model, and so the same score
+    assert meta["val_fscore"] == pytest.approx(scored_here["val_fscore"], abs=1e-9)
+
+
 def test_calibration_reads_train_never_val():
     batch = calibration_batch(SAMPLE_DATA, 64, n=3)
     train = normalize(load_split(SAMPLE_DATA, "train", 64, limit=3, show_progress=False).images)

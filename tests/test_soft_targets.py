@@ -192,6 +192,7 @@ def test_cli_distill_offline_end_to_end(tmp_path, capsys):
     assert json.loads(printed[printed.index("{\n"):])["soft_targets_s"] >= 0
     record = json.loads((out / "config.json").read_text())
     assert record["distill_mode"] == "offline"
+    assert set(record["losses_trained"]) == set(record["loss_weights"]) >= {"kd", "cwd"}  # taught: every term trains
     assert record["soft_targets"]["cache"] == "miss" and record["soft_targets"]["shape"] == [16, NUM_CLASSES, 16, 16]
     assert record["soft_targets"]["seconds"] >= 0
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
