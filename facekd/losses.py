@@ -77,8 +77,7 @@ def losses_trained(cfg, has_teacher: bool) -> dict:
     """{name: weight} of the losses a run actually trains on, for its config record: a preset's
     teacher-loss weights stay in the config of a run from labels alone, where they do nothing,
     and a reader of its config.json should not take them for part of the recipe."""
-    return {loss.name: weight_of(cfg, loss) for loss in active_losses(cfg)
-            if loss.uses == "labels" or has_teacher}
+    return {loss.name: weight_of(cfg, loss) for loss in active_losses(cfg, None if has_teacher else "labels")}
 
 
 def valid_pixels(labels: torch.Tensor, size, margin: int = 0) -> torch.Tensor:
